@@ -1,0 +1,226 @@
+// radargate/detail/math.hpp -- the per-element maths, written once for every backend.
+//
+// Plane rotation of the pair (a, b) by angle alpha (c = cos alpha, s = sin alpha):
+//   rotate:    (a, b) -> (c a - s b,  s a + c b)
+//   transpose: (a, b) -> (c a + s b, -s a + c b)          (the gradient of rotate w.r.t. (a, b))
+//   d/dalpha:  dL/dalpha = -du_a vt_b + du_b vt_a          (vt = rotated pair, du = dL/dvt)
+// Angle bound:  none: alpha = p              pi_tanh: alpha = pi tanh(p),  dalpha/dp = pi (1 - tanh^2 p)
+// Plane m:      adjacent: (2m, 2m+1)         half: (m, m + floor(d/2))
+// Normalisations of N logits l (already divided by tau):
+//   softmax       g_j = exp(l_j - max) / sum
+//   sigmoid       g_j = 1 / (1 + exp(-l_j))
+//   topk_softmax  softmax over the K largest logits (ties: lower index wins), 0 elsewhere
+//   identity      g_j = l_j
+// and their vector-Jacobian products dl = J^T dg:
+//   softmax / topk_softmax   dl_j = g_j (dg_j - sum_k g_k dg_k)      (g_k = 0 outside the top K)
+//   sigmoid                  dl_j = g_j (1 - g_j) dg_j
+//   identity                 dl_j = dg_j
+//
+// Everything here is RG_HOST_DEVICE and allocation-free, so the reference loop, the vectorised
+// CPU loop and the CUDA kernels call the same code, and the GPU maths is tested on the CPU.
+#pragma once
+
+#include <cmath>
+
+#include "../config.hpp"
+#include "../layer_config.hpp"
+
+namespace radargate {
+namespace detail {
+
+template <class T>
+RG_HOST_DEVICE constexpr T pi() {
+  return T(3.141592653589793238462643383279502884L);
+}
+
+/// Coordinates (a, b) of rotation plane m in a vector of length d.
+RG_HOST_DEVICE RG_INLINE void plane_coords(Pairing pairing, index_t m, index_t d, index_t& a, index_t& b) {
+  if (pairing == Pairing::adjacent) {
+    a = 2 * m;
+    b = 2 * m + 1;
+  } else {
+    a = m;
+    b = m + d / 2;
+  }
+}
+
+template <class T>
+RG_HOST_DEVICE RG_INLINE void rotate_pair(T c, T s, T& a, T& b) {
+  const T na = c * a - s * b;
+  const T nb = s * a + c * b;
+  a = na;
+  b = nb;
+}
+
+template <class T>
+RG_HOST_DEVICE RG_INLINE void rotate_pair_transpose(T c, T s, T& a, T& b) {
+  const T na = c * a + s * b;
+  const T nb = -s * a + c * b;
+  a = na;
+  b = nb;
+}
+
+/// dL/dalpha for one plane, from the rotated pair (vta, vtb) and dL/d(vta, vtb).
+template <class T>
+RG_HOST_DEVICE RG_INLINE T rotation_angle_grad(T du_a, T du_b, T vt_a, T vt_b) {
+  return du_b * vt_a - du_a * vt_b;
+}
+
+template <class T>
+RG_HOST_DEVICE RG_INLINE T bound_value(Bound b, T p) {
+  using std::tanh;
+  return b == Bound::pi_tanh ? pi<T>() * tanh(p) : p;
+}
+
+/// d bound(p) / dp.
+template <class T>
+RG_HOST_DEVICE RG_INLINE T bound_derivative(Bound b, T p) {
+  using std::tanh;
+  if (b == Bound::none) return T(1);
+  const T t = tanh(p);
+  return pi<T>() * (T(1) - t * t);
+}
+
+/// Same, given alpha = bound(p) (saves a tanh where alpha is already known).
+template <class T>
+RG_HOST_DEVICE RG_INLINE T bound_derivative_from_value(Bound b, T alpha) {
+  if (b == Bound::none) return T(1);
+  const T t = alpha / pi<T>();
+  return pi<T>() * (T(1) - t * t);
+}
+
+template <class T>
+RG_HOST_DEVICE RG_INLINE T sigmoid(T x) {
+  using std::exp;
+  // Stable for large |x|: never exponentiates a large positive number.
+  if (x >= T(0)) return T(1) / (T(1) + exp(-x));
+  const T e = exp(x);
+  return e / (T(1) + e);
+}
+
+/// Softmax of l[0..n) in place, over entries where mask is null or mask[j] != 0 (others set to 0).
+template <class T>
+RG_HOST_DEVICE void softmax_masked(T* l, index_t n, const unsigned char* mask) {
+  using std::exp;
+  T mx = T(0);
+  bool any = false;
+  for (index_t j = 0; j < n; ++j)
+    if (!mask || mask[j])
+      if (!any || l[j] > mx) {
+        mx = l[j];
+        any = true;
+      }
+  T sum = T(0);
+  for (index_t j = 0; j < n; ++j) {
+    if (!mask || mask[j]) {
+      l[j] = exp(l[j] - mx);
+      sum += l[j];
+    } else {
+      l[j] = T(0);
+    }
+  }
+  const T inv = T(1) / sum;
+  for (index_t j = 0; j < n; ++j) l[j] *= inv;
+}
+
+/// Marks in sel[0..n) the K largest of l (ties: the lower index wins). O(n K), for small n.
+template <class T>
+RG_HOST_DEVICE void topk_select(const T* l, index_t n, index_t K, unsigned char* sel) {
+  for (index_t j = 0; j < n; ++j) sel[j] = 0;
+  for (index_t t = 0; t < K && t < n; ++t) {
+    index_t best = -1;
+    for (index_t j = 0; j < n; ++j)
+      if (!sel[j] && (best < 0 || l[j] > l[best])) best = j;
+    sel[best] = 1;
+  }
+}
+
+/// g = normalize(l / tau). `l` holds raw logits on entry and the weights g on exit.
+/// `sel` (n entries) receives the selection mask (all ones except for topk_softmax).
+template <class T>
+RG_HOST_DEVICE void normalize_forward(Normalize nz, index_t K, T tau, T* l, index_t n, unsigned char* sel) {
+  const T inv_tau = T(1) / tau;
+  for (index_t j = 0; j < n; ++j) l[j] *= inv_tau;
+  switch (nz) {
+    case Normalize::softmax:
+      for (index_t j = 0; j < n; ++j) sel[j] = 1;
+      softmax_masked(l, n, static_cast<const unsigned char*>(nullptr));
+      break;
+    case Normalize::topk_softmax:
+      topk_select(l, n, K, sel);
+      softmax_masked(l, n, sel);
+      break;
+    case Normalize::sigmoid:
+      for (index_t j = 0; j < n; ++j) {
+        sel[j] = 1;
+        l[j] = sigmoid(l[j]);
+      }
+      break;
+    case Normalize::identity:
+      for (index_t j = 0; j < n; ++j) sel[j] = 1;
+      break;
+  }
+}
+
+/// dl = d(raw logits) from dg, given the weights g of the forward pass. In place: dg -> dl.
+template <class T>
+RG_HOST_DEVICE void normalize_backward(Normalize nz, T tau, const T* g, T* dg, index_t n) {
+  const T inv_tau = T(1) / tau;
+  switch (nz) {
+    case Normalize::softmax:
+    case Normalize::topk_softmax: {
+      T dot = T(0);
+      for (index_t j = 0; j < n; ++j) dot += g[j] * dg[j];
+      for (index_t j = 0; j < n; ++j) dg[j] = g[j] * (dg[j] - dot) * inv_tau;
+      break;
+    }
+    case Normalize::sigmoid:
+      for (index_t j = 0; j < n; ++j) dg[j] = g[j] * (T(1) - g[j]) * dg[j] * inv_tau;
+      break;
+    case Normalize::identity:
+      for (index_t j = 0; j < n; ++j) dg[j] *= inv_tau;
+      break;
+  }
+}
+
+/// Relational-map weights of expert i: m[j] for j in [0, N), m[i] = 0.
+///   learned: softmax over j != i of M[i, j]      mean: 1 / (N - 1)      N == 1: all zero
+/// `Mrow` points at row i of M with element stride `ms` (unused for mode mean).
+template <class T>
+RG_HOST_DEVICE void map_weights(MapMode mode, const T* Mrow, index_t ms, index_t i, index_t N, T* m) {
+  using std::exp;
+  if (N == 1) {
+    m[0] = T(0);
+    return;
+  }
+  if (mode == MapMode::mean) {
+    for (index_t j = 0; j < N; ++j) m[j] = j == i ? T(0) : T(1) / T(N - 1);
+    return;
+  }
+  T mx = T(0);
+  bool any = false;
+  for (index_t j = 0; j < N; ++j)
+    if (j != i && (!any || Mrow[j * ms] > mx)) {
+      mx = Mrow[j * ms];
+      any = true;
+    }
+  T sum = T(0);
+  for (index_t j = 0; j < N; ++j) {
+    m[j] = j == i ? T(0) : exp(Mrow[j * ms] - mx);
+    sum += m[j];
+  }
+  for (index_t j = 0; j < N; ++j) m[j] /= sum;
+}
+
+/// dM[i, :] from dm[j] = dL/dm_ij (learned mode): dM_ij = m_ij (dm_ij - sum_k m_ik dm_ik), dM_ii = 0.
+/// In place: dm -> dM row.
+template <class T>
+RG_HOST_DEVICE void map_weights_backward(const T* m, T* dm, index_t i, index_t N) {
+  T dot = T(0);
+  for (index_t j = 0; j < N; ++j)
+    if (j != i) dot += m[j] * dm[j];
+  for (index_t j = 0; j < N; ++j) dm[j] = j == i ? T(0) : m[j] * (dm[j] - dot);
+}
+
+}  // namespace detail
+}  // namespace radargate

@@ -1,0 +1,157 @@
+// radargate/model.hpp -- an owning model: a configuration plus named tensors, with Params views
+// over them. A convenience on top of the view API, used by the file I/O, the command-line tool
+// and the tests; runtimes that own their memory use Params directly.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "error.hpp"
+#include "layer_config.hpp"
+#include "params.hpp"
+
+namespace radargate {
+
+template <class S>
+struct Tensor {
+  std::vector<index_t> shape;
+  std::vector<S> data;
+
+  index_t numel() const {
+    index_t n = 1;
+    for (index_t e : shape) n *= e;
+    return n;
+  }
+  template <int R>
+  View<const S, R> view() const {
+    if (int(shape.size()) != R) detail::fail("tensor view: expected rank ", R, ", found rank ", shape.size());
+    View<const S, R> v;
+    v.data = data.data();
+    index_t s = 1;
+    for (int k = R - 1; k >= 0; --k) {
+      v.shape[k] = shape[k];
+      v.stride[k] = s;
+      s *= shape[k];
+    }
+    return v;
+  }
+  template <int R>
+  View<S, R> mutable_view() {
+    View<const S, R> c = view<R>();
+    View<S, R> v;
+    v.data = data.data();
+    for (int k = 0; k < R; ++k) {
+      v.shape[k] = c.shape[k];
+      v.stride[k] = c.stride[k];
+    }
+    return v;
+  }
+};
+
+template <class S>
+Tensor<S> make_tensor(std::vector<index_t> shape, S fill = S(0)) {
+  Tensor<S> t;
+  t.shape = std::move(shape);
+  t.data.assign(t.numel(), fill);
+  return t;
+}
+
+/// The expected shape of every named parameter, for the given dimensions.
+inline std::vector<index_t> param_shape(const std::string& name, const Dims& D) {
+  if (name == "lora.A") return {D.N, D.r, D.d_in};
+  if (name == "lora.B") return {D.N, D.d, D.r};
+  if (name == "lora.scale") return {D.N};
+  if (name == "map.M") return {D.N, D.N};
+  if (name == "angle.Wx") return {D.k, D.d_in};
+  if (name == "angle.Wv" || name == "angle.Wc") return {D.k, D.d};
+  if (name == "angle.U") return {D.P, D.k};
+  if (name == "angle.bias") return {D.N, D.P};
+  if (name == "stretch.Wg") return {D.N, D.d_in};
+  if (name == "stretch.bg") return {D.N};
+  if (name == "stretch.ws") return {D.d};
+  if (name == "base.W0") return {D.d, D.d_in};
+  if (name == "base.b0") return {D.d};
+  detail::fail("unknown parameter name '", name, "'");
+}
+
+/// Every parameter name, in file order.
+inline const std::vector<std::string>& param_names() {
+  static const std::vector<std::string> names = {
+      "lora.A",   "lora.B",   "lora.scale", "map.M",      "angle.Wx",   "angle.Wv",   "angle.Wc",
+      "angle.U",  "angle.bias", "stretch.Wg", "stretch.bg", "stretch.ws", "base.W0",    "base.b0"};
+  return names;
+}
+
+template <class S>
+struct Model {
+  LayerConfig config = LayerConfig::make(Variant::radargate);
+  std::map<std::string, Tensor<S>> tensors;
+
+  bool has(const std::string& name) const { return tensors.count(name) != 0; }
+
+  /// Views over the owned tensors (absent names give absent views). Ranks are checked here;
+  /// extents are checked by radargate::validate.
+  Params<S> params() const {
+    Params<S> p;
+    for_each_param(p, [&](const char* name, auto& v) {
+      using V = std::decay_t<decltype(v)>;
+      auto it = tensors.find(name);
+      if (it == tensors.end()) return;
+      if (int(it->second.shape.size()) != V::rank) {
+        std::string found = "[";
+        for (size_t i = 0; i < it->second.shape.size(); ++i)
+          found += (i ? ", " : "") + std::to_string(it->second.shape[i]);
+        detail::fail("tensor '", name, "': expected a rank-", V::rank, " tensor, found shape ", found, "]");
+      }
+      v = it->second.template view<V::rank>();
+    });
+    return p;
+  }
+};
+
+/// Options for a random model.
+struct RandomModelOptions {
+  bool optional_tensors = true;  // also create every optional tensor the configuration reads
+  bool base = true;              // create base.W0 and base.b0
+  double angle_scale = 1.0;      // multiplies U (larger = larger angles)
+};
+
+/// A random model of any configuration: every required tensor and (by default) every optional
+/// one the configuration reads, with scales that keep activations of order one.
+template <class S>
+Model<S> random_model(const LayerConfig& cfg, const Dims& D, std::uint64_t seed,
+                      const RandomModelOptions& opt = {}) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  Model<S> m;
+  m.config = cfg;
+  for (const std::string& name : param_names()) {
+    const Need need = param_need(cfg, name);
+    if (need == Need::unused) continue;
+    const bool is_base = name.rfind("base.", 0) == 0;
+    if (need == Need::optional && (!opt.optional_tensors || (is_base && !opt.base))) continue;
+    Tensor<S> t = make_tensor<S>(param_shape(name, D));
+    double sd = 1.0;
+    if (name == "lora.A" || name == "stretch.Wg" || name == "angle.Wx" || name == "base.W0")
+      sd = 1.0 / std::sqrt(double(D.d_in));
+    else if (name == "lora.B")
+      sd = 1.0 / std::sqrt(double(D.r));
+    else if (name == "angle.Wv" || name == "angle.Wc" || name == "stretch.ws")
+      sd = 1.0 / std::sqrt(double(D.d));
+    else if (name == "angle.U")
+      sd = opt.angle_scale / std::sqrt(double(D.k));
+    else if (name == "angle.bias")
+      sd = 0.5;
+    for (S& e : t.data) e = S(sd * normal(rng));
+    if (name == "lora.scale")
+      for (S& e : t.data) e = S(0.5 + std::abs(normal(rng)) * 0.5);
+    m.tensors.emplace(name, std::move(t));
+  }
+  return m;
+}
+
+}  // namespace radargate

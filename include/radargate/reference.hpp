@@ -1,0 +1,448 @@
+// radargate/reference.hpp -- the reference backend: the plainest correct code, and the oracle the
+// fused CPU and CUDA backends are tested against. It materialises every intermediate of SPEC
+// section 1 for every token (h, v, c, z, pre-activation, rotated u, g) and loops in the order the
+// maths is written:
+//
+//   h_i = A_i x            v_i = s_i B_i h_i          c_i = sum_{j != i} m_ij v_j
+//   z_i = Wx x + Wv v_i + Wc c_i                      alpha_i = bound(U z_i + bias_i)
+//   u_i = R(alpha_i) v_i   (rotation on)  or  v_i    (rotation off)
+//   g   = gate(x, u)       y = W0 x + b0 + sum_i g_i u_i
+//
+// Backward is the chain rule applied to the same steps in reverse; each step's formula is next to
+// its code. Nothing here is fast; everything here is obvious.
+#pragma once
+
+#include <algorithm>
+#include <vector>
+
+#include "backend.hpp"
+#include "detail/math.hpp"
+#include "error.hpp"
+#include "params.hpp"
+#include "view.hpp"
+
+namespace radargate {
+
+namespace detail {
+/// Sets every element of a (possibly strided) view to zero.
+template <class T, int R>
+void zero_view(const View<T, R>& v) {
+  if (!v.present()) return;
+  if constexpr (R == 1) {
+    for (index_t i = 0; i < v.shape[0]; ++i) v(i) = T(0);
+  } else {
+    for (index_t i = 0; i < v.shape[0]; ++i) zero_view(v[i]);
+  }
+}
+
+/// Which parts of the backward chain a set of requested gradients needs.
+struct BackwardNeeds {
+  bool dv = false;      // dL/dv_i: for x, A, B, scale
+  bool dz = false;      // dL/dz_i: for the angle generator and the map
+  bool dlogits = false; // dL/dl: for the gate parameters and everything upstream of u
+};
+
+template <class S>
+BackwardNeeds backward_needs(const LayerConfig& c, const Gradients<S>& g) {
+  BackwardNeeds n;
+  n.dv = g.x.present() || g.lora_A.present() || g.lora_B.present() || g.lora_scale.present();
+  n.dz = c.rotation && (n.dv || g.map_M.present() || g.angle_Wx.present() || g.angle_Wv.present() ||
+                        g.angle_Wc.present() || g.angle_U.present() || g.angle_bias.present());
+  n.dlogits = c.has_logits() && (n.dv || n.dz || g.stretch_Wg.present() || g.stretch_bg.present() ||
+                                 g.stretch_ws.present());
+  return n;
+}
+
+template <class T>
+void check_xy(const Dims& D, const View<const T, 2>& x, const char* xname, index_t xcols,
+              const View<T, 2>* y, const char* yname, index_t ycols) {
+  if (x.shape[1] != xcols || x.shape[0] < 0)
+    fail("tensor '", xname, "': expected shape [T, ", xcols, "], found ", shape_string(x));
+  if (x.shape[0] > 0 && !x.present()) fail("tensor '", xname, "': null data for ", x.shape[0], " tokens");
+  if (y) {
+    const index_t ex[] = {x.shape[0], ycols};
+    check_shape(yname, *y, ex);
+    if (x.shape[0] > 0 && !y->present()) fail("tensor '", yname, "': null data for ", x.shape[0], " tokens");
+  }
+  (void)D;
+}
+}  // namespace detail
+
+template <class S>
+class Layer<S, backend::reference> {
+  static_assert(std::is_floating_point<S>::value, "radargate::Layer: Scalar must be float or double");
+
+ public:
+  using Scalar = S;
+
+  /// Everything backward needs, owned by the caller. x is referenced, not copied: the caller
+  /// keeps it alive and unchanged until backward returns.
+  struct Context {
+    index_t tokens = 0;
+    View<const S, 2> x;
+    std::vector<S> m;     // [N, N] relational-map weights (token independent)
+    std::vector<S> h;     // [T, N, r]
+    std::vector<S> v;     // [T, N, d]
+    std::vector<S> c;     // [T, N, d]  (rotation on)
+    std::vector<S> z;     // [T, N, k]  (rotation on)
+    std::vector<S> pre;   // [T, N, P]  (rotation on) pre-activation of the angle bound
+    std::vector<S> u;     // [T, N, d]  rotated (or plain) expert outputs
+    std::vector<S> g;     // [T, N]     gate weights
+    std::vector<unsigned char> sel;  // [T, N] experts computed (all, except for a top-k gate)
+  };
+
+  Layer(const LayerConfig& config, const Params<S>& params) : cfg_(config), p_(params) {
+    D_ = validate(cfg_, p_);
+  }
+
+  const LayerConfig& config() const { return cfg_; }
+  const Params<S>& params() const { return p_; }
+  const Dims& dims() const { return D_; }
+  /// Replaces the parameter views (same configuration); the new shapes are validated.
+  void set_params(const Params<S>& params) {
+    D_ = validate(cfg_, params);
+    p_ = params;
+  }
+
+  Context forward(View<const S, 2> x, View<S, 2> y) const {
+    const Dims& D = D_;
+    detail::check_xy(D, x, "x", D.d_in, &y, "y", D.d);
+    const index_t T = x.shape[0], N = D.N, r = D.r, d = D.d, k = D.k, P = D.P;
+    Context ctx;
+    ctx.tokens = T;
+    ctx.x = x;
+    ctx.h.assign(T * N * r, S(0));
+    ctx.v.assign(T * N * d, S(0));
+    ctx.u.assign(T * N * d, S(0));
+    ctx.g.assign(T * N, S(0));
+    ctx.sel.assign(T * N, 1);
+    if (cfg_.rotation) {
+      ctx.m.assign(N * N, S(0));
+      for (index_t i = 0; i < N; ++i)
+        detail::map_weights(cfg_.map, p_.map_M.present() ? p_.map_M.ptr(i) : static_cast<const S*>(nullptr),
+                            p_.map_M.present() ? p_.map_M.stride[1] : 0, i, N, &ctx.m[i * N]);
+      ctx.c.assign(T * N * d, S(0));
+      ctx.z.assign(T * N * k, S(0));
+      ctx.pre.assign(T * N * P, S(0));
+    }
+    for (index_t t = 0; t < T; ++t) forward_token(ctx, t, x[t], y[t]);
+    return ctx;
+  }
+
+  void backward(const Context& ctx, View<const S, 2> dy, const Gradients<S>& grads,
+                GradMode mode = GradMode::overwrite) const {
+    const Dims& D = D_;
+    const index_t T = ctx.tokens;
+    if (dy.shape[0] != T || dy.shape[1] != D.d)
+      detail::fail("tensor 'dy': expected shape [", T, ", ", D.d, "], found ", detail::shape_string(dy));
+    if (T > 0 && !dy.present()) detail::fail("tensor 'dy': null data for ", T, " tokens");
+    validate_gradients(D, T, p_, grads);
+    if (mode == GradMode::overwrite) {
+      detail::zero_view(grads.x);
+      for_each_param(grads, [](const char*, const auto& g) { detail::zero_view(g); });
+    }
+    const detail::BackwardNeeds need = detail::backward_needs(cfg_, grads);
+    for (index_t t = 0; t < T; ++t) backward_token(ctx, t, dy[t], grads, need);
+  }
+
+ private:
+  S scale(index_t i) const { return p_.lora_scale.present() ? p_.lora_scale(i) : S(1); }
+
+  // Raw gate logits that do not depend on the experts: (Wg x + bg)_i (or bg_i alone).
+  void base_logits(const View<const S, 1>& x, S* l) const {
+    for (index_t i = 0; i < D_.N; ++i) {
+      S acc = p_.stretch_bg.present() ? p_.stretch_bg(i) : S(0);
+      if (cfg_.gate != GateKind::static_ && p_.stretch_Wg.present())
+        for (index_t a = 0; a < D_.d_in; ++a) acc += p_.stretch_Wg(i, a) * x(a);
+      l[i] = acc;
+    }
+  }
+
+  void forward_token(Context& ctx, index_t t, const View<const S, 1>& x, const View<S, 1>& y) const {
+    const index_t N = D_.N, r = D_.r, d = D_.d, k = D_.k, P = D_.P, din = D_.d_in;
+    S* h = &ctx.h[t * N * r];
+    S* v = &ctx.v[t * N * d];
+    S* u = &ctx.u[t * N * d];
+    S* g = &ctx.g[t * N];
+    unsigned char* sel = &ctx.sel[t * N];
+
+    // A gate that does not read the experts is decided first, so a top-k gate computes only the
+    // experts it selects.
+    const bool early_gate = cfg_.has_logits() && !cfg_.gate_reads_experts();
+    if (early_gate) {
+      base_logits(x, g);
+      detail::normalize_forward(cfg_.normalize, index_t(cfg_.topk), S(cfg_.tau), g, N, sel);
+      if (cfg_.rotation)  // the relational map reads every expert
+        for (index_t i = 0; i < N; ++i) sel[i] = 1;
+    }
+
+    // h_i = A_i x ; v_i = s_i B_i h_i
+    for (index_t i = 0; i < N; ++i) {
+      if (!sel[i]) continue;
+      for (index_t q = 0; q < r; ++q) {
+        S acc = S(0);
+        for (index_t a = 0; a < din; ++a) acc += p_.lora_A(i, q, a) * x(a);
+        h[i * r + q] = acc;
+      }
+      for (index_t o = 0; o < d; ++o) {
+        S acc = S(0);
+        for (index_t q = 0; q < r; ++q) acc += p_.lora_B(i, o, q) * h[i * r + q];
+        v[i * d + o] = scale(i) * acc;
+      }
+    }
+
+    if (cfg_.rotation) {
+      S* c = &ctx.c[t * N * d];
+      S* z = &ctx.z[t * N * k];
+      S* pre = &ctx.pre[t * N * P];
+      for (index_t i = 0; i < N; ++i) {
+        // c_i = sum_{j != i} m_ij v_j
+        for (index_t o = 0; o < d; ++o) {
+          S acc = S(0);
+          for (index_t j = 0; j < N; ++j)
+            if (j != i) acc += ctx.m[i * N + j] * v[j * d + o];
+          c[i * d + o] = acc;
+        }
+        // z_i = Wx x + Wv v_i + Wc c_i
+        for (index_t q = 0; q < k; ++q) {
+          S acc = S(0);
+          if (p_.angle_Wx.present())
+            for (index_t a = 0; a < din; ++a) acc += p_.angle_Wx(q, a) * x(a);
+          if (p_.angle_Wv.present())
+            for (index_t o = 0; o < d; ++o) acc += p_.angle_Wv(q, o) * v[i * d + o];
+          if (p_.angle_Wc.present())
+            for (index_t o = 0; o < d; ++o) acc += p_.angle_Wc(q, o) * c[i * d + o];
+          z[i * k + q] = acc;
+        }
+        // pre_i = U z_i + bias_i ; u_i = R(bound(pre_i)) v_i
+        for (index_t o = 0; o < d; ++o) u[i * d + o] = v[i * d + o];
+        for (index_t m = 0; m < P; ++m) {
+          S acc = p_.angle_bias.present() ? p_.angle_bias(i, m) : S(0);
+          for (index_t q = 0; q < k; ++q) acc += p_.angle_U(m, q) * z[i * k + q];
+          pre[i * P + m] = acc;
+          const S alpha = detail::bound_value(cfg_.bound, acc);
+          index_t a, b;
+          detail::plane_coords(cfg_.pairing, m, d, a, b);
+          using std::cos;
+          using std::sin;
+          detail::rotate_pair(cos(alpha), sin(alpha), u[i * d + a], u[i * d + b]);
+        }
+      }
+    } else {
+      for (index_t o = 0; o < N * d; ++o) u[o] = v[o];
+    }
+
+    switch (cfg_.gate) {
+      case GateKind::none:
+        for (index_t i = 0; i < N; ++i) g[i] = S(1);
+        break;
+      case GateKind::uniform:
+        for (index_t i = 0; i < N; ++i) g[i] = S(1) / S(N);
+        break;
+      case GateKind::stretch:
+        base_logits(x, g);
+        if (p_.stretch_ws.present())
+          for (index_t i = 0; i < N; ++i)
+            for (index_t o = 0; o < d; ++o) g[i] += p_.stretch_ws(o) * u[i * d + o];
+        detail::normalize_forward(cfg_.normalize, index_t(cfg_.topk), S(cfg_.tau), g, N, sel);
+        for (index_t i = 0; i < N; ++i) sel[i] = 1;  // every expert was computed
+        break;
+      default:  // static, linear: decided above
+        break;
+    }
+
+    // y = W0 x + b0 + sum_i g_i u_i
+    for (index_t o = 0; o < d; ++o) {
+      S acc = p_.base_b0.present() ? p_.base_b0(o) : S(0);
+      if (p_.base_W0.present())
+        for (index_t a = 0; a < din; ++a) acc += p_.base_W0(o, a) * x(a);
+      for (index_t i = 0; i < N; ++i)
+        if (sel[i]) acc += g[i] * u[i * d + o];
+      y(o) = acc;
+    }
+  }
+
+  void backward_token(const Context& ctx, index_t t, const View<const S, 1>& dy, const Gradients<S>& G,
+                      const detail::BackwardNeeds& need) const {
+    const index_t N = D_.N, r = D_.r, d = D_.d, k = D_.k, P = D_.P, din = D_.d_in;
+    const View<const S, 1> x = ctx.x[t];
+    const S* h = &ctx.h[t * N * r];
+    const S* v = &ctx.v[t * N * d];
+    const S* u = &ctx.u[t * N * d];
+    const S* g = &ctx.g[t * N];
+    const unsigned char* sel = &ctx.sel[t * N];
+    const View<S, 1> dx = G.x.present() ? G.x[t] : View<S, 1>{};
+
+    // Base: y += W0 x + b0
+    if (G.base_b0.present())
+      for (index_t o = 0; o < d; ++o) G.base_b0(o) += dy(o);
+    if (G.base_W0.present())
+      for (index_t o = 0; o < d; ++o)
+        for (index_t a = 0; a < din; ++a) G.base_W0(o, a) += dy(o) * x(a);
+    if (dx.present() && p_.base_W0.present())
+      for (index_t a = 0; a < din; ++a) {
+        S acc = S(0);
+        for (index_t o = 0; o < d; ++o) acc += p_.base_W0(o, a) * dy(o);
+        dx(a) += acc;
+      }
+
+    // du_i = g_i dy
+    std::vector<S> du(N * d, S(0));
+    for (index_t i = 0; i < N; ++i)
+      if (sel[i])
+        for (index_t o = 0; o < d; ++o) du[i * d + o] = g[i] * dy(o);
+
+    // Gate: dg_i = dy . u_i ; dl = J_normalize^T dg ; then through l = Wg x + bg (+ ws . u_i).
+    if (need.dlogits) {
+      std::vector<S> dl(N, S(0));
+      for (index_t i = 0; i < N; ++i) {
+        S acc = S(0);
+        if (sel[i])
+          for (index_t o = 0; o < d; ++o) acc += dy(o) * u[i * d + o];
+        dl[i] = acc;
+      }
+      detail::normalize_backward(cfg_.normalize, S(cfg_.tau), g, dl.data(), N);
+      if (G.stretch_bg.present())
+        for (index_t i = 0; i < N; ++i) G.stretch_bg(i) += dl[i];
+      if (cfg_.gate != GateKind::static_) {
+        if (G.stretch_Wg.present())
+          for (index_t i = 0; i < N; ++i)
+            for (index_t a = 0; a < din; ++a) G.stretch_Wg(i, a) += dl[i] * x(a);
+        if (dx.present() && p_.stretch_Wg.present())
+          for (index_t a = 0; a < din; ++a) {
+            S acc = S(0);
+            for (index_t i = 0; i < N; ++i) acc += p_.stretch_Wg(i, a) * dl[i];
+            dx(a) += acc;
+          }
+      }
+      if (cfg_.gate == GateKind::stretch) {
+        if (G.stretch_ws.present())
+          for (index_t i = 0; i < N; ++i)
+            for (index_t o = 0; o < d; ++o) G.stretch_ws(o) += dl[i] * u[i * d + o];
+        if (p_.stretch_ws.present())
+          for (index_t i = 0; i < N; ++i)
+            for (index_t o = 0; o < d; ++o) du[i * d + o] += dl[i] * p_.stretch_ws(o);
+      }
+    }
+
+    if (!need.dv && !need.dz) return;
+
+    // Rotation: dv_i = R_i^T du_i ; dalpha ; then back through the angle generator and the map.
+    std::vector<S> dv(N * d, S(0));
+    if (cfg_.rotation) {
+      const S* c = &ctx.c[t * N * d];
+      const S* z = &ctx.z[t * N * k];
+      const S* pre = &ctx.pre[t * N * P];
+      std::vector<S> dc(N * d, S(0)), dz(k), dpre(P);
+      for (index_t i = 0; i < N; ++i) {
+        for (index_t o = 0; o < d; ++o) dv[i * d + o] = du[i * d + o];
+        for (index_t m = 0; m < P; ++m) {
+          index_t a, b;
+          detail::plane_coords(cfg_.pairing, m, d, a, b);
+          const S alpha = detail::bound_value(cfg_.bound, pre[i * P + m]);
+          using std::cos;
+          using std::sin;
+          detail::rotate_pair_transpose(cos(alpha), sin(alpha), dv[i * d + a], dv[i * d + b]);
+          const S dalpha =
+              detail::rotation_angle_grad(du[i * d + a], du[i * d + b], u[i * d + a], u[i * d + b]);
+          dpre[m] = dalpha * detail::bound_derivative(cfg_.bound, pre[i * P + m]);
+        }
+        // pre_i = U z_i + bias_i
+        if (G.angle_bias.present())
+          for (index_t m = 0; m < P; ++m) G.angle_bias(i, m) += dpre[m];
+        if (G.angle_U.present())
+          for (index_t m = 0; m < P; ++m)
+            for (index_t q = 0; q < k; ++q) G.angle_U(m, q) += dpre[m] * z[i * k + q];
+        for (index_t q = 0; q < k; ++q) {
+          S acc = S(0);
+          for (index_t m = 0; m < P; ++m) acc += p_.angle_U(m, q) * dpre[m];
+          dz[q] = acc;
+        }
+        // z_i = Wx x + Wv v_i + Wc c_i
+        if (G.angle_Wx.present())
+          for (index_t q = 0; q < k; ++q)
+            for (index_t a = 0; a < din; ++a) G.angle_Wx(q, a) += dz[q] * x(a);
+        if (dx.present() && p_.angle_Wx.present())
+          for (index_t a = 0; a < din; ++a) {
+            S acc = S(0);
+            for (index_t q = 0; q < k; ++q) acc += p_.angle_Wx(q, a) * dz[q];
+            dx(a) += acc;
+          }
+        if (G.angle_Wv.present())
+          for (index_t q = 0; q < k; ++q)
+            for (index_t o = 0; o < d; ++o) G.angle_Wv(q, o) += dz[q] * v[i * d + o];
+        if (p_.angle_Wv.present())
+          for (index_t o = 0; o < d; ++o)
+            for (index_t q = 0; q < k; ++q) dv[i * d + o] += p_.angle_Wv(q, o) * dz[q];
+        if (G.angle_Wc.present())
+          for (index_t q = 0; q < k; ++q)
+            for (index_t o = 0; o < d; ++o) G.angle_Wc(q, o) += dz[q] * c[i * d + o];
+        if (p_.angle_Wc.present())
+          for (index_t o = 0; o < d; ++o) {
+            S acc = S(0);
+            for (index_t q = 0; q < k; ++q) acc += p_.angle_Wc(q, o) * dz[q];
+            dc[i * d + o] = acc;
+          }
+      }
+      // c_i = sum_{j != i} m_ij v_j : dv_j += m_ij dc_i ; dm_ij = dc_i . v_j ; then through softmax.
+      std::vector<S> dm(N);
+      for (index_t i = 0; i < N; ++i) {
+        for (index_t j = 0; j < N; ++j) {
+          if (j == i) continue;
+          S acc = S(0);
+          for (index_t o = 0; o < d; ++o) {
+            dv[j * d + o] += ctx.m[i * N + j] * dc[i * d + o];
+            acc += dc[i * d + o] * v[j * d + o];
+          }
+          dm[j] = acc;
+        }
+        if (G.map_M.present() && cfg_.map == MapMode::learned && N > 1) {
+          detail::map_weights_backward(&ctx.m[i * N], dm.data(), i, N);
+          for (index_t j = 0; j < N; ++j) G.map_M(i, j) += dm[j];
+        }
+      }
+    } else {
+      dv = du;
+    }
+
+    if (!need.dv) return;
+    // v_i = s_i B_i h_i ; h_i = A_i x
+    std::vector<S> dh(r);
+    for (index_t i = 0; i < N; ++i) {
+      if (!sel[i]) continue;
+      const S s = scale(i);
+      if (G.lora_scale.present()) {
+        S acc = S(0);
+        for (index_t o = 0; o < d; ++o) {
+          S bh = S(0);
+          for (index_t q = 0; q < r; ++q) bh += p_.lora_B(i, o, q) * h[i * r + q];
+          acc += dv[i * d + o] * bh;
+        }
+        G.lora_scale(i) += acc;
+      }
+      if (G.lora_B.present())
+        for (index_t o = 0; o < d; ++o)
+          for (index_t q = 0; q < r; ++q) G.lora_B(i, o, q) += s * dv[i * d + o] * h[i * r + q];
+      for (index_t q = 0; q < r; ++q) {
+        S acc = S(0);
+        for (index_t o = 0; o < d; ++o) acc += p_.lora_B(i, o, q) * dv[i * d + o];
+        dh[q] = s * acc;
+      }
+      if (G.lora_A.present())
+        for (index_t q = 0; q < r; ++q)
+          for (index_t a = 0; a < din; ++a) G.lora_A(i, q, a) += dh[q] * x(a);
+      if (dx.present())
+        for (index_t a = 0; a < din; ++a) {
+          S acc = S(0);
+          for (index_t q = 0; q < r; ++q) acc += p_.lora_A(i, q, a) * dh[q];
+          dx(a) += acc;
+        }
+    }
+  }
+
+  LayerConfig cfg_;
+  Params<S> p_;
+  Dims D_;
+};
+
+}  // namespace radargate
