@@ -1,0 +1,51 @@
+// radargate -- the command-line tool. One sub-command per tools/cmd_<name>.cpp.
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+
+#include "cli.hpp"
+
+namespace {
+struct Command {
+  const char* name;
+  int (*run)(int argc, char** argv);  // argv[0] is the sub-command's name
+  const char* summary;
+};
+
+// One line per sub-command.
+const Command commands[] = {
+    {"run", radargate::cli::cmd_run, "forward (and backward) of a model file on an input file"},
+    {"init", radargate::cli::cmd_init, "write a random model of any variant"},
+};
+
+void usage(std::FILE* out) {
+  std::fprintf(out, "usage: radargate <command> [options]\n\ncommands:\n");
+  for (const Command& c : commands) std::fprintf(out, "  %-8s %s\n", c.name, c.summary);
+  std::fprintf(out, "\n'radargate <command> --help' describes one command.\n");
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    usage(stderr);
+    return 2;
+  }
+  const std::string name = argv[1];
+  if (name == "--help" || name == "-h" || name == "help") {
+    usage(stdout);
+    return 0;
+  }
+  for (const Command& c : commands)
+    if (name == c.name) {
+      try {
+        return c.run(argc - 1, argv + 1);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "radargate %s: error: %s\n", c.name, e.what());
+        return 1;
+      }
+    }
+  std::fprintf(stderr, "radargate: unknown command '%s'\n", name.c_str());
+  usage(stderr);
+  return 2;
+}
