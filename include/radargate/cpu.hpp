@@ -210,11 +210,10 @@ class Layer<S, backend::cpu> {
 
   detail::kernels::Args<S> kargs() const {
     detail::kernels::Args<S> a;
-    a.BT = W_.BT.data();
-    a.dpad = W_.dpad;
+    a.BP = W_.BP.data();
     a.r = D_.r;
-    a.UT = W_.UT.data();
-    a.Ppad = W_.Ppad;
+    a.pass0 = W_.pass0;
+    a.UP = W_.UP.data();
     a.k = D_.k;
     a.ws = W_.ws.data();
     a.bound = cfg_.bound;
@@ -363,56 +362,96 @@ class Layer<S, backend::cpu> {
     }
   }
 
-  // One pass over the tiles for tokens [t0, t1). Out: y += sum_i g_i u_i. Dot: l_i += ws . u_i.
+  // Scratch of one thread for the tile kernels.
+  struct TileScratch {
+    avec<S> cb, sb, db, dva, dvb, dpre;
+    detail::kernels::Scratch<S> sc;
+    explicit TileScratch(const Layer& l) {
+      constexpr index_t TB = detail::kernels::max_block;
+      const std::size_t L = std::size_t(TB * l.W_.max_len);
+      for (avec<S>* v : {&cb, &sb, &db, &dva, &dvb, &dpre}) v->assign(L, S(0));
+      sc.stride = l.W_.max_len;
+      sc.cb = cb.data();
+      sc.sb = sb.data();
+      sc.db = db.data();
+      sc.dva = dva.data();
+      sc.dvb = dvb.data();
+      sc.dpre = dpre.data();
+    }
+  };
+
+  const S* bias_row(index_t i) const { return W_.bias.empty() ? nullptr : W_.bias.data() + i * W_.Ppad; }
+
+  // One pass over the tiles for tokens [t0, t1), in blocks of up to max_block tokens.
+  // Out: y += sum_i g_i u_i. Dot: l_i += ws . u_i.
   template <bool Out, bool Dot>
   void tiles_forward(const Context& ctx, index_t t0, index_t t1, const detail::MatMut<S>& Y, S* l) const {
-    const index_t n = t1 - t0, N = D_.N, r = D_.r, k = D_.k;
+    constexpr int TB = detail::kernels::max_block;
+    const index_t n = t1 - t0, N = D_.N, r = D_.r, k = D_.k, L = W_.max_len;
     const auto K = kargs();
     const std::vector<S> hs = scaled_h(ctx, t0, t1);
-    avec<S> ya(static_cast<std::size_t>(W_.max_len)), yb(static_cast<std::size_t>(W_.max_len));
+    avec<S> ya(std::size_t(TB * L)), yb(std::size_t(TB * L));
+    const TileScratch ts(*this);
     const S* z = cfg_.rotation ? &ctx.z[std::size_t(t0 * N * k)] : nullptr;
     const S* g = &ctx.g[std::size_t(t0 * N)];
     const unsigned char* sel = &ctx.sel[std::size_t(t0 * N)];
-    for (const Tile& tl : W_.tiles) {
-      for (index_t t = 0; t < n; ++t) {
+    for (const Tile& tl : W_.tiles)
+      for (index_t tb = 0; tb < n; tb += TB) {
+        const int nb = int(std::min<index_t>(TB, n - tb));
         if (Out) {
-          std::fill(ya.begin(), ya.begin() + tl.len, S(0));
-          if (tl.rot) std::fill(yb.begin(), yb.begin() + tl.len, S(0));
+          std::fill(ya.begin(), ya.begin() + nb * L, S(0));
+          std::fill(yb.begin(), yb.begin() + nb * L, S(0));
         }
         for (index_t i = 0; i < N; ++i) {
-          const index_t ti = t * N + i;
-          if (!sel[ti]) continue;
-          const S* hsi = &hs[std::size_t(ti * r)];
-          S val;
-          if (tl.rot)
-            val = detail::kernels::rot_forward<S, Out, Dot>(K, tl, W_.bt(i, 0), hsi, z + ti * k,
-                                                           &W_.bias[std::size_t(i * W_.Ppad)], g[ti], K.ws + tl.a0,
-                                                           K.ws + tl.b0, ya.data(), yb.data());
-          else
-            val = detail::kernels::pass_forward<S, Out, Dot>(K, tl, W_.bt(i, 0), hsi, g[ti], K.ws + tl.a0, ya.data());
-          if (Dot) l[ti] += val;
-        }
-        if (Out) {
-          S* yrow = Y.row(t0 + t);
-          for (index_t j = 0; j < tl.len; ++j) {
-            const index_t c = W_.coord[std::size_t(tl.a0 + j)];
-            if (c >= 0) yrow[c] += ya[std::size_t(j)];
+          detail::kernels::Block<S> b;
+          index_t who[TB];
+          for (int u = 0; u < nb; ++u) {
+            const index_t ti = (tb + u) * N + i;
+            if (!sel[ti]) continue;
+            const int c = b.n++;
+            b.hs[c] = &hs[std::size_t(ti * r)];
+            b.z[c] = z ? z + ti * k : nullptr;
+            b.g[c] = g[ti];
+            b.ya[c] = ya.data() + u * L;
+            b.yb[c] = yb.data() + u * L;
+            b.wa[c] = K.ws + tl.a0;
+            b.wb[c] = K.ws + tl.b0;
+            who[c] = ti;
           }
-          if (tl.rot)
-            for (index_t j = 0; j < tl.len; ++j) {
-              const index_t c = W_.coord[std::size_t(tl.b0 + j)];
-              if (c >= 0) yrow[c] += yb[std::size_t(j)];
-            }
+          if (b.n == 0) continue;
+          detail::kernels::with_block_size(b.n, [&](auto C) {
+            constexpr int Cn = decltype(C)::value;
+            if (tl.rot)
+              detail::kernels::rot_forward<S, Cn, Out, Dot>(K, tl, W_.bp(i), bias_row(i), b, ts.sc);
+            else
+              detail::kernels::pass_forward<S, Cn, Out, Dot>(K, tl, W_.bp(i), b);
+          });
+          if (Dot)
+            for (int c = 0; c < b.n; ++c) l[who[c]] += b.dot[c];
         }
+        if (Out)
+          for (int u = 0; u < nb; ++u) {
+            S* yrow = Y.row(t0 + tb + u);
+            const S* pa = ya.data() + u * L;
+            const S* pb = yb.data() + u * L;
+            for (index_t j = 0; j < tl.len; ++j) {
+              const index_t c = W_.coord[std::size_t(tl.a0 + j)];
+              if (c >= 0) yrow[c] += pa[j];
+            }
+            if (tl.rot)
+              for (index_t j = 0; j < tl.len; ++j) {
+                const index_t c = W_.coord[std::size_t(tl.b0 + j)];
+                if (c >= 0) yrow[c] += pb[j];
+              }
+          }
       }
-    }
   }
 
   // ---- backward --------------------------------------------------------------------------------
 
   // Per-thread partial sums of the parameter gradients, reduced in thread order.
   struct Partial {
-    avec<S> dBT, dUT, dbias, dws;   // slot space
+    avec<S> dBP, dUP, dbias, dws;   // slot space; dBP, dUP packed like BP, UP
     std::vector<S> ds, dm, Gv, Gc;  // [N], [N, N], [N, k, r], [N, k, r]
     std::vector<S> Cws;             // [N, r]: sum_t dl_i s_i h_i (dense stretch)
   };
@@ -434,8 +473,8 @@ class Layer<S, backend::cpu> {
     const index_t N = D_.N, r = D_.r, k = D_.k;
     const auto& G = b.G;
     const Path pth = path();
-    if (G.lora_B.present() && pth != Path::dense) p.dBT.assign(std::size_t(N * r * W_.dpad), S(0));
-    if (G.angle_U.present()) p.dUT.assign(std::size_t(k * W_.Ppad), S(0));
+    if (G.lora_B.present() && pth != Path::dense) p.dBP.assign(std::size_t(N * r * W_.dpad), S(0));
+    if (G.angle_U.present()) p.dUP.assign(std::size_t(k * W_.Ppad), S(0));
     if (G.angle_bias.present()) p.dbias.assign(std::size_t(N * W_.Ppad), S(0));
     if (G.stretch_ws.present() && pth != Path::dense) p.dws.assign(std::size_t(W_.dpad), S(0));
     if (G.lora_scale.present()) p.ds.assign(std::size_t(N), S(0));
@@ -508,7 +547,7 @@ class Layer<S, backend::cpu> {
       const bool st = stretch();
       // Pass 1 (stretch): dg_i = dy . u_i over all tiles, then dl.
       if (st && need.dlogits) {
-        tiles_dot_dy(ctx, b.DY, t0, t1, DL);
+        tiles_backward(ctx, b.DY, t0, t1, true, detail::kernels::BwdWant{}, nullptr, DL, nullptr, nullptr, part);
         normalize_back();
       }
       detail::kernels::BwdWant w;
@@ -526,8 +565,8 @@ class Layer<S, backend::cpu> {
       if (w.e) e.assign(std::size_t(n * Nr), S(0));
       if (w.dz) dz.assign(std::size_t(n * N * k), S(0));
       if (w.dg || w.dpre || w.dws || w.dv)
-        tiles_backward(ctx, b.DY, t0, t1, w, st ? DL : nullptr, w.dg ? DL : nullptr, w.e ? e.data() : nullptr,
-                       w.dz ? dz.data() : nullptr, part);
+        tiles_backward(ctx, b.DY, t0, t1, false, w, st ? DL : nullptr, w.dg ? DL : nullptr,
+                       w.e ? e.data() : nullptr, w.dz ? dz.data() : nullptr, part);
       if (w.dg) normalize_back();
       if (w.dz) rank_space_backward(ctx, b, part, t0, t1, e.data(), dz.data());
       else if (w.e) finish_dh(e.data());
@@ -635,66 +674,63 @@ class Layer<S, backend::cpu> {
       }
   }
 
-  // dg_i = dy . u_i for tokens [t0, t1) (stretch gate: needed before the main backward pass).
-  void tiles_dot_dy(const Context& ctx, const detail::MatRef<S>& DY, index_t t0, index_t t1, S* dg) const {
-    const index_t n = t1 - t0, N = D_.N, r = D_.r, k = D_.k;
-    const auto K = kargs();
-    const std::vector<S> hs = scaled_h(ctx, t0, t1);
-    avec<S> dya(static_cast<std::size_t>(W_.max_len)), dyb(static_cast<std::size_t>(W_.max_len));
-    const S* z = cfg_.rotation ? &ctx.z[std::size_t(t0 * N * k)] : nullptr;
-    const unsigned char* sel = &ctx.sel[std::size_t(t0 * N)];
-    for (const Tile& tl : W_.tiles)
-      for (index_t t = 0; t < n; ++t) {
-        gather_dy(DY, t0 + t, tl, dya.data(), dyb.data());
-        for (index_t i = 0; i < N; ++i) {
-          const index_t ti = t * N + i;
-          if (!sel[ti]) continue;
-          const S* hsi = &hs[std::size_t(ti * r)];
-          if (tl.rot)
-            dg[ti] += detail::kernels::rot_forward<S, false, true>(K, tl, W_.bt(i, 0), hsi, z + ti * k,
-                                                                 &W_.bias[std::size_t(i * W_.Ppad)], S(0),
-                                                                 dya.data(), dyb.data(), nullptr, nullptr);
-          else
-            dg[ti] += detail::kernels::pass_forward<S, false, true>(K, tl, W_.bt(i, 0), hsi, S(0), dya.data(), nullptr);
-        }
-      }
-  }
-
-  // The main backward pass over the tiles for tokens [t0, t1).
-  void tiles_backward(const Context& ctx, const detail::MatRef<S>& DY, index_t t0, index_t t1,
+  // Backward passes over the tiles for tokens [t0, t1), in blocks of up to max_block tokens.
+  // Dot pass (dot_dy): dg_i += dy . u_i. Main pass: everything `w` asks for.
+  void tiles_backward(const Context& ctx, const detail::MatRef<S>& DY, index_t t0, index_t t1, bool dot_dy,
                       const detail::kernels::BwdWant& w, const S* dl, S* dg, S* e, S* dz, Partial& part) const {
-    const index_t n = t1 - t0, N = D_.N, r = D_.r, k = D_.k;
+    constexpr int TB = detail::kernels::max_block;
+    const index_t n = t1 - t0, N = D_.N, r = D_.r, k = D_.k, L = W_.max_len;
     const auto K = kargs();
     const std::vector<S> hs = scaled_h(ctx, t0, t1);
-    const std::size_t L = std::size_t(W_.max_len);
-    avec<S> dya(L), dyb(L), dva(L), dvb(L), dpre(L);
+    avec<S> dya(std::size_t(TB * L)), dyb(std::size_t(TB * L));
+    const TileScratch ts(*this);
     const S* z = cfg_.rotation ? &ctx.z[std::size_t(t0 * N * k)] : nullptr;
     const S* g = &ctx.g[std::size_t(t0 * N)];
     const unsigned char* sel = &ctx.sel[std::size_t(t0 * N)];
     detail::kernels::BwdOut<S> o;
-    o.dUT = part.dUT.empty() ? nullptr : part.dUT.data();
+    o.dUP = part.dUP.empty() ? nullptr : part.dUP.data();
     o.dws = part.dws.empty() ? nullptr : part.dws.data();
-    o.dva = dva.data();
-    o.dvb = dvb.data();
-    o.dpre = dpre.data();
     for (const Tile& tl : W_.tiles)
-      for (index_t t = 0; t < n; ++t) {
-        gather_dy(DY, t0 + t, tl, dya.data(), dyb.data());
+      for (index_t tb = 0; tb < n; tb += TB) {
+        const int nb = int(std::min<index_t>(TB, n - tb));
+        for (int u = 0; u < nb; ++u) gather_dy(DY, t0 + tb + u, tl, dya.data() + u * L, dyb.data() + u * L);
         for (index_t i = 0; i < N; ++i) {
-          const index_t ti = t * N + i;
-          if (!sel[ti]) continue;
+          detail::kernels::Block<S> b;
+          index_t who[TB];
+          for (int u = 0; u < nb; ++u) {
+            const index_t ti = (tb + u) * N + i;
+            if (!sel[ti]) continue;
+            const int c = b.n++;
+            b.hs[c] = &hs[std::size_t(ti * r)];
+            b.z[c] = z ? z + ti * k : nullptr;
+            b.g[c] = g[ti];
+            b.dl[c] = dl ? dl[ti] : S(0);
+            b.wa[c] = b.dya[c] = dya.data() + u * L;
+            b.wb[c] = b.dyb[c] = dyb.data() + u * L;
+            b.e[c] = e ? e + ti * r : nullptr;
+            b.dz[c] = dz ? dz + ti * k : nullptr;
+            b.dg[c] = dg ? dg + ti : nullptr;
+            who[c] = ti;
+          }
+          if (b.n == 0) continue;
           o.dbias_i = part.dbias.empty() ? nullptr : &part.dbias[std::size_t(i * W_.Ppad)];
-          o.dBTi = part.dBT.empty() ? nullptr : &part.dBT[std::size_t(i * r * W_.dpad)];
-          o.e = e ? e + ti * r : nullptr;
-          o.dz = dz ? dz + ti * k : nullptr;
-          o.dg = dg ? dg + ti : nullptr;
-          const S dlv = dl ? dl[ti] : S(0);
-          const S* hsi = &hs[std::size_t(ti * r)];
-          if (tl.rot)
-            detail::kernels::rot_backward(K, tl, W_.bt(i, 0), hsi, z + ti * k, &W_.bias[std::size_t(i * W_.Ppad)],
-                                          g[ti], dlv, dya.data(), dyb.data(), w, o);
-          else
-            detail::kernels::pass_backward(K, tl, W_.bt(i, 0), hsi, g[ti], dlv, dya.data(), w, o);
+          o.dBPi = part.dBP.empty() ? nullptr : &part.dBP[std::size_t(i * r * W_.dpad)];
+          detail::kernels::with_block_size(b.n, [&](auto C) {
+            constexpr int Cn = decltype(C)::value;
+            if (dot_dy) {
+              if (tl.rot)
+                detail::kernels::rot_forward<S, Cn, false, true>(K, tl, W_.bp(i), bias_row(i), b, ts.sc);
+              else
+                detail::kernels::pass_forward<S, Cn, false, true>(K, tl, W_.bp(i), b);
+            } else {
+              if (tl.rot)
+                detail::kernels::rot_backward<S, Cn>(K, tl, W_.bp(i), bias_row(i), b, w, o, ts.sc);
+              else
+                detail::kernels::pass_backward<S, Cn>(K, tl, W_.bp(i), b, w, o, ts.sc);
+            }
+          });
+          if (dot_dy)
+            for (int c = 0; c < b.n; ++c) dg[who[c]] += b.dot[c];
         }
       }
   }
@@ -790,8 +826,15 @@ class Layer<S, backend::cpu> {
           for (index_t q = 0; q < r; ++q)
             for (index_t s = 0; s < d; ++s) acc(q, s) += p.Cws[std::size_t(i * r + q)] * W_.ws[std::size_t(s)];
     } else {
-      for (const Partial& p : b.part)
-        acc += detail::CMap<S>(&p.dBT[std::size_t(i * r * dpad)], r, dpad, Eigen::OuterStride<>(dpad));
+      constexpr index_t Wd = detail::simd::width<S>();
+      for (const Partial& p : b.part) {
+        const S* src = &p.dBP[std::size_t(i * r * dpad)];
+        for (index_t s = 0; s < dpad; s += Wd) {
+          const S* blk = src + W_.group_offset(s);
+          for (index_t q = 0; q < r; ++q)
+            for (index_t l = 0; l < Wd; ++l) acc(q, s + l) += blk[q * Wd + l];
+        }
+      }
     }
     for (index_t s = 0; s < dpad; ++s) {
       const index_t o = W_.coord[std::size_t(s)];
@@ -838,9 +881,10 @@ class Layer<S, backend::cpu> {
         }
     }
     if (G.angle_U.present()) {
-      const auto dUT = sum_parts(&Partial::dUT, std::size_t(k * Ppad));
+      constexpr index_t Wd = detail::simd::width<S>();
+      const auto dUP = sum_parts(&Partial::dUP, std::size_t(k * Ppad));
       for (index_t m = 0; m < D_.P; ++m)
-        for (index_t q = 0; q < k; ++q) G.angle_U(m, q) += dUT[std::size_t(q * Ppad + m)];
+        for (index_t q = 0; q < k; ++q) G.angle_U(m, q) += dUP[std::size_t(m / Wd * k * Wd + q * Wd + m % Wd)];
     }
     if (G.angle_bias.present()) {
       const auto db = sum_parts(&Partial::dbias, std::size_t(N * Ppad));

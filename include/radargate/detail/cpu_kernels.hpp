@@ -1,20 +1,29 @@
-// radargate/detail/cpu_kernels.hpp -- the fused tile kernels of the cpu backend: one token, one
-// expert, one tile of output slots (see cpu_weights.hpp for slot space).
+// radargate/detail/cpu_kernels.hpp -- the fused tile kernels of the cpu backend: one expert, one
+// tile of output slots (see cpu_weights.hpp for slot space), a block of up to 4 tokens.
 //
 // Rotation tile, planes m of the tile, W planes per SIMD step (a = slot m, b = slot Ppad + m):
-//   v_a = sum_q BT[q, a] hs_q,  v_b likewise                 (expand; hs = s_i h_i)
-//   pre = bias_i[m] + sum_q UT[q, m] z_q,  alpha = bound(pre)  (angle, from rank space)
+//   v_a = sum_q B[a, q] hs_q,  v_b likewise                  (expand; hs = s_i h_i)
+//   pre = bias_i[m] + sum_q U[m, q] z_q,  alpha = bound(pre)   (angle, from rank space)
 //   (u_a, u_b) = rotate(cos alpha, sin alpha, v_a, v_b)
 //   forward:   y += g u   and/or   l += w . u                (w = ws, or dy for dL/dg)
 //   backward:  du = g dy + dl ws
 //              dalpha = du_b u_a - du_a u_b,  dpre = dalpha bound'(pre)
-//              dv = rotate^T(du),  e_q += BT[q, .] . dv,  dBT[q, .] += hs_q dv
-//              dz_q += UT[q, .] . dpre,  dUT[q, .] += z_q dpre,  dbias_i += dpre,  dws += dl u
+//              dv = rotate^T(du),  e_q += B[., q] . dv,  dB[., q] += hs_q dv
+//              dz_q += U[., q] . dpre,  dU[., q] += z_q dpre,  dbias_i += dpre,  dws += dl u
 // Pass-through tile: the same with u = v and no angle.
 //
 // Nothing of size d outlives one tile: the expert outputs u are recomputed wherever they are
 // needed, never stored for the whole layer.
+//
+// Why blocks of tokens: for one token the work of a group of W planes is a chain of dependent
+// operations (k FMAs for pre, then tanh, then sin/cos) that is far longer than the time the
+// core needs to issue it, so one token at a time is latency-bound. The tokens of a block are
+// processed in lock step (simd::Lanes): their chains are independent, each load of B, U and of
+// the partial gradients is shared by the block, and the angles of a tile are computed in a
+// separate loop whose iterations are independent.
 #pragma once
+
+#include <type_traits>
 
 #include "cpu_simd.hpp"
 #include "cpu_weights.hpp"
@@ -29,87 +38,59 @@ using simd::hsum;
 using simd::load;
 using simd::store;
 
+constexpr int max_block = 4;
+
 template <class S>
 struct Args {
-  const S* BT = nullptr;  // [N, r, dpad]
-  index_t dpad = 0, r = 0;
-  const S* UT = nullptr;  // [k, Ppad]
-  index_t Ppad = 0, k = 0;
+  const S* BP = nullptr;  // packed expand weights (CpuWeights::BP)
+  index_t r = 0, pass0 = 0;
+  const S* UP = nullptr;  // packed U^T (CpuWeights::UP)
+  index_t k = 0;
   const S* ws = nullptr;  // [dpad]
   Bound bound = Bound::pi_tanh;
 };
 
-/// Both halves of a rotation tile expanded with one broadcast of each hs_q.
+/// One expert, one tile, n <= max_block tokens. Per-token pointers index from the tile start.
 template <class S>
-RG_INLINE void expand2(const S* pa, const S* pb, index_t dpad, const S* hs, index_t r, batch<S>& va,
-                       batch<S>& vb) {
-  va = batch<S>(S(0));
-  vb = batch<S>(S(0));
-  for (index_t q = 0; q < r; ++q, pa += dpad, pb += dpad) {
-    const batch<S> hq(hs[q]);
-    va = xsimd::fma(load(pa), hq, va);
-    vb = xsimd::fma(load(pb), hq, vb);
-  }
-}
+struct Block {
+  int n = 0;
+  const S* hs[max_block] = {};  // s_i h_i, [r]
+  const S* z[max_block] = {};   // z_i, [k]
+  S g[max_block] = {};          // gate weight g_i
+  S dl[max_block] = {};         // dL/dl_i (stretch gate; zero otherwise)
+  const S* wa[max_block] = {};  // Dot: dotted with u on the a-slots (pass tile: its slots)
+  const S* wb[max_block] = {};  //      and on the b-slots
+  S* ya[max_block] = {};        // Out: y accumulators, a-slots (pass tile: its slots)
+  S* yb[max_block] = {};        //      b-slots
+  S dot[max_block] = {};        // Dot: result
+  const S* dya[max_block] = {}; // backward: dy on the a-slots (pass tile: its slots)
+  const S* dyb[max_block] = {};
+  S* e[max_block] = {};         // backward: += B_i^T dv, [r]
+  S* dz[max_block] = {};        // backward: += U^T dpre, [k]
+  S* dg[max_block] = {};        // backward: += dy . u
+};
 
+/// Per-thread scratch, [max_block][stride] each: cos, sin, dalpha/dpre of the tile's planes,
+/// and (backward) dv on the a- and b-slots and dpre.
 template <class S>
-RG_INLINE batch<S> expand1(const S* p, index_t dpad, const S* hs, index_t r) {
-  batch<S> v(S(0));
-  for (index_t q = 0; q < r; ++q, p += dpad) v = xsimd::fma(load(p), batch<S>(hs[q]), v);
-  return v;
-}
+struct Scratch {
+  index_t stride = 0;
+  S* cb = nullptr;
+  S* sb = nullptr;
+  S* db = nullptr;
+  S* dva = nullptr;
+  S* dvb = nullptr;
+  S* dpre = nullptr;
+};
 
-/// pre = bias + sum_q UT[q, .] z_q over W planes.
+/// Where the backward work goes: per-thread partial sums, in the packed layouts of BP and UP.
 template <class S>
-RG_INLINE batch<S> pre_activation(const S* bias, const S* ut, index_t Ppad, const S* z, index_t k) {
-  batch<S> pre = load(bias);
-  for (index_t q = 0; q < k; ++q, ut += Ppad) pre = xsimd::fma(load(ut), batch<S>(z[q]), pre);
-  return pre;
-}
-
-/// Forward over a rotation tile for one (token, expert). Out: (ya, yb) += g u. Dot: returns
-/// (wa, wb) . u. Buffers ya, yb, wa, wb are indexed from the tile's first plane.
-template <class S, bool Out, bool Dot>
-S rot_forward(const Args<S>& K, const Tile& tl, const S* BTi, const S* hs, const S* z, const S* bias_i, S g,
-              const S* wa, const S* wb, S* ya, S* yb) {
-  constexpr index_t W = simd::width<S>();
-  const batch<S> gb(g);
-  batch<S> acc(S(0));
-  const S* pa = BTi + tl.a0;
-  const S* pb = BTi + tl.b0;
-  const S* ut = K.UT + tl.a0;
-  const S* bi = bias_i + tl.a0;
-  for (index_t j = 0; j < tl.len; j += W) {
-    batch<S> va, vb, alpha, c, s;
-    expand2(pa + j, pb + j, K.dpad, hs, K.r, va, vb);
-    simd::angle_cos_sin(K.bound, pre_activation(bi + j, ut + j, K.Ppad, z, K.k), alpha, c, s);
-    rotate_pair(c, s, va, vb);
-    if (Out) {
-      store(ya + j, xsimd::fma(gb, va, load(ya + j)));
-      store(yb + j, xsimd::fma(gb, vb, load(yb + j)));
-    }
-    if (Dot) {
-      acc = xsimd::fma(load(wa + j), va, acc);
-      acc = xsimd::fma(load(wb + j), vb, acc);
-    }
-  }
-  return Dot ? hsum(acc) : S(0);
-}
-
-/// Forward over a pass-through tile for one (token, expert): y += g v and/or returns w . v.
-template <class S, bool Out, bool Dot>
-S pass_forward(const Args<S>& K, const Tile& tl, const S* BTi, const S* hs, S g, const S* w, S* y) {
-  constexpr index_t W = simd::width<S>();
-  const batch<S> gb(g);
-  batch<S> acc(S(0));
-  const S* p = BTi + tl.a0;
-  for (index_t j = 0; j < tl.len; j += W) {
-    const batch<S> v = expand1(p + j, K.dpad, hs, K.r);
-    if (Out) store(y + j, xsimd::fma(gb, v, load(y + j)));
-    if (Dot) acc = xsimd::fma(load(w + j), v, acc);
-  }
-  return Dot ? hsum(acc) : S(0);
-}
+struct BwdOut {
+  S* dbias_i = nullptr;  // [Ppad], row i
+  S* dUP = nullptr;      // packed like UP
+  S* dws = nullptr;      // [dpad]
+  S* dBPi = nullptr;     // expert i, packed like BP
+};
 
 /// Which parts of the backward tile work are needed.
 struct BwdWant {
@@ -124,122 +105,299 @@ struct BwdWant {
   bool dB = false;     // lora.B
 };
 
-/// Where the backward tile work of one (token, expert) goes. Partial sums are per thread.
-template <class S>
-struct BwdOut {
-  S* dbias_i = nullptr;  // [Ppad], row i of the partial dbias
-  S* dUT = nullptr;      // [k, Ppad]
-  S* dws = nullptr;      // [dpad]
-  S* dBTi = nullptr;     // [r, dpad], expert i of the partial dBT
-  S* e = nullptr;        // [r]
-  S* dz = nullptr;       // [k]
-  S* dg = nullptr;       // scalar
-  // tile scratch, max tile length each
-  S* dva = nullptr;
-  S* dvb = nullptr;
-  S* dpre = nullptr;
-};
-
-template <class S>
-RG_INLINE void rank_update(const Args<S>& K, const Tile& tl, bool two, const S* BTi, const S* hs, const BwdWant& want,
-                           const BwdOut<S>& o) {
-  constexpr index_t W = simd::width<S>();
-  for (index_t q = 0; q < K.r; ++q) {
-    const S* ba = BTi + q * K.dpad + tl.a0;
-    const S* bb = BTi + q * K.dpad + tl.b0;
-    S* da = o.dBTi ? o.dBTi + q * K.dpad + tl.a0 : nullptr;
-    S* db = o.dBTi ? o.dBTi + q * K.dpad + tl.b0 : nullptr;
-    const batch<S> hq(hs[q]);
-    batch<S> acc(S(0));
-    for (index_t j = 0; j < tl.len; j += W) {
-      const batch<S> x = load(o.dva + j);
-      if (want.e) acc = xsimd::fma(load(ba + j), x, acc);
-      if (want.dB) store(da + j, xsimd::fma(hq, x, load(da + j)));
-      if (two) {
-        const batch<S> y = load(o.dvb + j);
-        if (want.e) acc = xsimd::fma(load(bb + j), y, acc);
-        if (want.dB) store(db + j, xsimd::fma(hq, y, load(db + j)));
-      }
-    }
-    if (want.e) o.e[q] += hsum(acc);
+/// Calls f(std::integral_constant<int, n>{}) for n in 1..max_block.
+template <class F>
+RG_INLINE void with_block_size(int n, F&& f) {
+  switch (n) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    default: f(std::integral_constant<int, 4>{}); break;
   }
 }
 
-/// Backward over a rotation tile for one (token, expert). dya, dyb: dy on the tile's slots.
+/// First packed group of a rotation tile / a pass-through tile, inside an expert's block.
 template <class S>
-void rot_backward(const Args<S>& K, const Tile& tl, const S* BTi, const S* hs, const S* z, const S* bias_i, S g,
-                  S dl, const S* dya, const S* dyb, const BwdWant& want, const BwdOut<S>& o) {
+RG_INLINE index_t rot_base(const Args<S>& K, const Tile& tl) {
+  return tl.a0 * 2 * K.r;
+}
+template <class S>
+RG_INLINE index_t pass_base(const Args<S>& K, const Tile& tl) {
+  return tl.a0 * K.r;
+}
+
+template <class S, int C, Bound Bd>
+RG_INLINE void lanes_angles(const simd::Lanes<batch<S>, C>& pre, simd::Lanes<batch<S>, C>& c,
+                            simd::Lanes<batch<S>, C>& s, simd::Lanes<batch<S>, C>& d) {
+  if constexpr (std::is_same<S, float>::value && Bd == Bound::pi_tanh) {
+    simd::pi_tanh_cos_sin(pre, c, s, d);
+  } else {
+    for (int u = 0; u < C; ++u) simd::angle_cos_sin(Bd, pre.v[u], c.v[u], s.v[u], d.v[u]);
+  }
+}
+
+/// cos, sin (and dalpha/dpre when db is set) of the tile's planes for the block's tokens.
+template <class S, int C, Bound Bd>
+void block_angles_bound(const Args<S>& K, const Tile& tl, const S* bias_i, const Block<S>& b, const Scratch<S>& sc,
+                        bool deriv) {
   constexpr index_t W = simd::width<S>();
-  const batch<S> gb(g), dlb(dl);
-  batch<S> dgacc(S(0));
-  const S* pa = BTi + tl.a0;
-  const S* pb = BTi + tl.b0;
-  const S* ut = K.UT + tl.a0;
+  const index_t k = K.k, L = sc.stride;
+  const S* up = K.UP + tl.a0 * k;
   const S* bi = bias_i + tl.a0;
+  for (index_t j = 0; j < tl.len; j += W, up += k * W) {
+    simd::Lanes<batch<S>, C> pre, c, s, d;
+    batch<S> odd[C];  // two chains per token: even and odd q
+    const batch<S> b0 = load(bi + j);
+    for (int u = 0; u < C; ++u) {
+      pre.v[u] = b0;
+      odd[u] = batch<S>(S(0));
+    }
+    index_t q = 0;
+    for (; q + 1 < k; q += 2) {
+      const batch<S> u0 = load(up + q * W), u1 = load(up + (q + 1) * W);
+      for (int u = 0; u < C; ++u) {
+        pre.v[u] = xsimd::fma(u0, batch<S>(b.z[u][q]), pre.v[u]);
+        odd[u] = xsimd::fma(u1, batch<S>(b.z[u][q + 1]), odd[u]);
+      }
+    }
+    if (q < k) {
+      const batch<S> u0 = load(up + q * W);
+      for (int u = 0; u < C; ++u) pre.v[u] = xsimd::fma(u0, batch<S>(b.z[u][q]), pre.v[u]);
+    }
+    for (int u = 0; u < C; ++u) pre.v[u] += odd[u];
+    lanes_angles<S, C, Bd>(pre, c, s, d);
+    for (int u = 0; u < C; ++u) {
+      store(sc.cb + u * L + j, c.v[u]);
+      store(sc.sb + u * L + j, s.v[u]);
+      if (deriv) store(sc.db + u * L + j, d.v[u]);
+    }
+  }
+}
+
+template <class S, int C>
+RG_INLINE void block_angles(const Args<S>& K, const Tile& tl, const S* bias_i, const Block<S>& b,
+                            const Scratch<S>& sc, bool deriv) {
+  if (K.bound == Bound::pi_tanh)
+    block_angles_bound<S, C, Bound::pi_tanh>(K, tl, bias_i, b, sc, deriv);
+  else
+    block_angles_bound<S, C, Bound::none>(K, tl, bias_i, b, sc, deriv);
+}
+
+/// v of the block's tokens on one packed group ([r][W] at p, and the b-half at p + r W).
+template <class S, int C, bool Two>
+RG_INLINE void block_expand(const S* p, index_t r, const Block<S>& b, batch<S>* va, batch<S>* vb) {
+  constexpr index_t W = simd::width<S>();
+  for (int u = 0; u < C; ++u) {
+    va[u] = batch<S>(S(0));
+    if (Two) vb[u] = batch<S>(S(0));
+  }
+  for (index_t q = 0; q < r; ++q) {
+    const batch<S> a = load(p + q * W);
+    if (Two) {
+      const batch<S> bq = load(p + (r + q) * W);
+      for (int u = 0; u < C; ++u) {
+        const batch<S> hq(b.hs[u][q]);
+        va[u] = xsimd::fma(a, hq, va[u]);
+        vb[u] = xsimd::fma(bq, hq, vb[u]);
+      }
+    } else {
+      for (int u = 0; u < C; ++u) va[u] = xsimd::fma(a, batch<S>(b.hs[u][q]), va[u]);
+    }
+  }
+}
+
+/// Forward over a rotation tile. Out: ya, yb += g u. Dot: dot = wa . u_a + wb . u_b.
+template <class S, int C, bool Out, bool Dot>
+void rot_forward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_i, Block<S>& b,
+                 const Scratch<S>& sc) {
+  constexpr index_t W = simd::width<S>();
+  const index_t r = K.r, L = sc.stride;
+  block_angles<S, C>(K, tl, bias_i, b, sc, false);
+  batch<S> acc[C];
+  for (int u = 0; u < C; ++u) acc[u] = batch<S>(S(0));
+  const S* p = BPi + rot_base(K, tl);
+  for (index_t j = 0; j < tl.len; j += W, p += 2 * r * W) {
+    batch<S> va[C], vb[C];
+    block_expand<S, C, true>(p, r, b, va, vb);
+    for (int u = 0; u < C; ++u) {
+      rotate_pair(load(sc.cb + u * L + j), load(sc.sb + u * L + j), va[u], vb[u]);
+      if (Out) {
+        const batch<S> g(b.g[u]);
+        store(b.ya[u] + j, xsimd::fma(g, va[u], load(b.ya[u] + j)));
+        store(b.yb[u] + j, xsimd::fma(g, vb[u], load(b.yb[u] + j)));
+      }
+      if (Dot) acc[u] = xsimd::fma(load(b.wa[u] + j), va[u], xsimd::fma(load(b.wb[u] + j), vb[u], acc[u]));
+    }
+  }
+  if (Dot)
+    for (int u = 0; u < C; ++u) b.dot[u] = hsum(acc[u]);
+}
+
+/// Forward over a pass-through tile: y += g v and/or dot = w . v.
+template <class S, int C, bool Out, bool Dot>
+void pass_forward(const Args<S>& K, const Tile& tl, const S* BPi, Block<S>& b) {
+  constexpr index_t W = simd::width<S>();
+  const index_t r = K.r;
+  batch<S> acc[C];
+  for (int u = 0; u < C; ++u) acc[u] = batch<S>(S(0));
+  const S* p = BPi + pass_base(K, tl);
+  for (index_t j = 0; j < tl.len; j += W, p += r * W) {
+    batch<S> v[C];
+    block_expand<S, C, false>(p, r, b, v, nullptr);
+    for (int u = 0; u < C; ++u) {
+      if (Out) store(b.ya[u] + j, xsimd::fma(batch<S>(b.g[u]), v[u], load(b.ya[u] + j)));
+      if (Dot) acc[u] = xsimd::fma(load(b.wa[u] + j), v[u], acc[u]);
+    }
+  }
+  if (Dot)
+    for (int u = 0; u < C; ++u) b.dot[u] = hsum(acc[u]);
+}
+
+/// After the tile's main loop: e_u += B^T dv_u and dB += sum_u hs_u dv_u (dv in sc.dva/dvb),
+/// one row q of the packed group layout at a time so the C sums stay in registers.
+template <class S, int C, bool Two>
+void block_rank_update(const S* p0, S* dp0, index_t r, index_t len, const BwdWant& w, const Block<S>& b,
+                       const Scratch<S>& sc) {
+  constexpr index_t W = simd::width<S>();
+  const index_t L = sc.stride, step = (Two ? 2 : 1) * r * W;
+  for (index_t q = 0; q < r; ++q) {
+    batch<S> acc[C], hq[C];
+    for (int u = 0; u < C; ++u) {
+      acc[u] = batch<S>(S(0));
+      hq[u] = batch<S>(b.hs[u][q]);
+    }
+    const S* p = p0 + q * W;
+    S* dp = dp0 ? dp0 + q * W : nullptr;
+    for (index_t j = 0; j < len; j += W, p += step) {
+      const batch<S> a = load(p);
+      batch<S> da = w.dB ? load(dp) : batch<S>(S(0));
+      for (int u = 0; u < C; ++u) {
+        const batch<S> x = load(sc.dva + u * L + j);
+        if (w.e) acc[u] = xsimd::fma(a, x, acc[u]);
+        if (w.dB) da = xsimd::fma(hq[u], x, da);
+      }
+      if (w.dB) store(dp, da);
+      if (Two) {
+        const batch<S> bq = load(p + r * W);
+        batch<S> db = w.dB ? load(dp + r * W) : batch<S>(S(0));
+        for (int u = 0; u < C; ++u) {
+          const batch<S> y = load(sc.dvb + u * L + j);
+          if (w.e) acc[u] = xsimd::fma(bq, y, acc[u]);
+          if (w.dB) db = xsimd::fma(hq[u], y, db);
+        }
+        if (w.dB) store(dp + r * W, db);
+      }
+      if (dp) dp += step;
+    }
+    if (w.e)
+      for (int u = 0; u < C; ++u) b.e[u][q] += hsum(acc[u]);
+  }
+}
+
+/// Backward over a rotation tile for the block's tokens.
+template <class S, int C>
+void rot_backward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_i, const Block<S>& b,
+                  const BwdWant& w, const BwdOut<S>& o, const Scratch<S>& sc) {
+  constexpr index_t W = simd::width<S>();
+  const index_t r = K.r, k = K.k, L = sc.stride;
+  block_angles<S, C>(K, tl, bias_i, b, sc, w.dpre);
+  batch<S> dgacc[C];
+  for (int u = 0; u < C; ++u) dgacc[u] = batch<S>(S(0));
+  const index_t base = rot_base(K, tl);
+  const S* p = BPi + base;
   const S* wsa = K.ws + tl.a0;
   const S* wsb = K.ws + tl.b0;
-  for (index_t j = 0; j < tl.len; j += W) {
-    batch<S> ua, ub, alpha, c, s;
-    expand2(pa + j, pb + j, K.dpad, hs, K.r, ua, ub);
-    simd::angle_cos_sin(K.bound, pre_activation(bi + j, ut + j, K.Ppad, z, K.k), alpha, c, s);
-    rotate_pair(c, s, ua, ub);
-    const batch<S> ya = load(dya + j), yb = load(dyb + j);
-    if (want.dg) dgacc = xsimd::fma(ya, ua, xsimd::fma(yb, ub, dgacc));
-    batch<S> dua = xsimd::fma(dlb, load(wsa + j), gb * ya);
-    batch<S> dub = xsimd::fma(dlb, load(wsb + j), gb * yb);
-    if (want.dpre) {
-      const batch<S> dpre = rotation_angle_grad(dua, dub, ua, ub) * bound_derivative_from_value(K.bound, alpha);
-      store(o.dpre + j, dpre);
-      if (want.dbias) store(o.dbias_i + tl.a0 + j, load(o.dbias_i + tl.a0 + j) + dpre);
+  for (index_t j = 0; j < tl.len; j += W, p += 2 * r * W) {
+    batch<S> ua[C], ub[C];
+    block_expand<S, C, true>(p, r, b, ua, ub);
+    batch<S> dws_a(S(0)), dws_b(S(0)), dbias(S(0));
+    for (int u = 0; u < C; ++u) {
+      const batch<S> c = load(sc.cb + u * L + j), s = load(sc.sb + u * L + j);
+      rotate_pair(c, s, ua[u], ub[u]);
+      const batch<S> ya = load(b.dya[u] + j), yb = load(b.dyb[u] + j);
+      if (w.dg) dgacc[u] = xsimd::fma(ya, ua[u], xsimd::fma(yb, ub[u], dgacc[u]));
+      const batch<S> g(b.g[u]), dl(b.dl[u]);
+      batch<S> dua = xsimd::fma(dl, load(wsa + j), g * ya);
+      batch<S> dub = xsimd::fma(dl, load(wsb + j), g * yb);
+      if (w.dpre) {
+        const batch<S> dpre = rotation_angle_grad(dua, dub, ua[u], ub[u]) * load(sc.db + u * L + j);
+        store(sc.dpre + u * L + j, dpre);
+        dbias += dpre;
+      }
+      if (w.dws) {
+        dws_a = xsimd::fma(dl, ua[u], dws_a);
+        dws_b = xsimd::fma(dl, ub[u], dws_b);
+      }
+      if (w.dv) {
+        rotate_pair_transpose(c, s, dua, dub);
+        store(sc.dva + u * L + j, dua);
+        store(sc.dvb + u * L + j, dub);
+      }
     }
-    if (want.dws) {
-      store(o.dws + tl.a0 + j, xsimd::fma(dlb, ua, load(o.dws + tl.a0 + j)));
-      store(o.dws + tl.b0 + j, xsimd::fma(dlb, ub, load(o.dws + tl.b0 + j)));
-    }
-    if (want.dv) {
-      rotate_pair_transpose(c, s, dua, dub);
-      store(o.dva + j, dua);
-      store(o.dvb + j, dub);
+    if (w.dbias) store(o.dbias_i + tl.a0 + j, load(o.dbias_i + tl.a0 + j) + dbias);
+    if (w.dws) {
+      store(o.dws + tl.a0 + j, load(o.dws + tl.a0 + j) + dws_a);
+      store(o.dws + tl.b0 + j, load(o.dws + tl.b0 + j) + dws_b);
     }
   }
-  if (want.dg) *o.dg += hsum(dgacc);
-  if (want.dv) rank_update(K, tl, true, BTi, hs, want, o);
-  if (want.dz || want.dU)
-    for (index_t q = 0; q < K.k; ++q) {
-      const S* u = K.UT + q * K.Ppad + tl.a0;
-      S* du = o.dUT ? o.dUT + q * K.Ppad + tl.a0 : nullptr;
-      const batch<S> zq(z[q]);
-      batch<S> acc(S(0));
-      for (index_t j = 0; j < tl.len; j += W) {
-        const batch<S> x = load(o.dpre + j);
-        if (want.dz) acc = xsimd::fma(load(u + j), x, acc);
-        if (want.dU) store(du + j, xsimd::fma(zq, x, load(du + j)));
+  if (w.dg)
+    for (int u = 0; u < C; ++u) *b.dg[u] += hsum(dgacc[u]);
+  if (w.dv) block_rank_update<S, C, true>(BPi + base, o.dBPi ? o.dBPi + base : nullptr, r, tl.len, w, b, sc);
+  // dz_u += U^T dpre_u and dU += sum_u z_u dpre_u, one row q of the packed U at a time
+  if (w.dz || w.dU)
+    for (index_t q = 0; q < k; ++q) {
+      batch<S> acc[C], zq[C];
+      for (int u = 0; u < C; ++u) {
+        acc[u] = batch<S>(S(0));
+        zq[u] = batch<S>(b.z[u][q]);
       }
-      if (want.dz) o.dz[q] += hsum(acc);
+      const S* up = K.UP + tl.a0 * k + q * W;
+      S* dup = o.dUP ? o.dUP + tl.a0 * k + q * W : nullptr;
+      for (index_t j = 0; j < tl.len; j += W, up += k * W) {
+        const batch<S> uq = load(up);
+        batch<S> du = w.dU ? load(dup) : batch<S>(S(0));
+        for (int u = 0; u < C; ++u) {
+          const batch<S> x = load(sc.dpre + u * L + j);
+          if (w.dz) acc[u] = xsimd::fma(uq, x, acc[u]);
+          if (w.dU) du = xsimd::fma(zq[u], x, du);
+        }
+        if (w.dU) {
+          store(dup, du);
+          dup += k * W;
+        }
+      }
+      if (w.dz)
+        for (int u = 0; u < C; ++u) b.dz[u][q] += hsum(acc[u]);
     }
 }
 
-/// Backward over a pass-through tile for one (token, expert). dy: dy on the tile's slots.
-template <class S>
-void pass_backward(const Args<S>& K, const Tile& tl, const S* BTi, const S* hs, S g, S dl, const S* dy,
-                   const BwdWant& want, const BwdOut<S>& o) {
+/// Backward over a pass-through tile for the block's tokens.
+template <class S, int C>
+void pass_backward(const Args<S>& K, const Tile& tl, const S* BPi, const Block<S>& b, const BwdWant& w,
+                   const BwdOut<S>& o, const Scratch<S>& sc) {
   constexpr index_t W = simd::width<S>();
-  const batch<S> gb(g), dlb(dl);
-  batch<S> dgacc(S(0));
-  const S* p = BTi + tl.a0;
-  const S* w = K.ws + tl.a0;
-  const bool need_v = want.dg || want.dws;
-  for (index_t j = 0; j < tl.len; j += W) {
-    const batch<S> y = load(dy + j);
-    if (need_v) {
-      const batch<S> v = expand1(p + j, K.dpad, hs, K.r);
-      if (want.dg) dgacc = xsimd::fma(y, v, dgacc);
-      if (want.dws) store(o.dws + tl.a0 + j, xsimd::fma(dlb, v, load(o.dws + tl.a0 + j)));
+  const index_t r = K.r, L = sc.stride;
+  batch<S> dgacc[C];
+  for (int u = 0; u < C; ++u) dgacc[u] = batch<S>(S(0));
+  const index_t base = pass_base(K, tl);
+  const S* p = BPi + base;
+  const S* ws = K.ws + tl.a0;
+  const bool need_v = w.dg || w.dws;
+  for (index_t j = 0; j < tl.len; j += W, p += r * W) {
+    batch<S> v[C] = {};
+    if (need_v) block_expand<S, C, false>(p, r, b, v, nullptr);
+    batch<S> dws(S(0));
+    for (int u = 0; u < C; ++u) {
+      const batch<S> y = load(b.dya[u] + j), dl(b.dl[u]);
+      if (w.dg) dgacc[u] = xsimd::fma(y, v[u], dgacc[u]);
+      if (w.dws) dws = xsimd::fma(dl, v[u], dws);
+      if (w.dv) store(sc.dva + u * L + j, xsimd::fma(dl, load(ws + j), batch<S>(b.g[u]) * y));
     }
-    if (want.dv) store(o.dva + j, xsimd::fma(dlb, load(w + j), gb * y));
+    if (w.dws) store(o.dws + tl.a0 + j, load(o.dws + tl.a0 + j) + dws);
   }
-  if (want.dg) *o.dg += hsum(dgacc);
-  if (want.dv) rank_update(K, tl, false, BTi, hs, want, o);
+  if (w.dg)
+    for (int u = 0; u < C; ++u) *b.dg[u] += hsum(dgacc[u]);
+  if (w.dv) block_rank_update<S, C, false>(BPi + base, o.dBPi ? o.dBPi + base : nullptr, r, tl.len, w, b, sc);
 }
 
 }  // namespace kernels

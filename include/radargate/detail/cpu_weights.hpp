@@ -7,8 +7,13 @@
 // hold zero weights, so they produce zeros and need no masking.
 //
 // Caches (all in slot space where they have an output dimension):
-//   BT[i, q, s]  = B_i[coord(s), q]                    expand weights, [N, r, dpad]
-//   UT[q, m]     = U[m, q]                             angle expansion, [k, Ppad]
+//   BT[i, q, s]  = B_i[coord(s), q]                    expand weights, [N, r, dpad] (for GEMMs)
+//   BP           the same values packed for the tile kernels: per expert, per group of W slots,
+//                the r rows of the group side by side ([r][W]); for a group of W planes the
+//                a-slots' block is followed by the b-slots' block. A tile then reads one
+//                contiguous run of memory per expert instead of r strided rows (rows d apart
+//                alias in L1 when d is a multiple of 1024).
+//   UP           U^T packed the same way: per group of W planes, [k][W]
 //   bias[i, m]   = angle.bias[i, m]                    [N, Ppad]
 //   ws[s]        = stretch.ws[coord(s)]                [dpad]
 //   m[i, j]      relational-map weights                [N, N]
@@ -43,7 +48,7 @@ struct CpuWeights {
   bool rot = false;
   index_t Ppad = 0, pass0 = 0, dpad = 0;
   std::vector<index_t> coord;  // [dpad] slot -> output coordinate, -1 for padding
-  simd::avec<S> BT, UT, bias, ws;
+  simd::avec<S> BT, BP, UP, bias, ws;
   std::vector<S> scale, m, WvB, WcB, wsB;
   MatRef<S> A, Wg, Wx, W0, Wv, Wc;  // over caller memory, or over the stores below
   std::vector<S> A_store, Wg_store, Wx_store, W0_store, Wv_store, Wc_store;
@@ -51,8 +56,19 @@ struct CpuWeights {
   index_t max_len = 0;  // longest tile
   std::uint64_t generation = 0;
 
-  /// The slot-space expand weights of expert i, row q.
+  /// The slot-space expand weights of expert i, row q (plain layout).
   const S* bt(index_t i, index_t q) const { return BT.data() + (i * D.r + q) * dpad; }
+  /// The packed expand weights of expert i.
+  const S* bp(index_t i) const { return BP.data() + i * D.r * dpad; }
+  /// Offset, inside one expert's packed block, of the [r][W] block of the group of W slots
+  /// that starts at slot s.
+  index_t group_offset(index_t s) const {
+    constexpr index_t W = simd::width<S>();
+    const index_t r = D.r;
+    if (s < Ppad) return s / W * 2 * r * W;
+    if (s < pass0) return (s - Ppad) / W * 2 * r * W + r * W;
+    return pass0 * r + (s - pass0) / W * r * W;
+  }
 
   void build(const LayerConfig& c, const Params<S>& p, const Dims& dims, index_t tile_planes) {
     constexpr index_t W = simd::width<S>();
@@ -83,6 +99,12 @@ struct CpuWeights {
         if (o < 0) continue;
         for (index_t q = 0; q < r; ++q) BT[std::size_t((i * r + q) * dpad + s)] = p.lora_B(i, o, q);
       }
+    BP.assign(BT.size(), S(0));
+    for (index_t i = 0; i < N; ++i)
+      for (index_t s = 0; s < dpad; s += W)
+        for (index_t q = 0; q < r; ++q)
+          for (index_t l = 0; l < W; ++l)
+            BP[std::size_t(i * r * dpad + group_offset(s) + q * W + l)] = BT[std::size_t((i * r + q) * dpad + s + l)];
 
     scale.assign(std::size_t(N), S(1));
     if (p.lora_scale.present())
@@ -109,15 +131,15 @@ struct CpuWeights {
     Wv = matrix_of(p.angle_Wv, Wv_store);
     Wc = matrix_of(p.angle_Wc, Wc_store);
 
-    UT.clear();
+    UP.clear();
     bias.clear();
     m.clear();
     WvB.clear();
     WcB.clear();
     if (rot) {
-      UT.assign(std::size_t(k * Ppad), S(0));
+      UP.assign(std::size_t(k * Ppad), S(0));
       for (index_t mm = 0; mm < P; ++mm)
-        for (index_t q = 0; q < k; ++q) UT[std::size_t(q * Ppad + mm)] = p.angle_U(mm, q);
+        for (index_t q = 0; q < k; ++q) UP[std::size_t(mm / W * k * W + q * W + mm % W)] = p.angle_U(mm, q);
       bias.assign(std::size_t(N * Ppad), S(0));
       if (p.angle_bias.present())
         for (index_t i = 0; i < N; ++i)
