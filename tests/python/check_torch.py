@@ -13,9 +13,13 @@ runs `radargate run --model M --input I --output O --backward`, and compares y a
 (grad.x and the gradient of every parameter in the model file) with PyTorch autograd of
 sum(dy * y).
 
-Error measure, per tensor: max|a - b| / max(max|b|, 1e-300), a = radargate, b = PyTorch (float64).
-Tolerance: 1e-9 for F64 files, 1e-4 for the F32 file (PyTorch then runs in float64 on the same
-float32 values, so the measure is radargate's float32 rounding).
+Error measure, per tensor: max|a - b| / max(max|b|, 1e-300), a = radargate, b = PyTorch in float64
+on the very values the files hold. Tolerance: 1e-9 for F64 files; 1e-4 for F32 files (the
+measure is then radargate's float32 rounding); 1e-3 for F16 and 8e-3 for BF16 files, whose outputs
+are rounded to those types.
+
+Cases also cover a forward-only run (the output holds y alone) and --grads selections (the output
+holds y and exactly the gradients asked for).
 
 One line per case, then `N passed, M failed`; the exit code is non-zero on any failure.
 """
@@ -42,8 +46,29 @@ except ImportError as exc:
 import radargate_torch as rgt  # noqa: E402
 import safetensors_np as st  # noqa: E402
 
-TOL = {"F64": 1e-9, "F32": 1e-4}
-NP_DTYPE = {"F64": np.float64, "F32": np.float32}
+# F16 / BF16 files are computed in float32 and written back in their dtype, so the error is about
+# one rounding of each output (at most half an ulp: 2^-11 of the value for F16, 2^-8 for BF16);
+# the bounds leave a factor of two.
+TOL = {"F64": 1e-9, "F32": 1e-4, "F16": 1e-3, "BF16": 8e-3}
+
+
+def to_file_dtype(a, dtype):
+    """float64 array -> the array written to a file of `dtype` (rounded to nearest even)."""
+    if dtype == "BF16":
+        return st.bf16_from_float32(np.asarray(a, dtype=np.float32))
+    return np.asarray(a).astype({"F64": np.float64, "F32": np.float32, "F16": np.float16}[dtype])
+
+
+def from_file_dtype(a):
+    """An array read from a file -> float64 (exactly)."""
+    if isinstance(a, st.BF16Array):
+        return st.bf16_to_float32(a).astype(np.float64)
+    return np.asarray(a, dtype=np.float64)
+
+
+def file_dtype(a):
+    return "BF16" if isinstance(a, st.BF16Array) else {np.dtype(np.float64): "F64", np.dtype(np.float32): "F32",
+                                                        np.dtype(np.float16): "F16"}.get(a.dtype, str(a.dtype))
 
 # variant -> (rotation, gate kind, default normalize); restated from SPEC section 2 so the loop
 # oracle below does not share code with radargate_torch.
@@ -64,11 +89,12 @@ TABLE = {
 
 
 def make_case(name, variant, T=5, d_in=6, d=8, N=3, r=2, k=3, P=None, omit=(), set_params=None,
-              dtype="F64", **config):
+              dtype="F64", backward=True, grads=None, **config):
+    """One model/input pair; `backward=False` runs forward only, `grads` is a --grads list."""
     cfg = {"variant": variant}
     cfg.update(config)
     return {"name": name, "config": cfg, "dims": dict(T=T, d_in=d_in, d=d, N=N, r=r, k=k, P=P),
-            "omit": set(omit), "set": set_params or {}, "dtype": dtype}
+            "omit": set(omit), "set": set_params or {}, "dtype": dtype, "backward": backward, "grads": grads}
 
 
 def random_model(case, seed):
@@ -283,8 +309,15 @@ def cli_cases():
         c("uniform.N1_odd_d", "uniform", N=1, d=5),
         c("sum.no_scale_r1_odd_d", "sum", r=1, d=7, omit=("lora.scale",)),
         c("sum.N1", "sum", N=1),
-        # float32 file
+        # run modes: forward only, a --grads selection
+        c("radargate.forward_only", "radargate", backward=False),
+        c("radargate.grads_x_U_ws", "radargate", grads=["x", "angle.U", "stretch.ws"]),
+        c("topk.grads_lora", "topk", N=4, grads=["lora.A", "lora.B", "lora.scale"]),
+        # other file dtypes
         c("radargate.f32", "radargate", dtype="F32"),
+        c("topk.f32_half_tau", "topk", N=4, tau=0.5, dtype="F32"),
+        c("radargate.f16", "radargate", dtype="F16"),
+        c("radargate.bf16", "radargate", dtype="BF16"),
     ]
     return cases
 
@@ -404,17 +437,21 @@ def self_checks(res, cases, tmp):
 def cli_check(res, binary, case, seed, tmp):
     name, dtype = case["name"], case["dtype"]
     cfg, p, x, dy = random_model(case, seed)
-    npdt = NP_DTYPE[dtype]
     # What the tool reads is what PyTorch gets: round to the file's dtype first.
-    p = {n: np.asarray(v, dtype=npdt).astype(np.float64) for n, v in p.items()}
-    x = x.astype(npdt).astype(np.float64)
-    dy = dy.astype(npdt).astype(np.float64)
+    fp = {n: to_file_dtype(v, dtype) for n, v in p.items()}
+    fx, fdy = to_file_dtype(x, dtype), to_file_dtype(dy, dtype)
+    p = {n: from_file_dtype(v) for n, v in fp.items()}
+    x, dy = from_file_dtype(fx), from_file_dtype(fdy)
     model = os.path.join(tmp, f"{name}.model.safetensors")
     inp = os.path.join(tmp, f"{name}.input.safetensors")
     out = os.path.join(tmp, f"{name}.output.safetensors")
-    st.save(model, {n: v.astype(npdt) for n, v in p.items()}, {"radargate.config": json.dumps(cfg)})
-    st.save(inp, {"x": x.astype(npdt), "dy": dy.astype(npdt)})
-    cmd = [binary, "run", "--model", model, "--input", inp, "--output", out, "--backward"]
+    st.save(model, fp, {"radargate.config": json.dumps(cfg)})
+    st.save(inp, {"x": fx, "dy": fdy} if case["backward"] else {"x": fx})
+    cmd = [binary, "run", "--model", model, "--input", inp, "--output", out]
+    if case["backward"]:
+        cmd.append("--backward")
+    if case["grads"]:
+        cmd += ["--grads", ",".join(case["grads"])]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -430,20 +467,23 @@ def cli_check(res, binary, case, seed, tmp):
         return None
 
     y_ref, g_ref = torch_reference(cfg, p, x, dy)
-    want = ["y"] + [f"grad.{n}" for n in ["x"] + list(p)]
     ref = {"y": y_ref}
     ref.update({f"grad.{n}": g for n, g in g_ref.items()})
+    if not case["backward"]:
+        want = ["y"]
+    else:
+        want = ["y"] + [f"grad.{n}" for n in (case["grads"] or ["x"] + list(p))]
     problems, errs = [], {}
     for key in want:
         if key not in got:
             problems.append(f"missing {key}")
             continue
-        if got[key].dtype != npdt:
-            problems.append(f"{key} has dtype {got[key].dtype}, expected {np.dtype(npdt)}")
+        if file_dtype(got[key]) != dtype:
+            problems.append(f"{key} has dtype {file_dtype(got[key])}, expected {dtype}")
         if got[key].shape != ref[key].shape:
             problems.append(f"{key} has shape {list(got[key].shape)}, expected {list(ref[key].shape)}")
             continue
-        errs[key] = rel_err(got[key], ref[key])
+        errs[key] = rel_err(from_file_dtype(got[key]), ref[key])
         if not errs[key] <= TOL[dtype]:
             problems.append(f"{key} rel err {errs[key]:.3e} > {TOL[dtype]:.0e}")
     extra = sorted(set(got) - set(want))
@@ -468,13 +508,15 @@ def main(argv):
         if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
             res.report(False, "cli", f"'{binary}' is not an executable file")
         else:
-            worst = {"F64": 0.0, "F32": 0.0}
+            worst = {dt: 0.0 for dt in TOL}
+            count = {dt: 0 for dt in TOL}
             for i, case in enumerate(cases):
                 errs = cli_check(res, binary, case, 2000 + i, tmp)
+                count[case["dtype"]] += 1
                 if errs:
                     worst[case["dtype"]] = max(worst[case["dtype"]], max(errs.values()))
-            print(f"max rel err over all cases: F64 {worst['F64']:.2e} (tol {TOL['F64']:.0e}), "
-                  f"F32 {worst['F32']:.2e} (tol {TOL['F32']:.0e})")
+            print("max rel err over all cases: " + ", ".join(
+                f"{dt} {worst[dt]:.2e} (tol {TOL[dt]:.0e}, {count[dt]} cases)" for dt in TOL if count[dt]))
     print(f"{res.passed} passed, {res.failed} failed")
     return 0 if res.failed == 0 else 1
 
