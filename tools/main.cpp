@@ -18,6 +18,7 @@ struct Command {
 const Command commands[] = {
     {"run", radargate::cli::cmd_run, "forward (and backward) of a model file on an input file"},
     {"init", radargate::cli::cmd_init, "write a random model of any variant"},
+    {"bench", radargate::cli::cmd_bench, "time one layer call on a random model (no file I/O)"},
 };
 
 void usage(std::FILE* out) {
