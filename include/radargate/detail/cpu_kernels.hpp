@@ -136,42 +136,59 @@ RG_INLINE void lanes_angles(const simd::Lanes<batch<S>, C>& pre, simd::Lanes<bat
   }
 }
 
-/// cos, sin (and dalpha/dpre when db is set) of the tile's planes for the block's tokens.
+/// cos, sin (and dalpha/dpre when deriv) of the tile's planes for the block's tokens. G groups
+/// of W planes are done per step, so a block of C tokens still runs C * G chains in lock step
+/// (a lone token would otherwise be latency-bound).
+template <class S, int C, int G, Bound Bd>
+RG_INLINE index_t block_angles_steps(const Args<S>& K, const Tile& tl, const S* bias_i, const Block<S>& b,
+                                     const Scratch<S>& sc, bool deriv, index_t j) {
+  constexpr index_t W = simd::width<S>();
+  constexpr int U = C * G;  // lane u = g * C + token
+  const index_t k = K.k, L = sc.stride;
+  for (; j + G * W <= tl.len; j += G * W) {
+    const S* up = K.UP + (tl.a0 + j) * k;
+    simd::Lanes<batch<S>, U> pre, c, s, d;
+    batch<S> odd[U];  // two chains per lane: even and odd q
+    for (int g = 0; g < G; ++g) {
+      const batch<S> b0 = load(bias_i + tl.a0 + j + g * W);
+      for (int u = 0; u < C; ++u) {
+        pre.v[g * C + u] = b0;
+        odd[g * C + u] = batch<S>(S(0));
+      }
+    }
+    index_t q = 0;
+    for (; q + 1 < k; q += 2)
+      for (int g = 0; g < G; ++g) {
+        const batch<S> u0 = load(up + g * k * W + q * W), u1 = load(up + g * k * W + (q + 1) * W);
+        for (int u = 0; u < C; ++u) {
+          pre.v[g * C + u] = xsimd::fma(u0, batch<S>(b.z[u][q]), pre.v[g * C + u]);
+          odd[g * C + u] = xsimd::fma(u1, batch<S>(b.z[u][q + 1]), odd[g * C + u]);
+        }
+      }
+    if (q < k)
+      for (int g = 0; g < G; ++g) {
+        const batch<S> u0 = load(up + g * k * W + q * W);
+        for (int u = 0; u < C; ++u) pre.v[g * C + u] = xsimd::fma(u0, batch<S>(b.z[u][q]), pre.v[g * C + u]);
+      }
+    for (int u = 0; u < U; ++u) pre.v[u] += odd[u];
+    lanes_angles<S, U, Bd>(pre, c, s, d);
+    for (int g = 0; g < G; ++g)
+      for (int u = 0; u < C; ++u) {
+        const index_t at = u * L + j + g * W;
+        store(sc.cb + at, c.v[g * C + u]);
+        store(sc.sb + at, s.v[g * C + u]);
+        if (deriv) store(sc.db + at, d.v[g * C + u]);
+      }
+  }
+  return j;
+}
+
 template <class S, int C, Bound Bd>
 void block_angles_bound(const Args<S>& K, const Tile& tl, const S* bias_i, const Block<S>& b, const Scratch<S>& sc,
                         bool deriv) {
-  constexpr index_t W = simd::width<S>();
-  const index_t k = K.k, L = sc.stride;
-  const S* up = K.UP + tl.a0 * k;
-  const S* bi = bias_i + tl.a0;
-  for (index_t j = 0; j < tl.len; j += W, up += k * W) {
-    simd::Lanes<batch<S>, C> pre, c, s, d;
-    batch<S> odd[C];  // two chains per token: even and odd q
-    const batch<S> b0 = load(bi + j);
-    for (int u = 0; u < C; ++u) {
-      pre.v[u] = b0;
-      odd[u] = batch<S>(S(0));
-    }
-    index_t q = 0;
-    for (; q + 1 < k; q += 2) {
-      const batch<S> u0 = load(up + q * W), u1 = load(up + (q + 1) * W);
-      for (int u = 0; u < C; ++u) {
-        pre.v[u] = xsimd::fma(u0, batch<S>(b.z[u][q]), pre.v[u]);
-        odd[u] = xsimd::fma(u1, batch<S>(b.z[u][q + 1]), odd[u]);
-      }
-    }
-    if (q < k) {
-      const batch<S> u0 = load(up + q * W);
-      for (int u = 0; u < C; ++u) pre.v[u] = xsimd::fma(u0, batch<S>(b.z[u][q]), pre.v[u]);
-    }
-    for (int u = 0; u < C; ++u) pre.v[u] += odd[u];
-    lanes_angles<S, C, Bd>(pre, c, s, d);
-    for (int u = 0; u < C; ++u) {
-      store(sc.cb + u * L + j, c.v[u]);
-      store(sc.sb + u * L + j, s.v[u]);
-      if (deriv) store(sc.db + u * L + j, d.v[u]);
-    }
-  }
+  constexpr int G = C >= 4 ? 1 : 4 / C;
+  index_t j = block_angles_steps<S, C, G, Bd>(K, tl, bias_i, b, sc, deriv, 0);
+  if (G > 1) block_angles_steps<S, C, 1, Bd>(K, tl, bias_i, b, sc, deriv, j);
 }
 
 template <class S, int C>
