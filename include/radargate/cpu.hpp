@@ -395,7 +395,7 @@ class Layer<S, backend::cpu> {
     const S* z = cfg_.rotation ? &ctx.z[std::size_t(t0 * N * k)] : nullptr;
     const S* g = &ctx.g[std::size_t(t0 * N)];
     const unsigned char* sel = &ctx.sel[std::size_t(t0 * N)];
-    for (const Tile& tl : W_.tiles)
+    for (const Tile& tl : n < TB ? W_.long_tiles : W_.tiles)
       for (index_t tb = 0; tb < n; tb += TB) {
         const int nb = int(std::min<index_t>(TB, n - tb));
         if (Out) {
@@ -690,7 +690,7 @@ class Layer<S, backend::cpu> {
     detail::kernels::BwdOut<S> o;
     o.dUP = part.dUP.empty() ? nullptr : part.dUP.data();
     o.dws = part.dws.empty() ? nullptr : part.dws.data();
-    for (const Tile& tl : W_.tiles)
+    for (const Tile& tl : n < TB ? W_.long_tiles : W_.tiles)
       for (index_t tb = 0; tb < n; tb += TB) {
         const int nb = int(std::min<index_t>(TB, n - tb));
         for (int u = 0; u < nb; ++u) gather_dy(DY, t0 + tb + u, tl, dya.data() + u * L, dyb.data() + u * L);
