@@ -1,0 +1,498 @@
+// radargate/detail/small.cuh -- the CUDA backend's small kernels: weights into kernel layout
+// (once per weight update), rank-space work per token, the gate, reductions over tokens and the
+// gradient writers. None of them touches a [T, N, d] tensor.
+//
+// Rank space (per token t, expert i; hs = s_i h_i, h = A_i x from the shrink GEMM F = X Wst^T):
+//   w_ti  = (Wc B_i) hs_ti                     [k]
+//   z_ti  = Wx x_t + (Wv B_i) hs_ti + sum_{j != i} m_ij w_tj
+// Backward in rank space (dz from the token pass, bdu = B_i^T R_i^T du_ti from the token pass):
+//   dzc_ti = sum_j m_ji dz_tj
+//   bdv_ti = bdu_ti + (Wv B_i)^T dz_ti + (Wc B_i)^T dzc_ti        (= B_i^T dv_ti)
+//   dh_ti  = s_i bdv_ti      dscale_i = sum_t bdv_ti . h_ti       dm_ij = sum_t dz_ti . w_tj
+//   Gv_i   = sum_t dz_ti hs_ti^T    Gc_i = sum_t dzc_ti hs_ti^T    (k x r)
+//   dWv    = sum_i Gv_i B_i^T       dWc = sum_i Gc_i B_i^T
+//   dB_i   = dBrot_i + Wv^T Gv_i + Wc^T Gc_i
+#pragma once
+
+#include <radargate/detail/math.hpp>
+#include <radargate/layer_config.hpp>
+#include <radargate/view.hpp>
+
+#include "fused.cuh"
+#include "support.cuh"
+
+namespace radargate {
+namespace detail {
+namespace gpu {
+
+constexpr int kThreads = 256;
+
+#define RG_GRID_STRIDE(idx, n) \
+  for (index_t idx = index_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < (n); idx += index_t(gridDim.x) * blockDim.x)
+
+// --- weights into kernel layout -------------------------------------------------------------------
+
+/// Bp[i][R][q] and BpT[i][q][R]: B_i in slot-row order, zero-padded to rpad and 2 Spad rows.
+template <class S>
+__global__ void prep_B(View<const S, 3> B, Pairing pairing, index_t d, index_t r, index_t rpad, index_t Spad,
+                       S* Bp, S* BpT) {
+  const index_t N = B.shape[0], S2 = 2 * Spad;
+  RG_GRID_STRIDE(idx, N * S2 * rpad) {
+    const index_t q = idx % rpad, R = (idx / rpad) % S2, i = idx / (rpad * S2);
+    index_t plane;
+    int side;
+    slot_row_plane(R, plane, side);
+    const index_t c = slot_coord(pairing, plane, side, d);
+    const S val = (c >= 0 && q < r) ? B(i, c, q) : from_float<S>(0.f);
+    Bp[idx] = val;
+    BpT[(i * rpad + q) * S2 + R] = val;
+  }
+}
+
+/// Up[m][kq], UpT[kq][m] (zero past P, k) and bias[i][m] (float, zero past P or when absent).
+template <class S>
+__global__ void prep_U(View<const S, 2> U, View<const S, 2> bias, index_t N, index_t Spad, index_t kpad, S* Up,
+                       S* UpT, float* biasp) {
+  const index_t P = U.shape[0], k = U.shape[1];
+  RG_GRID_STRIDE(idx, Spad * kpad) {
+    const index_t kq = idx % kpad, m = idx / kpad;
+    const S val = (m < P && kq < k) ? U(m, kq) : from_float<S>(0.f);
+    Up[idx] = val;
+    UpT[kq * Spad + m] = val;
+  }
+  RG_GRID_STRIDE(idx, N * Spad) {
+    const index_t m = idx % Spad, i = idx / Spad;
+    biasp[idx] = (bias.present() && m < P) ? to_float(bias(i, m)) : 0.f;
+  }
+}
+
+/// wsp[R] = ws[coord(R)] (slot rows), b0p[o] = b0[o], slot_of[o] = R with coord(R) = o.
+template <class S>
+__global__ void prep_vectors(View<const S, 1> ws, View<const S, 1> b0, Pairing pairing, index_t d, index_t Spad,
+                             float* wsp, float* b0p, int* slot_of) {
+  RG_GRID_STRIDE(R, 2 * Spad) {
+    index_t plane;
+    int side;
+    slot_row_plane(R, plane, side);
+    const index_t c = slot_coord(pairing, plane, side, d);
+    if (wsp) wsp[R] = (c >= 0 && ws.present()) ? to_float(ws(c)) : 0.f;
+    if (c >= 0) slot_of[c] = int(R);
+  }
+  if (b0p) RG_GRID_STRIDE(o, d) b0p[o] = to_float(b0(o));
+}
+
+/// Wst = [A (N r rows); Wx (kx rows); Wg (ng rows)] as one [nF, d_in] row-major matrix.
+template <class S>
+__global__ void prep_stack(View<const S, 3> A, View<const S, 2> Wx, View<const S, 2> Wg, index_t kx, index_t ng,
+                           S* Wst) {
+  const index_t N = A.shape[0], r = A.shape[1], din = A.shape[2], nF = N * r + kx + ng;
+  RG_GRID_STRIDE(idx, nF * din) {
+    const index_t col = idx % din, row = idx / din;
+    S val;
+    if (row < N * r)
+      val = A(row / r, row % r, col);
+    else if (row < N * r + kx)
+      val = Wx(row - N * r, col);
+    else
+      val = Wg(row - N * r - kx, col);
+    Wst[idx] = val;
+  }
+}
+
+/// WB[i][kq][q] = sum_o W[kq][o] B_i[o][q] (float).
+template <class S>
+__global__ void prep_rank_product(View<const S, 2> Wm, View<const S, 3> B, float* WB) {
+  const index_t k = Wm.shape[0], d = Wm.shape[1], N = B.shape[0], r = B.shape[2];
+  RG_GRID_STRIDE(idx, N * k * r) {
+    const index_t q = idx % r, kq = (idx / r) % k, i = idx / (r * k);
+    float acc = 0.f;
+    for (index_t o = 0; o < d; ++o) acc += to_float(Wm(kq, o)) * to_float(B(i, o, q));
+    WB[idx] = acc;
+  }
+}
+
+/// m[i][j]: relational-map weights (map_weights), from M converted to float.
+template <class S>
+__global__ void prep_map(View<const S, 2> M, MapMode mode, index_t N, float* Mf, float* m) {
+  if (blockIdx.x != 0) return;
+  for (index_t idx = threadIdx.x; idx < N * N; idx += blockDim.x)
+    Mf[idx] = M.present() ? to_float(M(idx / N, idx % N)) : 0.f;
+  __syncthreads();
+  for (index_t i = threadIdx.x; i < N; i += blockDim.x) map_weights(mode, Mf + i * N, index_t(1), i, N, m + i * N);
+}
+
+/// A packed row-major copy of a 2-D view (for cuBLAS, when the view's inner stride is not 1).
+template <class S>
+__global__ void pack_2d(View<const S, 2> src, S* dst) {
+  const index_t cols = src.shape[1];
+  RG_GRID_STRIDE(idx, src.shape[0] * cols) dst[idx] = src(idx / cols, idx % cols);
+}
+
+// --- forward, rank space --------------------------------------------------------------------------
+
+struct RankArgs {
+  index_t T = 0, Tpad = 0, N = 0, r = 0, rpad = 0, k = 0, kpad = 0, nF = 0, kx = 0;
+  const float* F = nullptr;      // [T][nF]: h (N r), Wx x (kx), Wg x (ng)
+  const float* scale = nullptr;  // [N] or null (one)
+  const float* WvB = nullptr;    // [N][k][r] or null
+  const float* WcB = nullptr;    // [N][k][r] or null
+  const float* m = nullptr;      // [N][N]
+  float* w = nullptr;            // [T][N][k]
+};
+
+/// hs (and its transpose) for every (t < Tpad, i); w_ti = (Wc B_i) hs_ti when Wc is present.
+template <class S>
+__global__ void rank_forward_h(RankArgs a, S* hs, S* hsT) {
+  RG_GRID_STRIDE(idx, a.Tpad * a.N) {
+    const index_t i = idx % a.N, t = idx / a.N;
+    const float s = a.scale ? a.scale[i] : 1.f;
+    const float* h = a.F + t * a.nF + i * a.r;
+    for (index_t q = 0; q < a.rpad; ++q) {
+      const float v = (t < a.T && q < a.r) ? s * h[q] : 0.f;
+      const S sv = from_float<S>(v);
+      hs[(t * a.N + i) * a.rpad + q] = sv;
+      hsT[(i * a.rpad + q) * a.Tpad + t] = sv;
+    }
+    if (a.WcB && t < a.T)
+      for (index_t kq = 0; kq < a.k; ++kq) {
+        const float* wb = a.WcB + (i * a.k + kq) * a.r;
+        float acc = 0.f;
+        for (index_t q = 0; q < a.r; ++q) acc += wb[q] * s * h[q];
+        a.w[(t * a.N + i) * a.k + kq] = acc;
+      }
+  }
+}
+
+/// z_ti = Wx x_t + (Wv B_i) hs_ti + sum_{j != i} m_ij w_tj, and its transpose (zero padded).
+template <class S>
+__global__ void rank_forward_z(RankArgs a, S* z, S* zT) {
+  RG_GRID_STRIDE(idx, a.Tpad * a.N) {
+    const index_t i = idx % a.N, t = idx / a.N;
+    const float s = a.scale ? a.scale[i] : 1.f;
+    const float* h = a.F + t * a.nF + i * a.r;
+    for (index_t kq = 0; kq < a.kpad; ++kq) {
+      float acc = 0.f;
+      if (t < a.T && kq < a.k) {
+        if (a.kx) acc += a.F[t * a.nF + a.N * a.r + kq];
+        if (a.WvB) {
+          const float* wb = a.WvB + (i * a.k + kq) * a.r;
+          for (index_t q = 0; q < a.r; ++q) acc += wb[q] * s * h[q];
+        }
+        if (a.WcB)
+          for (index_t j = 0; j < a.N; ++j)
+            if (j != i) acc += a.m[i * a.N + j] * a.w[(t * a.N + j) * a.k + kq];
+      }
+      const S sv = from_float<S>(acc);
+      z[(t * a.N + i) * a.kpad + kq] = sv;
+      zT[(i * a.kpad + kq) * a.Tpad + t] = sv;
+    }
+  }
+}
+
+struct GateArgs {
+  index_t T = 0, Tpad = 0, N = 0, nF = 0, wg_col = -1;  // wg_col: column of Wg x in F, or -1
+  GateKind gate = GateKind::none;
+  Normalize normalize = Normalize::softmax;
+  int topk = 1;
+  float tau = 1.f;
+  const float* bg = nullptr;    // [N] or null
+  const float* F = nullptr;
+  const float* part = nullptr;  // [nparts][Tpad][N] dot products (stretch), or null
+  int nparts = 0;
+  float* g = nullptr;           // [Tpad][N]
+  unsigned char* sel = nullptr; // [Tpad][N]
+};
+
+/// g_t = gate(l_t) per token (normalize_forward); zero rows for padding tokens.
+__global__ void gate_forward(GateArgs a) {
+  RG_GRID_STRIDE(t, a.Tpad) {
+    float* g = a.g + t * a.N;
+    if (t >= a.T) {
+      for (index_t i = 0; i < a.N; ++i) g[i] = 0.f;
+      continue;
+    }
+    if (a.gate == GateKind::none || a.gate == GateKind::uniform) {
+      const float v = a.gate == GateKind::none ? 1.f : 1.f / float(a.N);
+      for (index_t i = 0; i < a.N; ++i) g[i] = v;
+      continue;
+    }
+    for (index_t i = 0; i < a.N; ++i) {
+      float l = a.bg ? a.bg[i] : 0.f;
+      if (a.wg_col >= 0) l += a.F[t * a.nF + a.wg_col + i];
+      for (int p = 0; p < a.nparts; ++p) l += a.part[(index_t(p) * a.Tpad + t) * a.N + i];
+      g[i] = l;
+    }
+    normalize_forward(a.normalize, index_t(a.topk), a.tau, g, a.N, a.sel + t * a.N);
+  }
+}
+
+/// dl_t = J_normalize^T dg_t with dg_ti = dy_t . u_ti (summed over the dot pass's parts).
+__global__ void gate_backward(GateArgs a, float* dl) {
+  RG_GRID_STRIDE(t, a.Tpad) {
+    float* o = dl + t * a.N;
+    if (t >= a.T) {
+      for (index_t i = 0; i < a.N; ++i) o[i] = 0.f;
+      continue;
+    }
+    for (index_t i = 0; i < a.N; ++i) {
+      float s = 0.f;
+      for (int p = 0; p < a.nparts; ++p) s += a.part[(index_t(p) * a.Tpad + t) * a.N + i];
+      o[i] = s;
+    }
+    normalize_backward(a.normalize, a.tau, a.g + t * a.N, o, a.N);
+  }
+}
+
+// --- backward, rank space -------------------------------------------------------------------------
+
+struct RankBackArgs {
+  RankArgs f;
+  index_t width = 0;             // kpad + rpad of the token pass's rows
+  int nparts = 0;
+  const float* part = nullptr;   // [nparts][Tpad][N][width]
+  float* dz = nullptr;           // [T][N][k]
+  float* bdu = nullptr;          // [T][N][r]
+  float* dzc = nullptr;          // [T][N][k] or null
+  float* dscale_t = nullptr;     // [T][N] or null
+  float* dm_t = nullptr;         // [T][N][N] or null
+  const float* dl = nullptr;     // [Tpad][N] or null
+  index_t ng = 0;
+};
+
+/// Sums the token pass's parts into dz and bdu; recomputes w when dM is wanted.
+__global__ void rank_backward_sum(RankBackArgs a) {
+  const RankArgs& f = a.f;
+  RG_GRID_STRIDE(idx, f.T * f.N) {
+    const index_t i = idx % f.N, t = idx / f.N;
+    for (index_t c = 0; c < f.k + f.r; ++c) {
+      const index_t col = c < f.k ? c : f.kpad + (c - f.k);
+      float s = 0.f;
+      for (int p = 0; p < a.nparts; ++p) s += a.part[((index_t(p) * f.Tpad + t) * f.N + i) * a.width + col];
+      if (c < f.k)
+        a.dz[idx * f.k + c] = s;
+      else
+        a.bdu[idx * f.r + (c - f.k)] = s;
+    }
+    if (a.dm_t && f.WcB) {
+      const float s = f.scale ? f.scale[i] : 1.f;
+      const float* h = f.F + t * f.nF + i * f.r;
+      for (index_t kq = 0; kq < f.k; ++kq) {
+        const float* wb = f.WcB + (i * f.k + kq) * f.r;
+        float acc = 0.f;
+        for (index_t q = 0; q < f.r; ++q) acc += wb[q] * s * h[q];
+        f.w[idx * f.k + kq] = acc;
+      }
+    }
+  }
+}
+
+/// dzc, bdv, dh (into dF), dscale per token, dm per token.
+template <class S>
+__global__ void rank_backward_main(RankBackArgs a, S* dF) {
+  const RankArgs& f = a.f;
+  RG_GRID_STRIDE(idx, f.T * f.N) {
+    const index_t i = idx % f.N, t = idx / f.N;
+    const float s = f.scale ? f.scale[i] : 1.f;
+    const float* dz = a.dz + idx * f.k;
+    if (a.dzc)
+      for (index_t kq = 0; kq < f.k; ++kq) {
+        float acc = 0.f;
+        for (index_t j = 0; j < f.N; ++j)
+          if (j != i) acc += f.m[j * f.N + i] * a.dz[(t * f.N + j) * f.k + kq];
+        a.dzc[idx * f.k + kq] = acc;
+      }
+    const float* h = f.F + t * f.nF + i * f.r;
+    float ds = 0.f;
+    for (index_t q = 0; q < f.r; ++q) {
+      float b = a.bdu[idx * f.r + q];
+      if (f.WvB)
+        for (index_t kq = 0; kq < f.k; ++kq) b += f.WvB[(i * f.k + kq) * f.r + q] * dz[kq];
+      if (f.WcB && a.dzc)
+        for (index_t kq = 0; kq < f.k; ++kq) b += f.WcB[(i * f.k + kq) * f.r + q] * a.dzc[idx * f.k + kq];
+      ds += b * h[q];
+      if (dF) dF[t * f.nF + i * f.r + q] = from_float<S>(s * b);
+    }
+    if (a.dscale_t) a.dscale_t[idx] = ds;
+    if (a.dm_t)
+      for (index_t j = 0; j < f.N; ++j) {
+        float acc = 0.f;
+        if (j != i)
+          for (index_t kq = 0; kq < f.k; ++kq) acc += dz[kq] * f.w[(t * f.N + j) * f.k + kq];
+        a.dm_t[idx * f.N + j] = acc;
+      }
+  }
+}
+
+/// The rank-space columns of dF after the h block: sum_i dz_ti (kx columns) and dl_t (ng columns).
+template <class S>
+__global__ void rank_backward_tail(RankBackArgs a, S* dF) {
+  const RankArgs& f = a.f;
+  RG_GRID_STRIDE(t, f.T) {
+    S* row = dF + t * f.nF + f.N * f.r;
+    for (index_t kq = 0; kq < f.kx; ++kq) {
+      float s = 0.f;
+      if (a.dz)
+        for (index_t i = 0; i < f.N; ++i) s += a.dz[(t * f.N + i) * f.k + kq];
+      row[kq] = from_float<S>(s);
+    }
+    for (index_t i = 0; i < a.ng; ++i) row[f.kx + i] = from_float<S>(a.dl ? a.dl[t * f.N + i] : 0.f);
+  }
+}
+
+/// Zero fill of a dF block (the h columns when no token pass ran).
+template <class S>
+__global__ void fill_zero(S* p, index_t n) {
+  RG_GRID_STRIDE(idx, n) p[idx] = from_float<S>(0.f);
+}
+
+// --- reductions over tokens (fixed order: bit-identical run to run) ---------------------------------
+
+/// out[j] = sum_{t < T} f(t, j), one block per j.
+template <class F>
+__global__ void sum_over_tokens(F f, index_t T, index_t J, float* out) {
+  __shared__ float red[kThreads];
+  for (index_t j = blockIdx.x; j < J; j += gridDim.x) {
+    float acc = 0.f;
+    for (index_t t = threadIdx.x; t < T; t += kThreads) acc += f(t, j);
+    red[threadIdx.x] = acc;
+    __syncthreads();
+    for (int s = kThreads / 2; s > 0; s >>= 1) {
+      if (int(threadIdx.x) < s) red[threadIdx.x] += red[threadIdx.x + s];
+      __syncthreads();
+    }
+    if (threadIdx.x == 0) out[j] = red[0];
+    __syncthreads();
+  }
+}
+
+/// f(t, j) = p[t * J + j]
+struct RowsOf {
+  const float* p;
+  index_t J;
+  __device__ float operator()(index_t t, index_t j) const { return p[t * J + j]; }
+};
+/// f(t, j) = dy[t][j]
+template <class S>
+struct DyRows {
+  const S* dy;
+  index_t ld;
+  __device__ float operator()(index_t t, index_t j) const { return to_float(dy[t * ld + j]); }
+};
+/// f(t, (i, kq, q)) = d[t][i][kq] * s_i h_t,i,q   (Gv with d = dz, Gc with d = dzc)
+struct RankOuter {
+  const float* d;
+  const float* F;
+  const float* scale;
+  index_t N, k, r, nF;
+  __device__ float operator()(index_t t, index_t j) const {
+    const index_t q = j % r, kq = (j / r) % k, i = j / (r * k);
+    const float s = scale ? scale[i] : 1.f;
+    return d[(t * N + i) * k + kq] * s * F[t * nF + i * r + q];
+  }
+};
+
+/// dM row i = map_weights_backward(m_i, sum_t dm_t,i) (in place on dMs).
+__global__ void map_backward(const float* m, float* dMs, index_t N) {
+  RG_GRID_STRIDE(i, N) map_weights_backward(m + i * N, dMs + i * N, i, N);
+}
+
+/// dW[kq][o] = sum_i sum_q G[i][kq][q] B_i[o][q]
+template <class S>
+__global__ void rank_to_full(const float* G, View<const S, 3> B, index_t k, float* dW) {
+  const index_t N = B.shape[0], d = B.shape[1], r = B.shape[2];
+  RG_GRID_STRIDE(idx, k * d) {
+    const index_t o = idx % d, kq = idx / d;
+    float acc = 0.f;
+    for (index_t i = 0; i < N; ++i)
+      for (index_t q = 0; q < r; ++q) acc += G[(i * k + kq) * r + q] * to_float(B(i, o, q));
+    dW[idx] = acc;
+  }
+}
+
+/// dB[i][o][q] = dBrot[i][slot(o)][q] + sum_kq Wv[kq][o] Gv[i][kq][q] + Wc[kq][o] Gc[i][kq][q]
+template <class S>
+__global__ void assemble_dB(const float* dBrot, const int* slot_of, index_t Spad, index_t rpad, View<const S, 2> Wv,
+                            const float* Gv, View<const S, 2> Wc, const float* Gc, index_t N, index_t d, index_t r,
+                            index_t k, float* dB) {
+  RG_GRID_STRIDE(idx, N * d * r) {
+    const index_t q = idx % r, o = (idx / r) % d, i = idx / (r * d);
+    float acc = dBrot[(i * 2 * Spad + slot_of[o]) * rpad + q];
+    if (Gv)
+      for (index_t kq = 0; kq < k; ++kq) acc += to_float(Wv(kq, o)) * Gv[(i * k + kq) * r + q];
+    if (Gc)
+      for (index_t kq = 0; kq < k; ++kq) acc += to_float(Wc(kq, o)) * Gc[(i * k + kq) * r + q];
+    dB[idx] = acc;
+  }
+}
+
+/// dU[m][kq] = sum_grp dUTp[grp][kq][m];  dbias[i][m] = dbiasp[i][m]  (m < P)
+__global__ void assemble_dU(const float* dUTp, int groups, index_t kpad, index_t Spad, index_t P, index_t k, float* dU) {
+  RG_GRID_STRIDE(idx, P * k) {
+    const index_t kq = idx % k, m = idx / k;
+    float s = 0.f;
+    for (int grp = 0; grp < groups; ++grp) s += dUTp[(index_t(grp) * kpad + kq) * Spad + m];
+    dU[idx] = s;
+  }
+}
+__global__ void assemble_dbias(const float* dbiasp, index_t N, index_t Spad, index_t P, float* dbias) {
+  RG_GRID_STRIDE(idx, N * P) dbias[idx] = dbiasp[(idx / P) * Spad + idx % P];
+}
+/// dws[o] = sum_grp dwsp[grp][slot(o)]
+__global__ void assemble_dws(const float* dwsp, int groups, const int* slot_of, index_t Spad, index_t d, float* dws) {
+  RG_GRID_STRIDE(o, d) {
+    float s = 0.f;
+    for (int grp = 0; grp < groups; ++grp) s += dwsp[index_t(grp) * 2 * Spad + slot_of[o]];
+    dws[o] = s;
+  }
+}
+
+// --- writers --------------------------------------------------------------------------------------
+
+/// dst (any strides) = src (dense row-major, dst's shape) [+ dst when accumulating]. src may be
+/// offset by a row stride `src_ld` for rank 2 (the rows of a wider matrix).
+template <class S, int R>
+__global__ void write_grad(View<S, R> dst, const float* src, index_t src_ld, bool accumulate) {
+  index_t n = 1;
+  for (int k = 0; k < R; ++k) n *= dst.shape[k];
+  RG_GRID_STRIDE(idx, n) {
+    index_t rem = idx, off = 0;
+    index_t last = 0, row = 0;
+    for (int k = R - 1; k >= 0; --k) {
+      const index_t c = rem % dst.shape[k];
+      rem /= dst.shape[k];
+      off += c * dst.stride[k];
+      if (k == R - 1) last = c;
+    }
+    row = idx / dst.shape[R - 1];
+    const float v = src[src_ld > 0 ? row * src_ld + last : idx];
+    S* p = dst.data + off;
+    *p = from_float<S>(accumulate ? to_float(*p) + v : v);
+  }
+}
+
+/// dst (any strides) = 0.
+template <class S, int R>
+__global__ void zero_grad(View<S, R> dst) {
+  index_t n = 1;
+  for (int k = 0; k < R; ++k) n *= dst.shape[k];
+  RG_GRID_STRIDE(idx, n) {
+    index_t rem = idx, off = 0;
+    for (int k = R - 1; k >= 0; --k) {
+      off += (rem % dst.shape[k]) * dst.stride[k];
+      rem /= dst.shape[k];
+    }
+    dst.data[off] = from_float<S>(0.f);
+  }
+}
+
+/// Float copy of a 1-D view (scale, bg).
+template <class S>
+__global__ void vec_to_float(View<const S, 1> v, float* out) {
+  RG_GRID_STRIDE(i, v.shape[0]) out[i] = to_float(v(i));
+}
+
+#undef RG_GRID_STRIDE
+
+}  // namespace gpu
+}  // namespace detail
+}  // namespace radargate
