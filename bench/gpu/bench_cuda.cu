@@ -27,7 +27,9 @@ struct Opts {
   index_t T = 2048, N = 40, d_in = 4096, d = 4096, r = 16, k = 16, P = 0, decode_T = 1;
   std::string variant = "radargate", dtype = "bf16", json;
   int repeats = 30;
+  bool profile = false;  // one untimed-warm-up run of each case, no ceilings (for a profiler)
 };
+int g_warmup_scale = 1;
 
 __global__ void fill_random(float* p, std::size_t n, unsigned seed, float scale) {
   for (std::size_t i = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; i < n; i += std::size_t(gridDim.x) * blockDim.x) {
@@ -54,7 +56,7 @@ double median_ms(F&& f, int warmup, int repeats) {
   cudaEvent_t a, b;
   cudaEventCreate(&a);
   cudaEventCreate(&b);
-  for (int i = 0; i < warmup; ++i) f();
+  for (int i = 0; i < warmup * g_warmup_scale; ++i) f();
   std::vector<float> ms;
   for (int i = 0; i < repeats; ++i) {
     cudaEventRecord(a);
@@ -137,7 +139,7 @@ std::vector<Result> run(const Opts& o, double bw, double peak) {
     const auto dyv = make_view(static_cast<const S*>(dy.ptr), T, D.d);
     const Workspace fw{fws.ptr, fws.n};
     typename Layer<S, backend::cuda>::Context ctx;
-    const int reps = decode ? o.repeats * 4 : o.repeats;
+    const int reps = decode && !o.profile ? o.repeats * 4 : o.repeats;
 
     // Matrix FLOPs of the forward (shrink, expand, angles, Wx x, Wg x) and its fewest bytes
     // (x, y, A, B, and the small parameters once).
@@ -205,6 +207,7 @@ int main(int argc, char** argv) {
     else if (a == "--dtype") o.dtype = next();
     else if (a == "--repeats") o.repeats = std::atoi(next().c_str());
     else if (a == "--json") o.json = next();
+    else if (a == "--profile") o.profile = true;
     else {
       std::fprintf(stderr, "radargate_cuda_bench: unknown option %s\n", a.c_str());
       return 2;
@@ -217,9 +220,17 @@ int main(int argc, char** argv) {
   try {
     cudaDeviceProp prop{};
     cudaGetDeviceProperties(&prop, 0);
+    std::vector<Result> res;
+    if (o.profile) {
+      g_warmup_scale = 0;
+      o.repeats = 1;
+      if (o.dtype == "bf16") res = run<__nv_bfloat16>(o, 1.0, 1.0);
+      else if (o.dtype == "f16") res = run<__half>(o, 1.0, 1.0);
+      else res = run<float>(o, 1.0, 1.0);
+      return 0;
+    }
     const double bw = measure_bandwidth(20);
     double peak = 0;
-    std::vector<Result> res;
     if (o.dtype == "bf16") {
       peak = measure_gemm<__nv_bfloat16>(10);
     } else if (o.dtype == "f16") {

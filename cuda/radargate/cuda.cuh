@@ -502,6 +502,10 @@ typename Layer<S, backend::cuda>::Context Layer<S, backend::cuda>::forward(View<
     ga.part = b.part;
     ga.nparts = b.nparts;
   }
+  if (s.cfg.has_logits()) {
+    gate_sum<<<launch_blocks(b.Tpad * N), kThreads, 0, stream>>>(ga, true, b.g);
+    check_launch("gate_sum");
+  }
   gate_forward<<<launch_blocks(b.Tpad), kThreads, 0, stream>>>(ga);
   check_launch("gate_forward");
 
@@ -667,7 +671,9 @@ void Layer<S, backend::cuda>::backward(const Context& ctx, View<const S, 2> dy, 
     launch_dot(a, b.dot_large, true, stream);
     ga.part = b.partg;
     ga.nparts = b.ndot;
-    gate_backward<<<launch_blocks(fb.Tpad), kThreads, 0, stream>>>(ga, b.dl);
+    gate_sum<<<launch_blocks(fb.Tpad * N), kThreads, 0, stream>>>(ga, false, b.dl);
+    check_launch("gate_sum");
+    gate_backward<<<launch_blocks(T), kThreads, 0, stream>>>(ga, b.dl);
     check_launch("gate_backward");
   }
   // dl flows into du only through the stretch term dl_i ws.

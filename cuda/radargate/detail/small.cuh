@@ -203,7 +203,25 @@ struct GateArgs {
   unsigned char* sel = nullptr; // [Tpad][N]
 };
 
-/// g_t = gate(l_t) per token (normalize_forward); zero rows for padding tokens.
+/// Logits (forward) or dg (backward) per (t, i): the sum of the dot pass's parts in a fixed order,
+/// plus bg_i and (Wg x_t)_i in the forward. One thread per (t, i), so the sums run in parallel.
+__global__ void gate_sum(GateArgs a, bool with_base, float* out) {
+  RG_GRID_STRIDE(idx, a.Tpad * a.N) {
+    const index_t i = idx % a.N, t = idx / a.N;
+    float l = 0.f;
+    if (t < a.T) {
+      if (with_base) {
+        if (a.bg) l += a.bg[i];
+        if (a.wg_col >= 0) l += a.F[t * a.nF + a.wg_col + i];
+      }
+      for (int p = 0; p < a.nparts; ++p) l += a.part[(index_t(p) * a.Tpad + t) * a.N + i];
+    }
+    out[idx] = l;
+  }
+}
+
+/// g_t = gate(l_t) per token (normalize_forward on the logits gate_sum left in g); zero rows for
+/// padding tokens.
 __global__ void gate_forward(GateArgs a) {
   RG_GRID_STRIDE(t, a.Tpad) {
     float* g = a.g + t * a.N;
@@ -216,31 +234,13 @@ __global__ void gate_forward(GateArgs a) {
       for (index_t i = 0; i < a.N; ++i) g[i] = v;
       continue;
     }
-    for (index_t i = 0; i < a.N; ++i) {
-      float l = a.bg ? a.bg[i] : 0.f;
-      if (a.wg_col >= 0) l += a.F[t * a.nF + a.wg_col + i];
-      for (int p = 0; p < a.nparts; ++p) l += a.part[(index_t(p) * a.Tpad + t) * a.N + i];
-      g[i] = l;
-    }
     normalize_forward(a.normalize, index_t(a.topk), a.tau, g, a.N, a.sel + t * a.N);
   }
 }
 
-/// dl_t = J_normalize^T dg_t with dg_ti = dy_t . u_ti (summed over the dot pass's parts).
+/// dl_t = J_normalize^T dg_t, in place on the dg that gate_sum left in dl.
 __global__ void gate_backward(GateArgs a, float* dl) {
-  RG_GRID_STRIDE(t, a.Tpad) {
-    float* o = dl + t * a.N;
-    if (t >= a.T) {
-      for (index_t i = 0; i < a.N; ++i) o[i] = 0.f;
-      continue;
-    }
-    for (index_t i = 0; i < a.N; ++i) {
-      float s = 0.f;
-      for (int p = 0; p < a.nparts; ++p) s += a.part[(index_t(p) * a.Tpad + t) * a.N + i];
-      o[i] = s;
-    }
-    normalize_backward(a.normalize, a.tau, a.g + t * a.N, o, a.N);
-  }
+  RG_GRID_STRIDE(t, a.T) normalize_backward(a.normalize, a.tau, a.g + t * a.N, dl + t * a.N, a.N);
 }
 
 // --- backward, rank space -------------------------------------------------------------------------
