@@ -43,7 +43,8 @@
 namespace radargate {
 
 /// Tile shape of the output and dot passes: chosen from the problem size (automatic), or fixed
-/// (for tests and tuning). Results are the same up to float rounding order.
+/// (for tests and tuning). "large" needs r <= 16 and k <= 16 and falls back to "small" otherwise.
+/// Results are the same up to float rounding order.
 enum class TileShape { automatic, small, large };
 
 /// Caller-owned device memory for one forward or backward call.
@@ -110,8 +111,12 @@ class Layer<S, backend::cuda> {
 
   /// New parameter views (same configuration): validated, the kernel copy rebuilt.
   void set_params(const Params<S>& params, cudaStream_t stream = nullptr) { reset(params, stream); }
-  /// Overrides the choice of tile shape for the output and dot passes.
-  void set_tile_shape(TileShape t) { st_->tiles = t; }
+  /// Overrides the choice of tile shape for the output and dot passes, and whether small problems
+  /// may split the experts over several blocks (which adds a final sum over the blocks).
+  void set_tile_shape(TileShape t, bool split_experts = true) {
+    st_->tiles = t;
+    st_->split = split_experts;
+  }
 
   /// Rebuilds the kernel copy after the caller changed the parameter memory (an optimiser step).
   void update(cudaStream_t stream = nullptr) {
@@ -146,6 +151,7 @@ class Layer<S, backend::cuda> {
     index_t rpad = 0, kpad = 0, Spad = 0, units = 0, kx = 0, ng = 0, nF = 0;
     int sms = 1;
     TileShape tiles = TileShape::automatic;
+    bool split = true;
     std::size_t smem_optin = 48 * 1024;
     void* mem = nullptr;
     S *Bp = nullptr, *BpT = nullptr, *Up = nullptr, *UpT = nullptr, *Wst = nullptr, *W0p = nullptr;
@@ -165,13 +171,11 @@ class Layer<S, backend::cuda> {
 
   struct FwdBufs {
     index_t Tpad = 0;
-    int nparts = 0;
-    bool large = false;
     float* F = nullptr;
     S *hs = nullptr, *hsT = nullptr, *z = nullptr, *zT = nullptr;
     float* g = nullptr;
     unsigned char* sel = nullptr;
-    float *w = nullptr, *part = nullptr, *ybase = nullptr;
+    float *w = nullptr, *part = nullptr, *ybase = nullptr, *ypart = nullptr;
     void* blas_ws = nullptr;
   };
 
@@ -182,8 +186,8 @@ class Layer<S, backend::cuda> {
   };
 
   struct BwdBufs {
-    int ndot = 0, CB = 0, G = 0, EG = 1;
-    bool dot_large = false;
+    int CB = 0, G = 0, EG = 1;
+    S* dyp = nullptr;
     float *partg = nullptr, *dl = nullptr, *part2 = nullptr, *dz = nullptr, *bdu = nullptr, *dzc = nullptr,
           *w = nullptr, *dscale_t = nullptr, *dm_t = nullptr;
     S* dF = nullptr;
@@ -197,14 +201,36 @@ class Layer<S, backend::cuda> {
   static constexpr std::size_t kBlasWorkspace = std::size_t(32) << 20;
 
   // Output / dot pass shapes: "large" tiles (64 tokens x 4 units per block of 4 warps) when they
-  // give at least two blocks per multiprocessor, else "small" (16 tokens x 2 units, 2 warps).
-  bool large_tiles(index_t T) const {
-    if (st_->tiles != TileShape::automatic) return st_->tiles == TileShape::large;
-    return ((T + 63) / 64) * ((st_->units + 3) / 4) >= 2 * index_t(st_->sms);
+  // give at least two blocks per multiprocessor, else "small" (16 tokens x 2 units, 2 warps); when
+  // even that leaves multiprocessors idle (decoding), the experts are split over blockIdx.z.
+  // fix: r <= 16 and k <= 16, the rank-space fragments are held in registers.
+  struct PassShape {
+    bool fix = false, large = false;
+    unsigned gx = 1, gy = 1, gz = 1;
+    int EG = 1, parts = 1;
+  };
+  PassShape pass_shape(index_t T) const {
+    const State& s = *st_;
+    PassShape p;
+    p.fix = s.rpad == 16 && s.kpad <= 16;
+    const bool auto_large = ((T + 63) / 64) * ((s.units + 3) / 4) >= 2 * index_t(s.sms);
+    p.large = p.fix && (s.tiles == TileShape::automatic ? auto_large : s.tiles == TileShape::large);
+    if (p.large) {
+      p.gx = unsigned((T + 63) / 64);
+      p.gy = unsigned((s.units + 3) / 4);
+      p.parts = int(p.gy);
+    } else {
+      p.gx = unsigned((T + 15) / 16);
+      p.gy = unsigned((s.units + 1) / 2);
+      p.parts = int(p.gy) * 2;
+    }
+    const index_t blocks = index_t(p.gx) * p.gy, N = s.D.N;
+    const index_t G0 = !s.split || blocks >= 2 * s.sms ? 1 : std::min<index_t>(N, (2 * s.sms + blocks - 1) / blocks);
+    p.EG = int((N + G0 - 1) / G0);
+    p.gz = unsigned((N + p.EG - 1) / p.EG);
+    return p;
   }
-  int dot_parts(index_t T) const {
-    return large_tiles(T) ? int((st_->units + 3) / 4) : int((st_->units + 1) / 2) * 2;
-  }
+  bool fix() const { return st_->rpad == 16 && st_->kpad <= 16; }
 
   void reset(const Params<S>& params, cudaStream_t stream);
   void prepare(cudaStream_t stream);
@@ -212,8 +238,8 @@ class Layer<S, backend::cuda> {
   Needs needs(const Gradients<S>& g) const;
   void layout_backward(index_t T, const Needs& n, detail::gpu::Carve& c, BwdBufs& b) const;
   Fused fused_args(index_t T, const FwdBufs& b) const;
-  void launch_output(const Fused& a, bool large, cudaStream_t s) const;
-  void launch_dot(const Fused& a, bool large, bool with_dy, cudaStream_t s) const;
+  void launch_output(Fused a, const PassShape& p, cudaStream_t s) const;
+  void launch_dot(Fused a, const PassShape& p, bool with_dy, cudaStream_t s) const;
   void blas_begin(cudaStream_t s, void* ws) const {
     RG_CUDA_CHECK(cublasSetStream(st_->blas, s));
     RG_CUDA_CHECK(cublasSetWorkspace(st_->blas, ws, kBlasWorkspace));
@@ -355,8 +381,7 @@ void Layer<S, backend::cuda>::layout_forward(index_t T, detail::gpu::Carve& c, F
   const index_t N = s.D.N;
   const bool rot = s.cfg.rotation;
   b.Tpad = round_up(std::max<index_t>(T, 1), 64);
-  b.large = large_tiles(T);
-  b.nparts = dot_parts(T);
+  const PassShape ps = pass_shape(T);
   b.F = c.take<float>(T * s.nF);
   b.hs = c.take<S>(b.Tpad * N * s.rpad);
   b.hsT = c.take<S>(b.Tpad * N * s.rpad);
@@ -365,8 +390,9 @@ void Layer<S, backend::cuda>::layout_forward(index_t T, detail::gpu::Carve& c, F
   b.g = c.take<float>(b.Tpad * N);
   b.sel = c.take<unsigned char>(b.Tpad * N);
   b.w = s.WcB ? c.take<float>(T * N * s.D.k) : nullptr;
-  b.part = s.wsp ? c.take<float>(index_t(b.nparts) * b.Tpad * N) : nullptr;
+  b.part = s.wsp ? c.take<float>(index_t(ps.parts) * b.Tpad * N) : nullptr;
   b.ybase = s.W0 ? c.take<float>(T * s.D.d) : nullptr;
+  b.ypart = ps.gz > 1 ? c.take<float>(index_t(ps.gz) * b.Tpad * 2 * s.Spad) : nullptr;
   b.blas_ws = c.take<char>(kBlasWorkspace);
 }
 
@@ -399,28 +425,34 @@ typename Layer<S, backend::cuda>::Fused Layer<S, backend::cuda>::fused_args(inde
 }
 
 template <class S>
-void Layer<S, backend::cuda>::launch_output(const Fused& a, bool large, cudaStream_t st) const {
+void Layer<S, backend::cuda>::launch_output(Fused a, const PassShape& p, cudaStream_t st) const {
   using namespace detail::gpu;
-  if (large) {
-    dim3 grid(unsigned((a.T + 63) / 64), unsigned((a.units + 3) / 4));
-    output_pass<S, 4, 1, 4><<<grid, 128, 0, st>>>(a);
-  } else {
-    dim3 grid(unsigned((a.T + 15) / 16), unsigned((a.units + 1) / 2));
-    output_pass<S, 1, 2, 1><<<grid, 64, 0, st>>>(a);
-  }
+  a.EG = p.EG;
+  const dim3 grid(p.gx, p.gy, p.gz);
+  if (p.large)
+    output_pass<S, 4, 1, 4, true><<<grid, 128, 0, st>>>(a);
+  else if (p.fix)
+    output_pass<S, 1, 2, 1, true><<<grid, 64, 0, st>>>(a);
+  else
+    output_pass<S, 1, 2, 1, false><<<grid, 64, 0, st>>>(a);
   check_launch("output_pass");
+  if (p.gz > 1) {
+    output_finalize<S><<<launch_blocks(a.T * a.d), kThreads, 0, st>>>(a, int(p.gz), st_->slot_of);
+    check_launch("output_finalize");
+  }
 }
 
 template <class S>
-void Layer<S, backend::cuda>::launch_dot(const Fused& a, bool large, bool with_dy, cudaStream_t st) const {
+void Layer<S, backend::cuda>::launch_dot(Fused a, const PassShape& p, bool with_dy, cudaStream_t st) const {
   using namespace detail::gpu;
-  if (large) {
-    dim3 grid(unsigned((a.T + 63) / 64), unsigned((a.units + 3) / 4));
-    dot_pass<S, 4, 1, 4><<<grid, 128, 0, st>>>(a, with_dy);
-  } else {
-    dim3 grid(unsigned((a.T + 15) / 16), unsigned((a.units + 1) / 2));
-    dot_pass<S, 1, 2, 1><<<grid, 64, 0, st>>>(a, with_dy);
-  }
+  a.EG = p.EG;
+  const dim3 grid(p.gx, p.gy, p.gz);
+  if (p.large)
+    dot_pass<S, 4, 1, 4, true><<<grid, 128, 0, st>>>(a, with_dy);
+  else if (p.fix)
+    dot_pass<S, 1, 2, 1, true><<<grid, 64, 0, st>>>(a, with_dy);
+  else
+    dot_pass<S, 1, 2, 1, false><<<grid, 64, 0, st>>>(a, with_dy);
   check_launch("dot_pass");
 }
 
@@ -471,12 +503,17 @@ typename Layer<S, backend::cuda>::Context Layer<S, backend::cuda>::forward(View<
   ra.WcB = s.WcB;
   ra.m = s.m;
   ra.w = b.w;
-  rank_forward_h<S><<<launch_blocks(b.Tpad * N), kThreads, 0, stream>>>(ra, b.hs, b.hsT);
+  rank_forward_h<S><<<launch_blocks(b.Tpad * N * s.rpad), kThreads, 0, stream>>>(ra, b.hs, b.hsT);
   check_launch("rank_forward_h");
   if (s.cfg.rotation) {
-    rank_forward_z<S><<<launch_blocks(b.Tpad * N), kThreads, 0, stream>>>(ra, b.z, b.zT);
+    if (s.WcB) {
+      rank_forward_w<<<launch_blocks(T * N * D.k), kThreads, 0, stream>>>(ra);
+      check_launch("rank_forward_w");
+    }
+    rank_forward_z<S><<<launch_blocks(b.Tpad * N * s.kpad), kThreads, 0, stream>>>(ra, b.z, b.zT);
     check_launch("rank_forward_z");
   }
+  const PassShape ps = pass_shape(T);
 
   Fused a = fused_args(T, b);
   a.ws = s.wsp;
@@ -498,9 +535,9 @@ typename Layer<S, backend::cuda>::Context Layer<S, backend::cuda>::forward(View<
   ga.sel = b.sel;
   if (s.wsp) {
     a.part = b.part;
-    launch_dot(a, b.large, false, stream);
+    launch_dot(a, ps, false, stream);
     ga.part = b.part;
-    ga.nparts = b.nparts;
+    ga.nparts = ps.parts;
   }
   if (s.cfg.has_logits()) {
     gate_sum<<<launch_blocks(b.Tpad * N), kThreads, 0, stream>>>(ga, true, b.g);
@@ -515,7 +552,8 @@ typename Layer<S, backend::cuda>::Context Layer<S, backend::cuda>::forward(View<
   a.yld = y.stride[0];
   a.ybase = b.ybase;
   a.b0 = s.b0p;
-  launch_output(a, b.large, stream);
+  a.ypart = b.ypart;
+  launch_output(a, ps, stream);
   return ctx;
 }
 
@@ -561,8 +599,7 @@ void Layer<S, backend::cuda>::layout_backward(index_t T, const Needs& n, detail:
   const index_t N = D.N, k = D.k, r = D.r;
   const index_t Tpad = round_up(std::max<index_t>(T, 1), 64);
   const bool rot = s.cfg.rotation;
-  b.dot_large = large_tiles(T);
-  b.ndot = dot_parts(T);
+  const PassShape ps = pass_shape(T);
   const index_t tblocks = (T + 63) / 64;
   b.CB = int(std::max<index_t>(1, std::min<index_t>({(2 * s.sms + tblocks - 1) / tblocks, 8, (s.units + 3) / 4})));
   const index_t cblocks = (s.units + 3) / 4;
@@ -570,7 +607,8 @@ void Layer<S, backend::cuda>::layout_backward(index_t T, const Needs& n, detail:
   b.EG = int((N + G0 - 1) / G0);
   b.G = int((N + b.EG - 1) / b.EG);
   const index_t width = s.kpad + s.rpad;
-  b.partg = n.dot ? c.take<float>(index_t(b.ndot) * Tpad * N) : nullptr;
+  b.dyp = n.dot || n.token || n.column ? c.take<S>(Tpad * 2 * s.Spad) : nullptr;
+  b.partg = n.dot ? c.take<float>(index_t(ps.parts) * Tpad * N) : nullptr;
   b.dl = n.dot ? c.take<float>(Tpad * N) : nullptr;
   b.part2 = n.token ? c.take<float>(index_t(b.CB) * Tpad * N * width) : nullptr;
   b.dz = n.token && rot ? c.take<float>(T * N * k) : nullptr;
@@ -655,8 +693,13 @@ void Layer<S, backend::cuda>::backward(const Context& ctx, View<const S, 2> dy, 
   const View<const S, 2> x = ctx.x;
 
   Fused a = fused_args(T, fb);
-  a.dy = dy.data;
-  a.dyld = dy.stride[0];
+  const PassShape ps = pass_shape(T);
+  if (b.dyp) {
+    permute_dy<S><<<launch_blocks(fb.Tpad * 2 * s.Spad), kThreads, 0, stream>>>(
+        dy.data, dy.stride[0], T, fb.Tpad, s.Spad, D.d, s.cfg.pairing, b.dyp);
+    check_launch("permute_dy");
+  }
+  a.dyp = b.dyp;
 
   // Gate backward: dg_ti = dy_t . u_ti, dl = J^T dg.
   GateArgs ga;
@@ -668,9 +711,9 @@ void Layer<S, backend::cuda>::backward(const Context& ctx, View<const S, 2> dy, 
   ga.g = fb.g;
   if (n.dot) {
     a.part = b.partg;
-    launch_dot(a, b.dot_large, true, stream);
+    launch_dot(a, ps, true, stream);
     ga.part = b.partg;
-    ga.nparts = b.ndot;
+    ga.nparts = ps.parts;
     gate_sum<<<launch_blocks(fb.Tpad * N), kThreads, 0, stream>>>(ga, false, b.dl);
     check_launch("gate_sum");
     gate_backward<<<launch_blocks(T), kThreads, 0, stream>>>(ga, b.dl);
@@ -686,9 +729,14 @@ void Layer<S, backend::cuda>::backward(const Context& ctx, View<const S, 2> dy, 
   if (n.token) {
     a.part = b.part2;
     const std::size_t sm = token_pass_smem(16, s.kpad, s.rpad);
-    RG_CUDA_CHECK(cudaFuncSetAttribute(token_pass<S, 4, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(sm)));
-    dim3 grid(unsigned((T + 63) / 64), unsigned(b.CB));
-    token_pass<S, 4, 4><<<grid, 512, sm, stream>>>(a, n.token_dz);
+    const dim3 grid(unsigned((T + 63) / 64), unsigned(b.CB));
+    if (ps.fix) {
+      RG_CUDA_CHECK(cudaFuncSetAttribute(token_pass<S, 4, 4, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(sm)));
+      token_pass<S, 4, 4, true><<<grid, 512, sm, stream>>>(a, n.token_dz);
+    } else {
+      RG_CUDA_CHECK(cudaFuncSetAttribute(token_pass<S, 4, 4, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(sm)));
+      token_pass<S, 4, 4, false><<<grid, 512, sm, stream>>>(a, n.token_dz);
+    }
     check_launch("token_pass");
   }
 
@@ -720,16 +768,33 @@ void Layer<S, backend::cuda>::backward(const Context& ctx, View<const S, 2> dy, 
   rb.dl = b.dl;
   rb.ng = s.ng;
   if (n.token) {
-    rank_backward_sum<<<launch_blocks(T * N), kThreads, 0, stream>>>(rb);
+    const index_t kk = rb.f.k;
+    rank_backward_sum<<<launch_blocks(T * N * (kk + r)), kThreads, 0, stream>>>(rb);
     check_launch("rank_backward_sum");
-    rank_backward_main<S><<<launch_blocks(T * N), kThreads, 0, stream>>>(rb, b.dF);
-    check_launch("rank_backward_main");
+    if (b.w) {
+      rank_forward_w<<<launch_blocks(T * N * kk), kThreads, 0, stream>>>(rb.f);
+      check_launch("rank_forward_w");
+    }
+    if (b.dzc) {
+      rank_backward_dzc<<<launch_blocks(T * N * kk), kThreads, 0, stream>>>(rb);
+      check_launch("rank_backward_dzc");
+    }
+    rank_backward_dh<S><<<launch_blocks(T * N * r), kThreads, 0, stream>>>(rb, b.dF);
+    check_launch("rank_backward_dh");
+    if (b.dscale_t) {
+      rank_backward_dscale<<<launch_blocks(T * N), kThreads, 0, stream>>>(rb);
+      check_launch("rank_backward_dscale");
+    }
+    if (b.dm_t) {
+      rank_backward_dm<<<launch_blocks(T * N * N), kThreads, 0, stream>>>(rb);
+      check_launch("rank_backward_dm");
+    }
   } else if (b.dF) {
     fill_zero<S><<<launch_blocks(T * s.nF), kThreads, 0, stream>>>(b.dF, T * s.nF);
     check_launch("fill_zero");
   }
   if (b.dF && (s.kx || s.ng)) {
-    rank_backward_tail<S><<<launch_blocks(T), kThreads, 0, stream>>>(rb, b.dF);
+    rank_backward_tail<S><<<launch_blocks(T * (s.kx + s.ng)), kThreads, 0, stream>>>(rb, b.dF);
     check_launch("rank_backward_tail");
   }
 
@@ -746,9 +811,14 @@ void Layer<S, backend::cuda>::backward(const Context& ctx, View<const S, 2> dy, 
     f.dUTp = b.dUTp;
     f.dwsp = b.dwsp;
     const std::size_t sm = ColumnLayout<4, 2>::smem(s.rpad, s.kpad);
-    RG_CUDA_CHECK(cudaFuncSetAttribute(column_pass<S, 4, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(sm)));
-    dim3 grid(unsigned((s.units + 3) / 4), unsigned(b.G));
-    column_pass<S, 4, 2><<<grid, 256, sm, stream>>>(a, f);
+    const dim3 grid(unsigned((s.units + 3) / 4), unsigned(b.G));
+    if (ps.fix) {
+      RG_CUDA_CHECK(cudaFuncSetAttribute(column_pass<S, 4, 2, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(sm)));
+      column_pass<S, 4, 2, true><<<grid, 256, sm, stream>>>(a, f);
+    } else {
+      RG_CUDA_CHECK(cudaFuncSetAttribute(column_pass<S, 4, 2, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(sm)));
+      column_pass<S, 4, 2, false><<<grid, 256, sm, stream>>>(a, f);
+    }
     check_launch("column_pass");
   }
 
@@ -782,12 +852,21 @@ void Layer<S, backend::cuda>::backward(const Context& ctx, View<const S, 2> dy, 
       check_launch("fill_zero");
     }
   }
-  if (b.Gv) token_sum(RankOuter{b.dz, fb.F, s.scale, N, k, r, s.nF}, N * k * r, b.Gv);
-  if (b.Gc) token_sum(RankOuter{b.dzc, fb.F, s.scale, N, k, r, s.nF}, N * k * r, b.Gc);
+  // G_i = sum_t d_ti h_ti^T ([k, r] per expert, over h = F's first N r columns; the consumers
+  // multiply by s_i) as one batched GEMM: col-major C_i [r, k] = H_i [r, T] D_i^T [T, k].
+  auto rank_outer = [&](const float* dmat, float* G) {
+    const float one = 1.f, zero = 0.f;
+    RG_CUDA_CHECK(cublasGemmStridedBatchedEx(st_->blas, CUBLAS_OP_N, CUBLAS_OP_T, int(r), int(k), int(T), &one, fb.F,
+                                             CUDA_R_32F, int(s.nF), (long long)r, dmat, CUDA_R_32F, int(N * k),
+                                             (long long)k, &zero, G, CUDA_R_32F, int(r), (long long)(k * r), int(N),
+                                             CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  };
+  if (b.Gv) rank_outer(b.dz, b.Gv);
+  if (b.Gc) rank_outer(b.dzc, b.Gc);
   if (b.db0) token_sum(DyRows<S>{dy.data, dy.stride[0]}, D.d, b.db0);
   if (b.dWv) {
     if (b.Gv) {
-      rank_to_full<S><<<launch_blocks(k * D.d), kThreads, 0, stream>>>(b.Gv, s.p.lora_B, k, b.dWv);
+      rank_to_full<S><<<launch_blocks(k * D.d), kThreads, 0, stream>>>(b.Gv, s.scale, s.p.lora_B, k, b.dWv);
       check_launch("rank_to_full");
     } else {
       fill_zero<float><<<launch_blocks(k * D.d), kThreads, 0, stream>>>(b.dWv, k * D.d);
@@ -795,7 +874,7 @@ void Layer<S, backend::cuda>::backward(const Context& ctx, View<const S, 2> dy, 
   }
   if (b.dWc) {
     if (b.Gc) {
-      rank_to_full<S><<<launch_blocks(k * D.d), kThreads, 0, stream>>>(b.Gc, s.p.lora_B, k, b.dWc);
+      rank_to_full<S><<<launch_blocks(k * D.d), kThreads, 0, stream>>>(b.Gc, s.scale, s.p.lora_B, k, b.dWc);
       check_launch("rank_to_full");
     } else {
       fill_zero<float><<<launch_blocks(k * D.d), kThreads, 0, stream>>>(b.dWc, k * D.d);
@@ -803,8 +882,8 @@ void Layer<S, backend::cuda>::backward(const Context& ctx, View<const S, 2> dy, 
   }
   if (b.dBf) {
     assemble_dB<S><<<launch_blocks(N * D.d * r), kThreads, 0, stream>>>(b.dBrot, s.slot_of, s.Spad, s.rpad,
-                                                                        s.p.angle_Wv, b.Gv, s.p.angle_Wc, b.Gc, N,
-                                                                        D.d, r, k, b.dBf);
+                                                                        s.p.angle_Wv, b.Gv, s.p.angle_Wc, b.Gc, s.scale,
+                                                                        N, D.d, r, k, b.dBf);
     check_launch("assemble_dB");
   }
   if (b.dUf) {

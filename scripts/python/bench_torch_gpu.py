@@ -89,6 +89,11 @@ def main():
                       "decode_T": a.decode_T},
            "cases": []}
 
+    def dump():
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(out, f, indent=2)
+
     def record(name, fn, warmup, repeats):
         t0 = time.time()
         try:
@@ -100,46 +105,43 @@ def main():
             print(f"{name:40s} failed: {entry['error']}", flush=True)
             traceback.print_exc(limit=3)
         out["cases"].append(entry)
+        dump()  # results so far survive a later case that runs out of time
         torch.cuda.empty_cache()
 
     def fwd(x):
         return rt.forward(cfg, params, x)
 
-    compiled = None
-    if not a.no_compile:
-        compiled = torch.compile(fwd)
-
+    inputs = {}
     for T in (a.T, a.decode_T):
-        decode = T == a.decode_T and T != a.T
-        x = torch.randn(T, a.d_in, device=dev, dtype=dtype)
-        dy = torch.randn(T, a.d, device=dev, dtype=dtype)
-        reps = a.repeats * (4 if decode else 1)
-        tag = f"T={T}"
+        inputs[T] = (torch.randn(T, a.d_in, device=dev, dtype=dtype), torch.randn(T, a.d, device=dev, dtype=dtype))
 
-        def run_fwd(f=fwd):
-            with torch.no_grad():
-                f(x)
+    def cases(f, kind):
+        for T in (a.T, a.decode_T):
+            decode = T == a.decode_T and T != a.T
+            x, dy = inputs[T]
+            reps = a.repeats * (4 if decode else 1)
 
-        record(f"eager forward {tag}", run_fwd, 2, reps)
-        if compiled is not None:
-            record(f"compile forward {tag}", lambda: run_fwd(compiled), 3, reps)
-        if decode:
-            continue
-        leaves = [x.clone().requires_grad_(True)] + [p.requires_grad_(True) for p in params.values()]
+            def run_fwd():
+                with torch.no_grad():
+                    f(x)
 
-        def run_fb(f=fwd):
-            y = f(leaves[0])
-            torch.autograd.grad(y, leaves, dy)
+            record(f"{kind} forward T={T}", run_fwd, 3, reps)
+            if decode:
+                continue
+            leaves = [x.clone().requires_grad_(True)] + [p.requires_grad_(True) for p in params.values()]
 
-        record(f"eager forward+backward {tag}", run_fb, 1, max(3, a.repeats // 2))
-        if compiled is not None:
-            record(f"compile forward+backward {tag}", lambda: run_fb(compiled), 3, max(3, a.repeats // 2))
-        for p in params.values():
-            p.requires_grad_(False)
+            def run_fb():
+                y = f(leaves[0])
+                torch.autograd.grad(y, leaves, dy)
 
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(out, f, indent=2)
+            record(f"{kind} forward+backward T={T}", run_fb, 3, max(3, a.repeats // 2))
+            for p in params.values():
+                p.requires_grad_(False)
+
+    cases(fwd, "eager")
+    if not a.no_compile:
+        cases(torch.compile(fwd), "compile")
+    dump()
 
 
 if __name__ == "__main__":

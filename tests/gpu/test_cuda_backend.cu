@@ -117,7 +117,8 @@ void run_case(const rgtest::Case& c, TileShape tiles) {
 
   rggpu::DeviceModel<S> dm(m);
   Layer<S, backend::cuda> layer(m.config, dm.params);
-  layer.set_tile_shape(tiles);
+  // Small tiles may split the experts over blocks (as decoding does); large tiles never do.
+  layer.set_tile_shape(tiles, tiles == TileShape::small);
   DeviceArray<S> xd(std::size_t(T * D.d_in)), yd(std::size_t(T * D.d)), dyd(std::size_t(T * D.d));
   xd.upload(rggpu::to_storage<S>(x));
   dyd.upload(rggpu::to_storage<S>(dy));

@@ -39,6 +39,7 @@ struct FusedArgs {
   Pairing pairing = Pairing::adjacent;
   Bound bound = Bound::pi_tanh;
   bool rot = false;
+  int EG = 1;              // experts per blockIdx.z (output and dot passes)
   const S* hs = nullptr;   // [Tpad][N][rpad]
   const S* z = nullptr;    // [Tpad][N][kpad]
   const S* hsT = nullptr;  // [N][rpad][Tpad]
@@ -51,12 +52,12 @@ struct FusedArgs {
   const float* ws = nullptr;    // [2 Spad] slot rows, or null
   const float* g = nullptr;     // [Tpad][N]
   const float* dl = nullptr;    // [Tpad][N] or null
-  const S* dy = nullptr;        // [T][d], row stride dyld
-  index_t dyld = 0;
+  const S* dyp = nullptr;       // [Tpad][2 Spad] dy in slot rows (zero past T and for empty slots)
   S* y = nullptr;               // [T][d], row stride yld
   index_t yld = 0;
   const float* ybase = nullptr;  // [T][d] or null
   const float* b0 = nullptr;     // [d] or null
+  float* ypart = nullptr;        // [gridDim.z][Tpad][2 Spad] when the experts are split
   float* part = nullptr;         // pass output
 };
 
@@ -68,14 +69,55 @@ __host__ __device__ __forceinline__ void slot_row_plane(index_t R, index_t& plan
   side = n & 1;
 }
 
+__device__ __forceinline__ void load_pair(const float* p, float& x, float& y) {
+  const float2 v = *reinterpret_cast<const float2*>(p);
+  x = v.x;
+  y = v.y;
+}
+__device__ __forceinline__ void load_pair(const __nv_bfloat16* p, float& x, float& y) {
+  const __nv_bfloat162 v = *reinterpret_cast<const __nv_bfloat162*>(p);
+  x = __low2float(v);
+  y = __high2float(v);
+}
+__device__ __forceinline__ void load_pair(const __half* p, float& x, float& y) {
+  const __half2 v = *reinterpret_cast<const __half2*>(p);
+  x = __low2float(v);
+  y = __high2float(v);
+}
+
 struct UnitRot {
   float c[2][4], s[2][4], dadp[2][4];  // [plane group][pair p = 2 * row + tile]
 };
 
-/// v[pg][tile][4] = u (rotated when the layer rotates) for one unit; R receives the rotations.
-template <class S>
-__device__ __forceinline__ void compute_unit(const FusedArgs<S>& a, int i, index_t t0, index_t u, int g, int q,
-                                             float v[2][2][4], UnitRot& R) {
+/// One expert's operands for a 16-token tile. With FIX (rpad == 16, kpad <= 16) the rank-space
+/// fragments of hs and z are loaded once per expert and held in registers.
+template <class S, bool FIX>
+struct Expert {
+  using W = Warp<S>;
+  const S* Bp;
+  const float* bias;
+  const S* hs;
+  const S* z;
+  typename W::A fh, fz;
+};
+
+template <class S, bool FIX>
+__device__ __forceinline__ void load_expert(const FusedArgs<S>& a, int i, index_t t0, int g, int q, Expert<S, FIX>& e) {
+  using W = Warp<S>;
+  e.Bp = a.Bp + index_t(i) * 2 * a.Spad * a.rpad;
+  e.bias = a.rot ? a.bias + index_t(i) * a.Spad : nullptr;
+  e.hs = a.hs + i * a.rpad;
+  e.z = a.rot ? a.z + i * a.kpad : nullptr;
+  if (FIX) {
+    W::load_a(e.fh, e.hs, a.N * 16, t0, a.Tpad, 0, g, q);
+    if (a.rot) W::load_a(e.fz, e.z, a.N * 16, t0, a.Tpad, 0, g, q);
+  }
+}
+
+/// v[pg][tile][4] = hs B^T for one unit, and (rotating) pre[pg][4] = z U^T + bias.
+template <class S, bool FIX>
+__device__ __forceinline__ void unit_products(const FusedArgs<S>& a, const Expert<S, FIX>& e, index_t t0, index_t u,
+                                              int g, int q, float v[2][2][4], float pre[2][4]) {
   using W = Warp<S>;
 #pragma unroll
   for (int pg = 0; pg < 2; ++pg)
@@ -83,50 +125,114 @@ __device__ __forceinline__ void compute_unit(const FusedArgs<S>& a, int i, index
     for (int tl = 0; tl < 2; ++tl)
 #pragma unroll
       for (int c = 0; c < 4; ++c) v[pg][tl][c] = 0.f;
-  const S* hs_i = a.hs + i * a.rpad;
-  const S* B_i = a.Bp + index_t(i) * 2 * a.Spad * a.rpad;
-  for (index_t kc = 0; kc < a.rpad; kc += 16) {
-    typename W::A af;
-    W::load_a(af, hs_i, a.N * a.rpad, t0, a.Tpad, kc, g, q);
+  if (FIX) {
 #pragma unroll
     for (int pg = 0; pg < 2; ++pg)
 #pragma unroll
       for (int tl = 0; tl < 2; ++tl) {
         typename W::B bf;
-        W::load_b(bf, B_i, a.rpad, 32 * u + 16 * pg + 8 * tl, kc, g, q);
-        W::mma(v[pg][tl], af, bf);
+        W::load_b(bf, e.Bp, 16, 32 * u + 16 * pg + 8 * tl, 0, g, q);
+        W::mma(v[pg][tl], e.fh, bf);
       }
+  } else {
+    for (index_t kc = 0; kc < a.rpad; kc += 16) {
+      typename W::A af;
+      W::load_a(af, e.hs, a.N * a.rpad, t0, a.Tpad, kc, g, q);
+#pragma unroll
+      for (int pg = 0; pg < 2; ++pg)
+#pragma unroll
+        for (int tl = 0; tl < 2; ++tl) {
+          typename W::B bf;
+          W::load_b(bf, e.Bp, a.rpad, 32 * u + 16 * pg + 8 * tl, kc, g, q);
+          W::mma(v[pg][tl], af, bf);
+        }
+    }
   }
   if (!a.rot) return;
-  float pre[2][4];
-  const float* b_i = a.bias + index_t(i) * a.Spad;
 #pragma unroll
   for (int pg = 0; pg < 2; ++pg) {
-    const index_t m = 16 * u + 8 * pg + 2 * q;
-    pre[pg][0] = pre[pg][2] = b_i[m];
-    pre[pg][1] = pre[pg][3] = b_i[m + 1];
+    float b0, b1;
+    load_pair(e.bias + 16 * u + 8 * pg + 2 * q, b0, b1);
+    pre[pg][0] = pre[pg][2] = b0;
+    pre[pg][1] = pre[pg][3] = b1;
   }
-  const S* z_i = a.z + i * a.kpad;
-  for (index_t kc = 0; kc < a.kpad; kc += 16) {
-    typename W::A af;
-    W::load_a(af, z_i, a.N * a.kpad, t0, a.Tpad, kc, g, q);
+  if (FIX) {
 #pragma unroll
     for (int pg = 0; pg < 2; ++pg) {
       typename W::B bf;
-      W::load_b(bf, a.Up, a.kpad, 16 * u + 8 * pg, kc, g, q);
-      W::mma(pre[pg], af, bf);
+      W::load_b(bf, a.Up, 16, 16 * u + 8 * pg, 0, g, q);
+      W::mma(pre[pg], e.fz, bf);
+    }
+  } else {
+    for (index_t kc = 0; kc < a.kpad; kc += 16) {
+      typename W::A af;
+      W::load_a(af, e.z, a.N * a.kpad, t0, a.Tpad, kc, g, q);
+#pragma unroll
+      for (int pg = 0; pg < 2; ++pg) {
+        typename W::B bf;
+        W::load_b(bf, a.Up, a.kpad, 16 * u + 8 * pg, kc, g, q);
+        W::mma(pre[pg], af, bf);
+      }
     }
   }
+}
+
+/// u = R(bound(pre)) v in place; with GRAD also keeps c, s and dalpha/dpre.
+template <class S, bool PITANH, bool GRAD>
+__device__ __forceinline__ void unit_rotate_b(float v[2][2][4], const float pre[2][4], UnitRot& R) {
 #pragma unroll
   for (int pg = 0; pg < 2; ++pg)
 #pragma unroll
     for (int p = 0; p < 4; ++p) {
       float c, s, dadp;
-      bound_sincos<storage<S>::fast_math>(a.bound, pre[pg][p], c, s, dadp);
-      R.c[pg][p] = c;
-      R.s[pg][p] = s;
-      R.dadp[pg][p] = dadp;
+      bounded_sincos<storage<S>::fast_math, PITANH>(pre[pg][p], c, s, dadp);
+      if (GRAD) {
+        R.c[pg][p] = c;
+        R.s[pg][p] = s;
+        R.dadp[pg][p] = dadp;
+      }
       rotate_pair(c, s, v[pg][p & 1][2 * (p >> 1)], v[pg][p & 1][2 * (p >> 1) + 1]);
+    }
+}
+template <class S, bool GRAD>
+__device__ __forceinline__ void unit_rotate(const FusedArgs<S>& a, float v[2][2][4], const float pre[2][4], UnitRot& R) {
+  if (!a.rot) return;
+  if (a.bound == Bound::pi_tanh)
+    unit_rotate_b<S, true, GRAD>(v, pre, R);
+  else
+    unit_rotate_b<S, false, GRAD>(v, pre, R);
+}
+
+/// du = g dy (+ dl ws), then dv = R^T du and dpre = dalpha/dpre * (du_b u_a - du_a u_b).
+template <class S>
+__device__ __forceinline__ void unit_backward(const FusedArgs<S>& a, index_t t0, index_t u, int g, int q,
+                                              const float gw[2], const float dlw[2], const float v[2][2][4],
+                                              const UnitRot& R, float dv[2][2][4], float dpre[2][4]) {
+  const index_t S2 = 2 * a.Spad;
+#pragma unroll
+  for (int pg = 0; pg < 2; ++pg)
+#pragma unroll
+    for (int p = 0; p < 4; ++p) {
+      const int tl = p & 1, h = p >> 1;
+      const index_t R0 = 32 * u + 16 * pg + 8 * tl + 2 * q;
+      float du0, du1;
+      load_pair(a.dyp + (t0 + g + 8 * h) * S2 + R0, du0, du1);
+      du0 *= gw[h];
+      du1 *= gw[h];
+      if (a.ws) {
+        float w0, w1;
+        load_pair(a.ws + R0, w0, w1);
+        du0 += dlw[h] * w0;
+        du1 += dlw[h] * w1;
+      }
+      if (a.rot) {
+        dpre[pg][p] = R.dadp[pg][p] * rotation_angle_grad(du0, du1, v[pg][tl][2 * h], v[pg][tl][2 * h + 1]);
+        rotate_pair_transpose(R.c[pg][p], R.s[pg][p], du0, du1);
+      } else {
+        dpre[pg][p] = 0.f;
+      }
+      dv[pg][tl][2 * h] = du0;
+      dv[pg][tl][2 * h + 1] = du1;
     }
 }
 
@@ -136,46 +242,18 @@ __device__ __forceinline__ index_t unit_coord(const FusedArgs<S>& a, index_t u, 
   return slot_coord(a.pairing, 16 * u + 8 * pg + 2 * q + tl, c & 1, a.d);
 }
 
-/// du = g dy (+ dl ws), then dv = R^T du and dpre = dalpha/dpre * (du_b u_a - du_a u_b).
-template <class S>
-__device__ __forceinline__ void unit_backward(const FusedArgs<S>& a, index_t t0, index_t u, int g, int q,
-                                              const float gw[2], const float dlw[2], const float v[2][2][4],
-                                              const UnitRot& R, float dv[2][2][4], float dpre[2][4]) {
-#pragma unroll
-  for (int pg = 0; pg < 2; ++pg)
-#pragma unroll
-    for (int p = 0; p < 4; ++p) {
-      const int tl = p & 1, h = p >> 1;
-      const index_t t = t0 + g + 8 * h;
-      float du[2];
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const index_t coord = unit_coord(a, u, pg, tl, e, q);
-        const float dyv = (t < a.T && coord >= 0) ? to_float(a.dy[t * a.dyld + coord]) : 0.f;
-        du[e] = gw[h] * dyv;
-        if (a.ws) du[e] += dlw[h] * a.ws[32 * u + 16 * pg + 8 * tl + 2 * q + e];
-      }
-      if (a.rot) {
-        dpre[pg][p] = R.dadp[pg][p] * rotation_angle_grad(du[0], du[1], v[pg][tl][2 * h], v[pg][tl][2 * h + 1]);
-        rotate_pair_transpose(R.c[pg][p], R.s[pg][p], du[0], du[1]);
-      } else {
-        dpre[pg][p] = 0.f;
-      }
-      dv[pg][tl][2 * h] = du[0];
-      dv[pg][tl][2 * h + 1] = du[1];
-    }
-}
-
 // --- output pass ----------------------------------------------------------------------------------
-/// Block: WT x WC warps; warp (wt, wc) owns 16 tokens and UW units. Grid: (ceil(T / (16 WT)),
-/// ceil(units / (WC UW))).
-template <class S, int WT, int WC, int UW>
+/// Block: WT x WC warps; warp (wt, wc) owns 16 tokens and UW units; blockIdx.z owns experts
+/// [z EG, (z + 1) EG). Grid: (ceil(T / (16 WT)), ceil(units / (WC UW)), groups). With one group
+/// the tile is written to y (plus base and b0); with several, to ypart, which output_finalize adds.
+template <class S, int WT, int WC, int UW, bool FIX>
 __global__ void __launch_bounds__(WT* WC * 32) output_pass(FusedArgs<S> a) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
   const int wt = warp / WC, wc = warp % WC;
   const index_t t0 = (index_t(blockIdx.x) * WT + wt) * 16;
   if (t0 >= a.T) return;
   const index_t ub = (index_t(blockIdx.y) * WC + wc) * UW;
+  const int i0 = int(blockIdx.z) * a.EG, i1 = min(int(a.N), i0 + a.EG);
   float acc[UW][2][2][4];
 #pragma unroll
   for (int uu = 0; uu < UW; ++uu)
@@ -185,17 +263,20 @@ __global__ void __launch_bounds__(WT* WC * 32) output_pass(FusedArgs<S> a) {
       for (int tl = 0; tl < 2; ++tl)
 #pragma unroll
         for (int c = 0; c < 4; ++c) acc[uu][pg][tl][c] = 0.f;
-  for (int i = 0; i < a.N; ++i) {
+  for (int i = i0; i < i1; ++i) {
     const float g0 = a.g[(t0 + g) * a.N + i], g1 = a.g[(t0 + g + 8) * a.N + i];
     // An expert no token of the tile selected (top-k gate) is not computed.
     if (!__any_sync(0xffffffffu, g0 != 0.f || g1 != 0.f)) continue;
+    Expert<S, FIX> e;
+    load_expert(a, i, t0, g, q, e);
 #pragma unroll
     for (int uu = 0; uu < UW; ++uu) {
       const index_t u = ub + uu;
       if (u < a.units) {
-        float v[2][2][4];
+        float v[2][2][4], pre[2][4];
         UnitRot R;
-        compute_unit(a, i, t0, u, g, q, v, R);
+        unit_products(a, e, t0, u, g, q, v, pre);
+        unit_rotate<S, false>(a, v, pre, R);
 #pragma unroll
         for (int pg = 0; pg < 2; ++pg)
 #pragma unroll
@@ -217,62 +298,106 @@ __global__ void __launch_bounds__(WT* WC * 32) output_pass(FusedArgs<S> a) {
 #pragma unroll
       for (int tl = 0; tl < 2; ++tl)
 #pragma unroll
-        for (int c = 0; c < 4; ++c) {
-          const index_t t = t0 + g + 8 * (c >> 1);
-          const index_t coord = unit_coord(a, u, pg, tl, c, q);
-          if (t >= a.T || coord < 0) continue;
-          float val = acc[uu][pg][tl][c];
-          if (a.ybase) val += a.ybase[t * a.d + coord];
-          if (a.b0) val += a.b0[coord];
-          a.y[t * a.yld + coord] = from_float<S>(val);
+        for (int h = 0; h < 2; ++h) {
+          const index_t t = t0 + g + 8 * h;
+          if (t >= a.T) continue;
+          if (gridDim.z > 1) {
+            float2* o = reinterpret_cast<float2*>(
+                a.ypart + (index_t(blockIdx.z) * a.Tpad + t) * 2 * a.Spad + 32 * u + 16 * pg + 8 * tl + 2 * q);
+            *o = make_float2(acc[uu][pg][tl][2 * h], acc[uu][pg][tl][2 * h + 1]);
+            continue;
+          }
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const index_t coord = unit_coord(a, u, pg, tl, e, q);
+            if (coord < 0) continue;
+            float val = acc[uu][pg][tl][2 * h + e];
+            if (a.ybase) val += a.ybase[t * a.d + coord];
+            if (a.b0) val += a.b0[coord];
+            a.y[t * a.yld + coord] = from_float<S>(val);
+          }
         }
+  }
+}
+
+/// y[t][o] = base + b0 + sum over groups of ypart[grp][t][slot(o)].
+template <class S>
+__global__ void output_finalize(FusedArgs<S> a, int groups, const int* slot_of) {
+  for (index_t idx = index_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < a.T * a.d;
+       idx += index_t(gridDim.x) * blockDim.x) {
+    const index_t o = idx % a.d, t = idx / a.d;
+    float val = 0.f;
+    for (int grp = 0; grp < groups; ++grp) val += a.ypart[(index_t(grp) * a.Tpad + t) * 2 * a.Spad + slot_of[o]];
+    if (a.ybase) val += a.ybase[t * a.d + o];
+    if (a.b0) val += a.b0[o];
+    a.y[t * a.yld + o] = from_float<S>(val);
+  }
+}
+
+/// dyp[t][R] = dy[t][coord(R)] (zero past T and for empty slots).
+template <class S>
+__global__ void permute_dy(const S* dy, index_t ld, index_t T, index_t Tpad, index_t Spad, index_t d, Pairing pairing,
+                           S* dyp) {
+  const index_t S2 = 2 * Spad;
+  for (index_t idx = index_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < Tpad * S2;
+       idx += index_t(gridDim.x) * blockDim.x) {
+    const index_t R = idx % S2, t = idx / S2;
+    index_t plane;
+    int side;
+    slot_row_plane(R, plane, side);
+    const index_t c = slot_coord(pairing, plane, side, d);
+    dyp[idx] = (t < T && c >= 0) ? dy[t * ld + c] : from_float<S>(0.f);
   }
 }
 
 // --- dot pass -------------------------------------------------------------------------------------
 /// part[cb][t][i] = sum over the columns of column block cb of w . u_ti, with w = ws (with_dy false)
-/// or dy_t. cb = blockIdx.y * WC + wc; part has gridDim.y * WC blocks of Tpad x N.
-template <class S, int WT, int WC, int UW>
+/// or dy_t. cb = blockIdx.y * WC + wc; part has gridDim.y * WC blocks of Tpad x N; blockIdx.z owns
+/// experts [z EG, (z + 1) EG).
+template <class S, int WT, int WC, int UW, bool FIX>
 __global__ void __launch_bounds__(WT* WC * 32) dot_pass(FusedArgs<S> a, bool with_dy) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
   const int wt = warp / WC, wc = warp % WC;
   const index_t t0 = (index_t(blockIdx.x) * WT + wt) * 16;
   if (t0 >= a.T) return;
   const index_t ub = (index_t(blockIdx.y) * WC + wc) * UW;
+  const index_t S2 = 2 * a.Spad;
   float* out = a.part + (index_t(blockIdx.y) * WC + wc) * a.Tpad * a.N;
-  for (int i = 0; i < a.N; ++i) {
+  const int i0 = int(blockIdx.z) * a.EG, i1 = min(int(a.N), i0 + a.EG);
+  for (int i = i0; i < i1; ++i) {
     float p0 = 0.f, p1 = 0.f;
     // In the gate backward an expert with g = 0 for every token of the tile has dl = 0 whatever
     // its dot product (top-k), so it is skipped.
     const bool skip = with_dy && !__any_sync(0xffffffffu, a.g[(t0 + g) * a.N + i] != 0.f ||
                                                               a.g[(t0 + g + 8) * a.N + i] != 0.f);
     if (!skip) {
+      Expert<S, FIX> e;
+      load_expert(a, i, t0, g, q, e);
 #pragma unroll
       for (int uu = 0; uu < UW; ++uu) {
         const index_t u = ub + uu;
         if (u >= a.units) continue;
-        float v[2][2][4];
+        float v[2][2][4], pre[2][4];
         UnitRot R;
-        compute_unit(a, i, t0, u, g, q, v, R);
+        unit_products(a, e, t0, u, g, q, v, pre);
+        unit_rotate<S, false>(a, v, pre, R);
 #pragma unroll
         for (int pg = 0; pg < 2; ++pg)
 #pragma unroll
-          for (int tl = 0; tl < 2; ++tl)
-#pragma unroll
-            for (int c = 0; c < 4; ++c) {
-              float w;
-              if (with_dy) {
-                const index_t t = t0 + g + 8 * (c >> 1);
-                const index_t coord = unit_coord(a, u, pg, tl, c, q);
-                w = (t < a.T && coord >= 0) ? to_float(a.dy[t * a.dyld + coord]) : 0.f;
-              } else {
-                w = a.ws[32 * u + 16 * pg + 8 * tl + 2 * q + (c & 1)];
-              }
-              if (c < 2)
-                p0 += w * v[pg][tl][c];
-              else
-                p1 += w * v[pg][tl][c];
+          for (int tl = 0; tl < 2; ++tl) {
+            const index_t R0 = 32 * u + 16 * pg + 8 * tl + 2 * q;
+            float w0, w1, w2, w3;
+            if (with_dy) {
+              load_pair(a.dyp + (t0 + g) * S2 + R0, w0, w1);
+              load_pair(a.dyp + (t0 + g + 8) * S2 + R0, w2, w3);
+            } else {
+              load_pair(a.ws + R0, w0, w1);
+              w2 = w0;
+              w3 = w1;
             }
+            p0 += w0 * v[pg][tl][0] + w1 * v[pg][tl][1];
+            p1 += w2 * v[pg][tl][2] + w3 * v[pg][tl][3];
+          }
       }
     }
     p0 += __shfl_xor_sync(0xffffffffu, p0, 1);
@@ -291,19 +416,27 @@ __global__ void __launch_bounds__(WT* WC * 32) dot_pass(FusedArgs<S> a, bool wit
 /// bdu = B_i^T R_i^T du (rpad values). Block: WT x WC warps, warp (wt, wc) owns 16 tokens and the
 /// units wc + WC * blockIdx.y + j * WC * gridDim.y. Per expert the WC partial sums are added in
 /// shared memory in a fixed order and written to part[cb][t][i][kpad + rpad], cb = blockIdx.y.
+/// With FIX the per-warp sums stay in registers until the expert is done.
 /// Dynamic shared memory: token_pass_smem(WT * WC, kpad, rpad).
 inline std::size_t token_pass_smem(int warps, index_t kpad, index_t rpad) {
   return std::size_t(warps) * ((kpad + rpad) / 8 * 32 * sizeof(float4) + 256 * sizeof(float));
 }
 
-template <class S, int WT, int WC>
+__device__ __forceinline__ void add4(float4& s, const float c[4]) {
+  s.x += c[0];
+  s.y += c[1];
+  s.z += c[2];
+  s.w += c[3];
+}
+
+template <class S, int WT, int WC, bool FIX>
 __global__ void __launch_bounds__(WT* WC * 32) token_pass(FusedArgs<S> a, bool need_dz) {
   using W = Warp<S>;
   extern __shared__ float4 sm4[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
   const int wt = warp / WC, wc = warp % WC;
-  const int nt_k = need_dz ? int(a.kpad / 8) : 0, nt_r = int(a.rpad / 8);
-  const int NT = int((a.kpad + a.rpad) / 8);  // accumulator tiles per warp (dz slots kept when unused)
+  const int kt = int(a.kpad / 8), nt_k = need_dz ? kt : 0, nt_r = int(a.rpad / 8);
+  const int NT = kt + nt_r;  // accumulator tiles per warp (dz slots kept when unused)
   float4* acc = sm4 + index_t(warp) * NT * 32;
   float* scratch = reinterpret_cast<float*>(sm4 + index_t(WT * WC) * NT * 32) + warp * 256;
   const index_t t0 = (index_t(blockIdx.x) * WT + wt) * 16;
@@ -316,44 +449,69 @@ __global__ void __launch_bounds__(WT* WC * 32) token_pass(FusedArgs<S> a, bool n
       float dlw[2] = {a.dl ? a.dl[(t0 + g) * a.N + i] : 0.f, a.dl ? a.dl[(t0 + g + 8) * a.N + i] : 0.f};
       const bool any = __any_sync(0xffffffffu, gw[0] != 0.f || gw[1] != 0.f || dlw[0] != 0.f || dlw[1] != 0.f);
       const S* BT_i = a.BpT + index_t(i) * a.rpad * 2 * a.Spad;
-      if (any)
+      float rz[2][4], rh[2][4];  // FIX: dz tiles (kpad = 16), bdu tiles (rpad = 16)
+#pragma unroll
+      for (int n = 0; n < 2; ++n)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) rz[n][c] = rh[n][c] = 0.f;
+      if (any) {
+        Expert<S, FIX> e;
+        load_expert(a, i, t0, g, q, e);
         for (index_t u = index_t(blockIdx.y) * WC + wc; u < a.units; u += index_t(gridDim.y) * WC) {
-          float v[2][2][4], dv[2][2][4], dpre[2][4];
+          float v[2][2][4], pre[2][4], dv[2][2][4], dpre[2][4];
           UnitRot R;
-          compute_unit(a, i, t0, u, g, q, v, R);
+          unit_products(a, e, t0, u, g, q, v, pre);
+          unit_rotate<S, true>(a, v, pre, R);
           unit_backward(a, t0, u, g, q, gw, dlw, v, R, dv, dpre);
           if (need_dz) {
             typename W::A af;
             W::a_from_c(af, dpre[0], dpre[1], scratch);
-            for (int nt = 0; nt < nt_k; ++nt) {
-              typename W::B bf;
-              W::load_b(bf, a.UpT, a.Spad, nt * 8, 16 * u, g, q);
-              float c[4] = {0.f, 0.f, 0.f, 0.f};
-              W::mma(c, af, bf);
-              float4& s4 = acc[nt * 32 + lane];
-              s4.x += c[0];
-              s4.y += c[1];
-              s4.z += c[2];
-              s4.w += c[3];
+            if (FIX) {
+#pragma unroll
+              for (int nt = 0; nt < 2; ++nt) {
+                typename W::B bf;
+                W::load_b(bf, a.UpT, a.Spad, nt * 8, 16 * u, g, q);
+                W::mma(rz[nt], af, bf);
+              }
+            } else {
+              for (int nt = 0; nt < nt_k; ++nt) {
+                typename W::B bf;
+                W::load_b(bf, a.UpT, a.Spad, nt * 8, 16 * u, g, q);
+                float c[4] = {0.f, 0.f, 0.f, 0.f};
+                W::mma(c, af, bf);
+                add4(acc[nt * 32 + lane], c);
+              }
             }
           }
 #pragma unroll
           for (int pg = 0; pg < 2; ++pg) {
             typename W::A af;
             W::a_from_c(af, dv[pg][0], dv[pg][1], scratch);
-            for (int nt = 0; nt < nt_r; ++nt) {
-              typename W::B bf;
-              W::load_b(bf, BT_i, 2 * a.Spad, nt * 8, 32 * u + 16 * pg, g, q);
-              float c[4] = {0.f, 0.f, 0.f, 0.f};
-              W::mma(c, af, bf);
-              float4& s4 = acc[(a.kpad / 8 + nt) * 32 + lane];
-              s4.x += c[0];
-              s4.y += c[1];
-              s4.z += c[2];
-              s4.w += c[3];
+            if (FIX) {
+#pragma unroll
+              for (int nt = 0; nt < 2; ++nt) {
+                typename W::B bf;
+                W::load_b(bf, BT_i, 2 * a.Spad, nt * 8, 32 * u + 16 * pg, g, q);
+                W::mma(rh[nt], af, bf);
+              }
+            } else {
+              for (int nt = 0; nt < nt_r; ++nt) {
+                typename W::B bf;
+                W::load_b(bf, BT_i, 2 * a.Spad, nt * 8, 32 * u + 16 * pg, g, q);
+                float c[4] = {0.f, 0.f, 0.f, 0.f};
+                W::mma(c, af, bf);
+                add4(acc[(kt + nt) * 32 + lane], c);
+              }
             }
           }
         }
+      }
+      if (FIX) {
+        for (int nt = 0; nt < kt; ++nt) acc[nt * 32 + lane] = make_float4(rz[nt][0], rz[nt][1], rz[nt][2], rz[nt][3]);
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt)
+          acc[(kt + nt) * 32 + lane] = make_float4(rh[nt][0], rh[nt][1], rh[nt][2], rh[nt][3]);
+      }
     }
     __syncthreads();
     // Add the WC column warps of each token row of warps and write this column block's partial.
@@ -389,6 +547,8 @@ __global__ void __launch_bounds__(WT* WC * 32) token_pass(FusedArgs<S> a, bool n
 ///   dbias[i][plane]   = sum_t dpre_ti[plane]                    (with need_bias)
 ///   dUTp[grp][kq][pl] = sum_{t, i in group} z_ti[kq] dpre_ti[pl] (with need_U)
 ///   dwsp[grp][R]      = sum_{t, i in group} dl_ti u_ti[R]       (with need_ws)
+/// With FIX the per-warp sums stay in registers and go to shared memory once per expert (dB,
+/// dbias) or once per block (dU, dws).
 struct ColumnFlags {
   bool need_B = false, need_bias = false, need_U = false, need_ws = false;
   int EG = 1;
@@ -408,14 +568,7 @@ struct ColumnLayout {
   }
 };
 
-__device__ __forceinline__ void add4(float4& s, const float c[4]) {
-  s.x += c[0];
-  s.y += c[1];
-  s.z += c[2];
-  s.w += c[3];
-}
-
-template <class S, int CW, int TW>
+template <class S, int CW, int TW, bool FIX>
 __global__ void __launch_bounds__(CW* TW * 32) column_pass(FusedArgs<S> a, ColumnFlags f) {
   using W = Warp<S>;
   using L = ColumnLayout<CW, TW>;
@@ -435,6 +588,15 @@ __global__ void __launch_bounds__(CW* TW * 32) column_pass(FusedArgs<S> a, Colum
   const int i_begin = int(blockIdx.y) * f.EG, i_end = min(int(a.N), i_begin + f.EG);
   const index_t ntiles = (a.T + 15) / 16;
   for (int nt = 0; nt < NTL; ++nt) acc[nt * 32 + lane] = make_float4(0.f, 0.f, 0.f, 0.f);
+  // FIX: register sums (RC = KC = 1).
+  float rB[4][4], rU[2][4], rb[2][4], rw[4][4];
+#pragma unroll
+  for (int n = 0; n < 4; ++n)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      rB[n][c] = rw[n][c] = 0.f;
+      if (n < 2) rU[n][c] = rb[n][c] = 0.f;
+    }
 
   for (int i = i_begin; i < i_end; ++i) {
     if (active) {
@@ -445,43 +607,65 @@ __global__ void __launch_bounds__(CW* TW * 32) column_pass(FusedArgs<S> a, Colum
         float gw[2] = {a.g[(t0 + g) * a.N + i], a.g[(t0 + g + 8) * a.N + i]};
         float dlw[2] = {a.dl ? a.dl[(t0 + g) * a.N + i] : 0.f, a.dl ? a.dl[(t0 + g + 8) * a.N + i] : 0.f};
         if (!__any_sync(0xffffffffu, gw[0] != 0.f || gw[1] != 0.f || dlw[0] != 0.f || dlw[1] != 0.f)) continue;
-        float v[2][2][4], dv[2][2][4], dpre[2][4];
+        float v[2][2][4], pre[2][4], dv[2][2][4], dpre[2][4];
         UnitRot R;
-        compute_unit(a, i, t0, u, g, q, v, R);
+        Expert<S, FIX> e;
+        load_expert(a, i, t0, g, q, e);
+        unit_products(a, e, t0, u, g, q, v, pre);
+        unit_rotate<S, true>(a, v, pre, R);
         unit_backward(a, t0, u, g, q, gw, dlw, v, R, dv, dpre);
         if (f.need_B) {
+          typename W::A ah;
+          if (FIX) W::load_a(ah, hsT_i, a.Tpad, 0, 16, t0, g, q);
 #pragma unroll
           for (int pg = 0; pg < 2; ++pg)
 #pragma unroll
             for (int tl = 0; tl < 2; ++tl) {
               typename W::B bf;
               W::b_from_c(bf, dv[pg][tl], scratch);
-              for (int rc = 0; rc < RC; ++rc) {
-                typename W::A af;
-                W::load_a(af, hsT_i, a.Tpad, index_t(rc) * 16, a.rpad, t0, g, q);
-                float c[4] = {0.f, 0.f, 0.f, 0.f};
-                W::mma(c, af, bf);
-                add4(accB[((pg * 2 + tl) * RC + rc) * 32 + lane], c);
+              if (FIX) {
+                W::mma(rB[pg * 2 + tl], ah, bf);
+              } else {
+                for (int rc = 0; rc < RC; ++rc) {
+                  typename W::A af;
+                  W::load_a(af, hsT_i, a.Tpad, index_t(rc) * 16, a.rpad, t0, g, q);
+                  float c[4] = {0.f, 0.f, 0.f, 0.f};
+                  W::mma(c, af, bf);
+                  add4(accB[((pg * 2 + tl) * RC + rc) * 32 + lane], c);
+                }
               }
             }
         }
         if (f.need_U) {
+          typename W::A az;
+          if (FIX) W::load_a(az, zT_i, a.Tpad, 0, 16, t0, g, q);
 #pragma unroll
           for (int pg = 0; pg < 2; ++pg) {
             typename W::B bf;
             W::b_from_c(bf, dpre[pg], scratch);
-            for (int kc = 0; kc < KC; ++kc) {
-              typename W::A af;
-              W::load_a(af, zT_i, a.Tpad, index_t(kc) * 16, a.kpad, t0, g, q);
-              float c[4] = {0.f, 0.f, 0.f, 0.f};
-              W::mma(c, af, bf);
-              add4(accU[(pg * KC + kc) * 32 + lane], c);
+            if (FIX) {
+              W::mma(rU[pg], az, bf);
+            } else {
+              for (int kc = 0; kc < KC; ++kc) {
+                typename W::A af;
+                W::load_a(af, zT_i, a.Tpad, index_t(kc) * 16, a.kpad, t0, g, q);
+                float c[4] = {0.f, 0.f, 0.f, 0.f};
+                W::mma(c, af, bf);
+                add4(accU[(pg * KC + kc) * 32 + lane], c);
+              }
             }
           }
         }
         if (f.need_bias) {
 #pragma unroll
-          for (int pg = 0; pg < 2; ++pg) add4(accb[pg * 32 + lane], dpre[pg]);
+          for (int pg = 0; pg < 2; ++pg) {
+            if (FIX) {
+#pragma unroll
+              for (int c = 0; c < 4; ++c) rb[pg][c] += dpre[pg][c];
+            } else {
+              add4(accb[pg * 32 + lane], dpre[pg]);
+            }
+          }
         }
         if (f.need_ws) {
 #pragma unroll
@@ -490,8 +674,27 @@ __global__ void __launch_bounds__(CW* TW * 32) column_pass(FusedArgs<S> a, Colum
             for (int tl = 0; tl < 2; ++tl) {
               const float c[4] = {dlw[0] * v[pg][tl][0], dlw[0] * v[pg][tl][1], dlw[1] * v[pg][tl][2],
                                   dlw[1] * v[pg][tl][3]};
-              add4(accw[(pg * 2 + tl) * 32 + lane], c);
+              if (FIX) {
+#pragma unroll
+                for (int k = 0; k < 4; ++k) rw[pg * 2 + tl][k] += c[k];
+              } else {
+                add4(accw[(pg * 2 + tl) * 32 + lane], c);
+              }
             }
+        }
+      }
+      if (FIX) {
+#pragma unroll
+        for (int n = 0; n < 4; ++n) {
+          accB[n * 32 + lane] = make_float4(rB[n][0], rB[n][1], rB[n][2], rB[n][3]);
+#pragma unroll
+          for (int c = 0; c < 4; ++c) rB[n][c] = 0.f;
+        }
+#pragma unroll
+        for (int n = 0; n < 2; ++n) {
+          accb[n * 32 + lane] = make_float4(rb[n][0], rb[n][1], rb[n][2], rb[n][3]);
+#pragma unroll
+          for (int c = 0; c < 4; ++c) rb[n][c] = 0.f;
         }
       }
     }
@@ -538,6 +741,13 @@ __global__ void __launch_bounds__(CW* TW * 32) column_pass(FusedArgs<S> a, Colum
     __syncthreads();
     for (int nt = 0; nt < 4 * RC; ++nt) accB[nt * 32 + lane] = make_float4(0.f, 0.f, 0.f, 0.f);
     for (int nt = 0; nt < 2; ++nt) accb[nt * 32 + lane] = make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+  if (FIX) {
+#pragma unroll
+    for (int n = 0; n < 2; ++n)
+      if (KC) accU[n * 32 + lane] = make_float4(rU[n][0], rU[n][1], rU[n][2], rU[n][3]);
+#pragma unroll
+    for (int n = 0; n < 4; ++n) accw[n * 32 + lane] = make_float4(rw[n][0], rw[n][1], rw[n][2], rw[n][3]);
   }
   __syncthreads();
   // Partial sums over this block's experts of dU^T and dws.

@@ -140,52 +140,55 @@ struct RankArgs {
   float* w = nullptr;            // [T][N][k]
 };
 
-/// hs (and its transpose) for every (t < Tpad, i); w_ti = (Wc B_i) hs_ti when Wc is present.
+/// hs (and its transpose) for every (t < Tpad, i, q < rpad), zero past T and r.
 template <class S>
 __global__ void rank_forward_h(RankArgs a, S* hs, S* hsT) {
-  RG_GRID_STRIDE(idx, a.Tpad * a.N) {
-    const index_t i = idx % a.N, t = idx / a.N;
-    const float s = a.scale ? a.scale[i] : 1.f;
-    const float* h = a.F + t * a.nF + i * a.r;
-    for (index_t q = 0; q < a.rpad; ++q) {
-      const float v = (t < a.T && q < a.r) ? s * h[q] : 0.f;
-      const S sv = from_float<S>(v);
-      hs[(t * a.N + i) * a.rpad + q] = sv;
-      hsT[(i * a.rpad + q) * a.Tpad + t] = sv;
-    }
-    if (a.WcB && t < a.T)
-      for (index_t kq = 0; kq < a.k; ++kq) {
-        const float* wb = a.WcB + (i * a.k + kq) * a.r;
-        float acc = 0.f;
-        for (index_t q = 0; q < a.r; ++q) acc += wb[q] * s * h[q];
-        a.w[(t * a.N + i) * a.k + kq] = acc;
-      }
+  RG_GRID_STRIDE(idx, a.Tpad * a.N * a.rpad) {
+    const index_t q = idx % a.rpad, i = (idx / a.rpad) % a.N, t = idx / (a.rpad * a.N);
+    const float v = (t < a.T && q < a.r) ? (a.scale ? a.scale[i] : 1.f) * a.F[t * a.nF + i * a.r + q] : 0.f;
+    const S sv = from_float<S>(v);
+    hs[idx] = sv;
+    hsT[(i * a.rpad + q) * a.Tpad + t] = sv;
   }
 }
 
-/// z_ti = Wx x_t + (Wv B_i) hs_ti + sum_{j != i} m_ij w_tj, and its transpose (zero padded).
-template <class S>
-__global__ void rank_forward_z(RankArgs a, S* z, S* zT) {
-  RG_GRID_STRIDE(idx, a.Tpad * a.N) {
-    const index_t i = idx % a.N, t = idx / a.N;
+/// w_ti = (Wc B_i) hs_ti for every (t < T, i, kq < k).
+__global__ void rank_forward_w(RankArgs a) {
+  RG_GRID_STRIDE(idx, a.T * a.N * a.k) {
+    const index_t kq = idx % a.k, i = (idx / a.k) % a.N, t = idx / (a.k * a.N);
     const float s = a.scale ? a.scale[i] : 1.f;
     const float* h = a.F + t * a.nF + i * a.r;
-    for (index_t kq = 0; kq < a.kpad; ++kq) {
-      float acc = 0.f;
-      if (t < a.T && kq < a.k) {
-        if (a.kx) acc += a.F[t * a.nF + a.N * a.r + kq];
-        if (a.WvB) {
-          const float* wb = a.WvB + (i * a.k + kq) * a.r;
-          for (index_t q = 0; q < a.r; ++q) acc += wb[q] * s * h[q];
-        }
-        if (a.WcB)
-          for (index_t j = 0; j < a.N; ++j)
-            if (j != i) acc += a.m[i * a.N + j] * a.w[(t * a.N + j) * a.k + kq];
+    const float* wb = a.WcB + (i * a.k + kq) * a.r;
+    float acc = 0.f;
+    for (index_t q = 0; q < a.r; ++q) acc += wb[q] * h[q];
+    a.w[idx] = s * acc;
+  }
+}
+
+/// z_ti = Wx x_t + (Wv B_i) hs_ti + sum_{j != i} m_ij w_tj and its transpose, for every
+/// (t < Tpad, i, kq < kpad), zero past T and k.
+template <class S>
+__global__ void rank_forward_z(RankArgs a, S* z, S* zT) {
+  RG_GRID_STRIDE(idx, a.Tpad * a.N * a.kpad) {
+    const index_t kq = idx % a.kpad, i = (idx / a.kpad) % a.N, t = idx / (a.kpad * a.N);
+    float acc = 0.f;
+    if (t < a.T && kq < a.k) {
+      if (a.kx) acc += a.F[t * a.nF + a.N * a.r + kq];
+      if (a.WvB) {
+        const float s = a.scale ? a.scale[i] : 1.f;
+        const float* h = a.F + t * a.nF + i * a.r;
+        const float* wb = a.WvB + (i * a.k + kq) * a.r;
+        float sv = 0.f;
+        for (index_t q = 0; q < a.r; ++q) sv += wb[q] * h[q];
+        acc += s * sv;
       }
-      const S sv = from_float<S>(acc);
-      z[(t * a.N + i) * a.kpad + kq] = sv;
-      zT[(i * a.kpad + kq) * a.Tpad + t] = sv;
+      if (a.WcB)
+        for (index_t j = 0; j < a.N; ++j)
+          if (j != i) acc += a.m[i * a.N + j] * a.w[(t * a.N + j) * a.k + kq];
     }
+    const S sv = from_float<S>(acc);
+    z[idx] = sv;
+    zT[(i * a.kpad + kq) * a.Tpad + t] = sv;
   }
 }
 
@@ -251,7 +254,7 @@ struct RankBackArgs {
   int nparts = 0;
   const float* part = nullptr;   // [nparts][Tpad][N][width]
   float* dz = nullptr;           // [T][N][k]
-  float* bdu = nullptr;          // [T][N][r]
+  float* bdu = nullptr;          // [T][N][r]  (B_i^T R_i^T du, then B_i^T dv)
   float* dzc = nullptr;          // [T][N][k] or null
   float* dscale_t = nullptr;     // [T][N] or null
   float* dm_t = nullptr;         // [T][N][N] or null
@@ -259,83 +262,93 @@ struct RankBackArgs {
   index_t ng = 0;
 };
 
-/// Sums the token pass's parts into dz and bdu; recomputes w when dM is wanted.
+/// Sums the token pass's parts into dz and bdu, one thread per (t, i, column).
 __global__ void rank_backward_sum(RankBackArgs a) {
   const RankArgs& f = a.f;
-  RG_GRID_STRIDE(idx, f.T * f.N) {
-    const index_t i = idx % f.N, t = idx / f.N;
-    for (index_t c = 0; c < f.k + f.r; ++c) {
-      const index_t col = c < f.k ? c : f.kpad + (c - f.k);
-      float s = 0.f;
-      for (int p = 0; p < a.nparts; ++p) s += a.part[((index_t(p) * f.Tpad + t) * f.N + i) * a.width + col];
-      if (c < f.k)
-        a.dz[idx * f.k + c] = s;
-      else
-        a.bdu[idx * f.r + (c - f.k)] = s;
-    }
-    if (a.dm_t && f.WcB) {
-      const float s = f.scale ? f.scale[i] : 1.f;
-      const float* h = f.F + t * f.nF + i * f.r;
-      for (index_t kq = 0; kq < f.k; ++kq) {
-        const float* wb = f.WcB + (i * f.k + kq) * f.r;
-        float acc = 0.f;
-        for (index_t q = 0; q < f.r; ++q) acc += wb[q] * s * h[q];
-        f.w[idx * f.k + kq] = acc;
-      }
-    }
+  const index_t C = f.k + f.r;
+  RG_GRID_STRIDE(idx, f.T * f.N * C) {
+    const index_t c = idx % C, ti = idx / C;
+    const index_t i = ti % f.N, t = ti / f.N;
+    const index_t col = c < f.k ? c : f.kpad + (c - f.k);
+    float s = 0.f;
+    for (int p = 0; p < a.nparts; ++p) s += a.part[((index_t(p) * f.Tpad + t) * f.N + i) * a.width + col];
+    if (c < f.k)
+      a.dz[ti * f.k + c] = s;
+    else
+      a.bdu[ti * f.r + (c - f.k)] = s;
   }
 }
 
-/// dzc, bdv, dh (into dF), dscale per token, dm per token.
-template <class S>
-__global__ void rank_backward_main(RankBackArgs a, S* dF) {
+/// dzc_ti = sum_j m_ji dz_tj, one thread per (t, i, kq).
+__global__ void rank_backward_dzc(RankBackArgs a) {
   const RankArgs& f = a.f;
-  RG_GRID_STRIDE(idx, f.T * f.N) {
-    const index_t i = idx % f.N, t = idx / f.N;
-    const float s = f.scale ? f.scale[i] : 1.f;
-    const float* dz = a.dz + idx * f.k;
-    if (a.dzc)
-      for (index_t kq = 0; kq < f.k; ++kq) {
-        float acc = 0.f;
-        for (index_t j = 0; j < f.N; ++j)
-          if (j != i) acc += f.m[j * f.N + i] * a.dz[(t * f.N + j) * f.k + kq];
-        a.dzc[idx * f.k + kq] = acc;
-      }
-    const float* h = f.F + t * f.nF + i * f.r;
-    float ds = 0.f;
-    for (index_t q = 0; q < f.r; ++q) {
-      float b = a.bdu[idx * f.r + q];
-      if (f.WvB)
-        for (index_t kq = 0; kq < f.k; ++kq) b += f.WvB[(i * f.k + kq) * f.r + q] * dz[kq];
-      if (f.WcB && a.dzc)
-        for (index_t kq = 0; kq < f.k; ++kq) b += f.WcB[(i * f.k + kq) * f.r + q] * a.dzc[idx * f.k + kq];
-      ds += b * h[q];
-      if (dF) dF[t * f.nF + i * f.r + q] = from_float<S>(s * b);
-    }
-    if (a.dscale_t) a.dscale_t[idx] = ds;
-    if (a.dm_t)
-      for (index_t j = 0; j < f.N; ++j) {
-        float acc = 0.f;
-        if (j != i)
-          for (index_t kq = 0; kq < f.k; ++kq) acc += dz[kq] * f.w[(t * f.N + j) * f.k + kq];
-        a.dm_t[idx * f.N + j] = acc;
-      }
+  RG_GRID_STRIDE(idx, f.T * f.N * f.k) {
+    const index_t kq = idx % f.k, i = (idx / f.k) % f.N, t = idx / (f.k * f.N);
+    float acc = 0.f;
+    for (index_t j = 0; j < f.N; ++j)
+      if (j != i) acc += f.m[j * f.N + i] * a.dz[(t * f.N + j) * f.k + kq];
+    a.dzc[idx] = acc;
   }
 }
 
-/// The rank-space columns of dF after the h block: sum_i dz_ti (kx columns) and dl_t (ng columns).
+/// bdv = bdu + (Wv B_i)^T dz_ti + (Wc B_i)^T dzc_ti (in place in bdu) and dh = s_i bdv into dF, one
+/// thread per (t, i, q).
+template <class S>
+__global__ void rank_backward_dh(RankBackArgs a, S* dF) {
+  const RankArgs& f = a.f;
+  RG_GRID_STRIDE(idx, f.T * f.N * f.r) {
+    const index_t q = idx % f.r, ti = idx / f.r;
+    const index_t i = ti % f.N, t = ti / f.N;
+    float b = a.bdu[idx];
+    if (f.WvB)
+      for (index_t kq = 0; kq < f.k; ++kq) b += f.WvB[(i * f.k + kq) * f.r + q] * a.dz[ti * f.k + kq];
+    if (f.WcB && a.dzc)
+      for (index_t kq = 0; kq < f.k; ++kq) b += f.WcB[(i * f.k + kq) * f.r + q] * a.dzc[ti * f.k + kq];
+    a.bdu[idx] = b;
+    if (dF) dF[t * f.nF + i * f.r + q] = from_float<S>((f.scale ? f.scale[i] : 1.f) * b);
+  }
+}
+
+/// dscale_t,i = bdv_ti . h_ti, one thread per (t, i).
+__global__ void rank_backward_dscale(RankBackArgs a) {
+  const RankArgs& f = a.f;
+  RG_GRID_STRIDE(ti, f.T * f.N) {
+    const index_t i = ti % f.N, t = ti / f.N;
+    const float* h = f.F + t * f.nF + i * f.r;
+    float s = 0.f;
+    for (index_t q = 0; q < f.r; ++q) s += a.bdu[ti * f.r + q] * h[q];
+    a.dscale_t[ti] = s;
+  }
+}
+
+/// dm_t,ij = dz_ti . w_tj (j != i), one thread per (t, i, j).
+__global__ void rank_backward_dm(RankBackArgs a) {
+  const RankArgs& f = a.f;
+  RG_GRID_STRIDE(idx, f.T * f.N * f.N) {
+    const index_t j = idx % f.N, i = (idx / f.N) % f.N, t = idx / (f.N * f.N);
+    float acc = 0.f;
+    if (j != i)
+      for (index_t kq = 0; kq < f.k; ++kq) acc += a.dz[(t * f.N + i) * f.k + kq] * f.w[(t * f.N + j) * f.k + kq];
+    a.dm_t[idx] = acc;
+  }
+}
+
+/// The rank-space columns of dF after the h block: sum_i dz_ti (kx columns) and dl_t (ng columns),
+/// one thread per (t, column).
 template <class S>
 __global__ void rank_backward_tail(RankBackArgs a, S* dF) {
   const RankArgs& f = a.f;
-  RG_GRID_STRIDE(t, f.T) {
-    S* row = dF + t * f.nF + f.N * f.r;
-    for (index_t kq = 0; kq < f.kx; ++kq) {
-      float s = 0.f;
+  const index_t C = f.kx + a.ng;
+  RG_GRID_STRIDE(idx, f.T * C) {
+    const index_t c = idx % C, t = idx / C;
+    float s = 0.f;
+    if (c < f.kx) {
       if (a.dz)
-        for (index_t i = 0; i < f.N; ++i) s += a.dz[(t * f.N + i) * f.k + kq];
-      row[kq] = from_float<S>(s);
+        for (index_t i = 0; i < f.N; ++i) s += a.dz[(t * f.N + i) * f.k + c];
+    } else if (a.dl) {
+      s = a.dl[t * f.N + (c - f.kx)];
     }
-    for (index_t i = 0; i < a.ng; ++i) row[f.kx + i] = from_float<S>(a.dl ? a.dl[t * f.N + i] : 0.f);
+    dF[t * f.nF + f.N * f.r + c] = from_float<S>(s);
   }
 }
 
@@ -378,50 +391,40 @@ struct DyRows {
   index_t ld;
   __device__ float operator()(index_t t, index_t j) const { return to_float(dy[t * ld + j]); }
 };
-/// f(t, (i, kq, q)) = d[t][i][kq] * s_i h_t,i,q   (Gv with d = dz, Gc with d = dzc)
-struct RankOuter {
-  const float* d;
-  const float* F;
-  const float* scale;
-  index_t N, k, r, nF;
-  __device__ float operator()(index_t t, index_t j) const {
-    const index_t q = j % r, kq = (j / r) % k, i = j / (r * k);
-    const float s = scale ? scale[i] : 1.f;
-    return d[(t * N + i) * k + kq] * s * F[t * nF + i * r + q];
-  }
-};
-
 /// dM row i = map_weights_backward(m_i, sum_t dm_t,i) (in place on dMs).
 __global__ void map_backward(const float* m, float* dMs, index_t N) {
   RG_GRID_STRIDE(i, N) map_weights_backward(m + i * N, dMs + i * N, i, N);
 }
 
-/// dW[kq][o] = sum_i sum_q G[i][kq][q] B_i[o][q]
+/// dW[kq][o] = sum_i s_i sum_q G[i][kq][q] B_i[o][q]   (G over h, so s_i G is over hs)
 template <class S>
-__global__ void rank_to_full(const float* G, View<const S, 3> B, index_t k, float* dW) {
+__global__ void rank_to_full(const float* G, const float* scale, View<const S, 3> B, index_t k, float* dW) {
   const index_t N = B.shape[0], d = B.shape[1], r = B.shape[2];
   RG_GRID_STRIDE(idx, k * d) {
     const index_t o = idx % d, kq = idx / d;
     float acc = 0.f;
-    for (index_t i = 0; i < N; ++i)
-      for (index_t q = 0; q < r; ++q) acc += G[(i * k + kq) * r + q] * to_float(B(i, o, q));
+    for (index_t i = 0; i < N; ++i) {
+      float ai = 0.f;
+      for (index_t q = 0; q < r; ++q) ai += G[(i * k + kq) * r + q] * to_float(B(i, o, q));
+      acc += (scale ? scale[i] : 1.f) * ai;
+    }
     dW[idx] = acc;
   }
 }
 
-/// dB[i][o][q] = dBrot[i][slot(o)][q] + sum_kq Wv[kq][o] Gv[i][kq][q] + Wc[kq][o] Gc[i][kq][q]
+/// dB[i][o][q] = dBrot[i][slot(o)][q] + s_i sum_kq (Wv[kq][o] Gv[i][kq][q] + Wc[kq][o] Gc[i][kq][q])
 template <class S>
 __global__ void assemble_dB(const float* dBrot, const int* slot_of, index_t Spad, index_t rpad, View<const S, 2> Wv,
-                            const float* Gv, View<const S, 2> Wc, const float* Gc, index_t N, index_t d, index_t r,
-                            index_t k, float* dB) {
+                            const float* Gv, View<const S, 2> Wc, const float* Gc, const float* scale, index_t N,
+                            index_t d, index_t r, index_t k, float* dB) {
   RG_GRID_STRIDE(idx, N * d * r) {
     const index_t q = idx % r, o = (idx / r) % d, i = idx / (r * d);
-    float acc = dBrot[(i * 2 * Spad + slot_of[o]) * rpad + q];
+    float extra = 0.f;
     if (Gv)
-      for (index_t kq = 0; kq < k; ++kq) acc += to_float(Wv(kq, o)) * Gv[(i * k + kq) * r + q];
+      for (index_t kq = 0; kq < k; ++kq) extra += to_float(Wv(kq, o)) * Gv[(i * k + kq) * r + q];
     if (Gc)
-      for (index_t kq = 0; kq < k; ++kq) acc += to_float(Wc(kq, o)) * Gc[(i * k + kq) * r + q];
-    dB[idx] = acc;
+      for (index_t kq = 0; kq < k; ++kq) extra += to_float(Wc(kq, o)) * Gc[(i * k + kq) * r + q];
+    dB[idx] = dBrot[(i * 2 * Spad + slot_of[o]) * rpad + q] + (scale ? scale[i] : 1.f) * extra;
   }
 }
 
