@@ -193,12 +193,14 @@ class Layer<S, backend::cuda> {
     S* dF = nullptr;
     float *dBrot = nullptr, *dbiasp = nullptr, *dUTp = nullptr, *dwsp = nullptr;
     float *dxf = nullptr, *dWst = nullptr, *dW0f = nullptr;
-    float *dscale = nullptr, *dbg = nullptr, *dMs = nullptr, *Gv = nullptr, *Gc = nullptr, *dWv = nullptr,
+    float *dscale = nullptr, *dbg = nullptr, *dMs = nullptr, *Gv = nullptr, *Gc = nullptr, *Gpart = nullptr,
+          *dWv = nullptr,
           *dWc = nullptr, *dBf = nullptr, *dUf = nullptr, *dbiasf = nullptr, *dwsf = nullptr, *db0 = nullptr;
     void* blas_ws = nullptr;
   };
 
   static constexpr std::size_t kBlasWorkspace = std::size_t(32) << 20;
+  static constexpr index_t kOuterChunks = 16;
 
   // Output / dot pass shapes: "large" tiles (64 tokens x 4 units per block of 4 warps) when they
   // give at least two blocks per multiprocessor, else "small" (16 tokens x 2 units, 2 warps); when
@@ -430,7 +432,7 @@ void Layer<S, backend::cuda>::launch_output(Fused a, const PassShape& p, cudaStr
   a.EG = p.EG;
   const dim3 grid(p.gx, p.gy, p.gz);
   if (p.large)
-    output_pass<S, 4, 1, 4, true><<<grid, 128, 0, st>>>(a);
+    output_pass<S, 4, 1, 2, true><<<dim3(p.gx, unsigned((a.units + 1) / 2), p.gz), 128, 0, st>>>(a);
   else if (p.fix)
     output_pass<S, 1, 2, 1, true><<<grid, 64, 0, st>>>(a);
   else
@@ -510,7 +512,11 @@ typename Layer<S, backend::cuda>::Context Layer<S, backend::cuda>::forward(View<
       rank_forward_w<<<launch_blocks(T * N * D.k), kThreads, 0, stream>>>(ra);
       check_launch("rank_forward_w");
     }
-    rank_forward_z<S><<<launch_blocks(b.Tpad * N * s.kpad), kThreads, 0, stream>>>(ra, b.z, b.zT);
+    const std::size_t zsm = std::size_t(N * D.k) * sizeof(float);
+    if (zsm <= 48 * 1024)
+      rank_forward_z_block<S><<<unsigned(b.Tpad), kThreads, zsm, stream>>>(ra, b.z, b.zT);
+    else
+      rank_forward_z<S><<<launch_blocks(b.Tpad * N * s.kpad), kThreads, 0, stream>>>(ra, b.z, b.zT);
     check_launch("rank_forward_z");
   }
   const PassShape ps = pass_shape(T);
@@ -540,7 +546,7 @@ typename Layer<S, backend::cuda>::Context Layer<S, backend::cuda>::forward(View<
     ga.nparts = ps.parts;
   }
   if (s.cfg.has_logits()) {
-    gate_sum<<<launch_blocks(b.Tpad * N), kThreads, 0, stream>>>(ga, true, b.g);
+    gate_sum<<<launch_blocks(32 * b.Tpad * N), kThreads, 0, stream>>>(ga, true, b.g);
     check_launch("gate_sum");
   }
   gate_forward<<<launch_blocks(b.Tpad), kThreads, 0, stream>>>(ga);
@@ -630,6 +636,7 @@ void Layer<S, backend::cuda>::layout_backward(index_t T, const Needs& n, detail:
   b.dMs = n.M ? c.take<float>(N * N) : nullptr;
   b.Gv = rot && s.WvB && (n.B || n.Wv) ? c.take<float>(N * k * r) : nullptr;
   b.Gc = rot && s.WcB && (n.B || n.Wc) ? c.take<float>(N * k * r) : nullptr;
+  b.Gpart = b.Gv || b.Gc ? c.take<float>(kOuterChunks * N * k * r) : nullptr;
   b.dWv = n.Wv ? c.take<float>(k * D.d) : nullptr;
   b.dWc = n.Wc ? c.take<float>(k * D.d) : nullptr;
   b.dBf = n.B ? c.take<float>(N * D.d * r) : nullptr;
@@ -714,7 +721,7 @@ void Layer<S, backend::cuda>::backward(const Context& ctx, View<const S, 2> dy, 
     launch_dot(a, ps, true, stream);
     ga.part = b.partg;
     ga.nparts = ps.parts;
-    gate_sum<<<launch_blocks(fb.Tpad * N), kThreads, 0, stream>>>(ga, false, b.dl);
+    gate_sum<<<launch_blocks(32 * fb.Tpad * N), kThreads, 0, stream>>>(ga, false, b.dl);
     check_launch("gate_sum");
     gate_backward<<<launch_blocks(T), kThreads, 0, stream>>>(ga, b.dl);
     check_launch("gate_backward");
@@ -775,7 +782,12 @@ void Layer<S, backend::cuda>::backward(const Context& ctx, View<const S, 2> dy, 
       rank_forward_w<<<launch_blocks(T * N * kk), kThreads, 0, stream>>>(rb.f);
       check_launch("rank_forward_w");
     }
-    if (b.dzc) {
+    const std::size_t bsm = 2 * std::size_t(N * kk) * sizeof(float);
+    const bool block_ok = kk > 0 && bsm <= 48 * 1024;
+    if (block_ok && (b.dzc || b.dm_t)) {
+      rank_backward_block<<<unsigned(T), kThreads, bsm, stream>>>(rb, b.dzc != nullptr, b.dm_t != nullptr);
+      check_launch("rank_backward_block");
+    } else if (b.dzc) {
       rank_backward_dzc<<<launch_blocks(T * N * kk), kThreads, 0, stream>>>(rb);
       check_launch("rank_backward_dzc");
     }
@@ -785,7 +797,7 @@ void Layer<S, backend::cuda>::backward(const Context& ctx, View<const S, 2> dy, 
       rank_backward_dscale<<<launch_blocks(T * N), kThreads, 0, stream>>>(rb);
       check_launch("rank_backward_dscale");
     }
-    if (b.dm_t) {
+    if (b.dm_t && !block_ok) {
       rank_backward_dm<<<launch_blocks(T * N * N), kThreads, 0, stream>>>(rb);
       check_launch("rank_backward_dm");
     }
@@ -853,20 +865,22 @@ void Layer<S, backend::cuda>::backward(const Context& ctx, View<const S, 2> dy, 
     }
   }
   // G_i = sum_t d_ti h_ti^T ([k, r] per expert, over h = F's first N r columns; the consumers
-  // multiply by s_i) as one batched GEMM: col-major C_i [r, k] = H_i [r, T] D_i^T [T, k].
+  // multiply by s_i), summed over token chunks and then over the chunks in order.
   auto rank_outer = [&](const float* dmat, float* G) {
-    const float one = 1.f, zero = 0.f;
-    RG_CUDA_CHECK(cublasGemmStridedBatchedEx(st_->blas, CUBLAS_OP_N, CUBLAS_OP_T, int(r), int(k), int(T), &one, fb.F,
-                                             CUDA_R_32F, int(s.nF), (long long)r, dmat, CUDA_R_32F, int(N * k),
-                                             (long long)k, &zero, G, CUDA_R_32F, int(r), (long long)(k * r), int(N),
-                                             CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    const index_t chunk = (T + kOuterChunks - 1) / kOuterChunks;
+    rank_outer_part<<<dim3(unsigned(N), unsigned(kOuterChunks)), kThreads, 0, stream>>>(dmat, fb.F, T, N, k, r, s.nF,
+                                                                                     chunk, b.Gpart);
+    check_launch("rank_outer_part");
+    rank_outer_sum<<<launch_blocks(N * k * r), kThreads, 0, stream>>>(b.Gpart, kOuterChunks, N * k * r, G);
+    check_launch("rank_outer_sum");
   };
   if (b.Gv) rank_outer(b.dz, b.Gv);
   if (b.Gc) rank_outer(b.dzc, b.Gc);
   if (b.db0) token_sum(DyRows<S>{dy.data, dy.stride[0]}, D.d, b.db0);
   if (b.dWv) {
     if (b.Gv) {
-      rank_to_full<S><<<launch_blocks(k * D.d), kThreads, 0, stream>>>(b.Gv, s.scale, s.p.lora_B, k, b.dWv);
+      rank_to_full<S><<<launch_blocks(k * D.d), kThreads, 0, stream>>>(b.Gv, s.scale, s.BpT, s.slot_of, N, D.d, r,
+                                                                         s.rpad, s.Spad, k, b.dWv);
       check_launch("rank_to_full");
     } else {
       fill_zero<float><<<launch_blocks(k * D.d), kThreads, 0, stream>>>(b.dWv, k * D.d);
@@ -874,7 +888,8 @@ void Layer<S, backend::cuda>::backward(const Context& ctx, View<const S, 2> dy, 
   }
   if (b.dWc) {
     if (b.Gc) {
-      rank_to_full<S><<<launch_blocks(k * D.d), kThreads, 0, stream>>>(b.Gc, s.scale, s.p.lora_B, k, b.dWc);
+      rank_to_full<S><<<launch_blocks(k * D.d), kThreads, 0, stream>>>(b.Gc, s.scale, s.BpT, s.slot_of, N, D.d, r,
+                                                                         s.rpad, s.Spad, k, b.dWc);
       check_launch("rank_to_full");
     } else {
       fill_zero<float><<<launch_blocks(k * D.d), kThreads, 0, stream>>>(b.dWc, k * D.d);

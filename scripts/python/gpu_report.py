@@ -39,24 +39,25 @@ def main():
     else:
         L.append("GPU tests: no summary found in the log (see gpu-tests.log).")
     L.append("")
-    L.append("| case | radargate CUDA (ms) | roofline (ms) | of roofline | best PyTorch (ms) | PyTorch path | speed-up |")
-    L.append("|---|---:|---:|---:|---:|---|---:|")
+    L.append("| case | radargate CUDA (ms) | roofline (ms) | of roofline | eager PyTorch (ms) | vs eager | "
+             "best PyTorch (ms) | best path | vs best |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---|---:|")
     tcases = {e["name"]: e for e in torch_.get("cases", [])}
     for e in cuda["cases"]:
         name = e["name"]
         roof = 1e3 * max(e["bytes"] / bw, e["flops"] / peak)
         kind = "forward+backward" if "backward" in name else "forward"
         T = name.split("T=")[1]
-        peers = [(v["ms"], k) for k, v in tcases.items() if "ms" in v and k.endswith(f"{kind} T={T}")
-                 and (("backward" in k) == ("backward" in name))]
+        peers = {k.split(" ")[0]: v["ms"] for k, v in tcases.items()
+                 if "ms" in v and k.split(" ", 1)[1] == f"{kind} T={T}"}
+        eager = peers.get("eager")
+        es = f"{eager:.3f} | {eager / e['ms']:.1f}x" if eager else "- | -"
         if peers:
-            best, which = min(peers)
-            path = which.split(" ")[0]
-            sp = f"{best / e['ms']:.1f}x"
-            bs = f"{best:.3f}"
+            which = min(peers, key=peers.get)
+            bs = f"{peers[which]:.3f} | {which} | {peers[which] / e['ms']:.1f}x"
         else:
-            bs, path, sp = "-", "-", "-"
-        L.append(f"| {name} | {e['ms']:.3f} | {roof:.3f} | {e['ms'] / roof:.1f}x | {bs} | {path} | {sp} |")
+            bs = "- | - | -"
+        L.append(f"| {name} | {e['ms']:.3f} | {roof:.3f} | {e['ms'] / roof:.1f}x | {es} | {bs} |")
     L.append("")
     L.append("PyTorch paths, all timings (ms):")
     L.append("")

@@ -569,7 +569,7 @@ struct ColumnLayout {
 };
 
 template <class S, int CW, int TW, bool FIX>
-__global__ void __launch_bounds__(CW* TW * 32) column_pass(FusedArgs<S> a, ColumnFlags f) {
+__global__ void __launch_bounds__(CW* TW * 32, 2) column_pass(FusedArgs<S> a, ColumnFlags f) {
   using W = Warp<S>;
   using L = ColumnLayout<CW, TW>;
   extern __shared__ float4 sm4[];

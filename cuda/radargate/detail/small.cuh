@@ -192,6 +192,38 @@ __global__ void rank_forward_z(RankArgs a, S* z, S* zT) {
   }
 }
 
+/// rank_forward_z with w_t staged in shared memory: one block per token (t < Tpad), dynamic shared
+/// memory N k floats. For the relational sum, the layer's usual shape (N k up to 12288).
+template <class S>
+__global__ void rank_forward_z_block(RankArgs a, S* z, S* zT) {
+  extern __shared__ float sw[];
+  const index_t t = blockIdx.x;
+  const bool live = t < a.T;
+  if (live && a.WcB)
+    for (index_t idx = threadIdx.x; idx < a.N * a.k; idx += blockDim.x) sw[idx] = a.w[t * a.N * a.k + idx];
+  __syncthreads();
+  for (index_t idx = threadIdx.x; idx < a.N * a.kpad; idx += blockDim.x) {
+    const index_t kq = idx % a.kpad, i = idx / a.kpad;
+    float acc = 0.f;
+    if (live && kq < a.k) {
+      if (a.kx) acc += a.F[t * a.nF + a.N * a.r + kq];
+      if (a.WvB) {
+        const float* h = a.F + t * a.nF + i * a.r;
+        const float* wb = a.WvB + (i * a.k + kq) * a.r;
+        float sv = 0.f;
+        for (index_t q = 0; q < a.r; ++q) sv += wb[q] * h[q];
+        acc += (a.scale ? a.scale[i] : 1.f) * sv;
+      }
+      if (a.WcB)
+        for (index_t j = 0; j < a.N; ++j)
+          if (j != i) acc += a.m[i * a.N + j] * sw[j * a.k + kq];
+    }
+    const S sv = from_float<S>(acc);
+    z[(t * a.N + i) * a.kpad + kq] = sv;
+    zT[(i * a.kpad + kq) * a.Tpad + t] = sv;
+  }
+}
+
 struct GateArgs {
   index_t T = 0, Tpad = 0, N = 0, nF = 0, wg_col = -1;  // wg_col: column of Wg x in F, or -1
   GateKind gate = GateKind::none;
@@ -206,25 +238,30 @@ struct GateArgs {
   unsigned char* sel = nullptr; // [Tpad][N]
 };
 
-/// Logits (forward) or dg (backward) per (t, i): the sum of the dot pass's parts in a fixed order,
-/// plus bg_i and (Wg x_t)_i in the forward. One thread per (t, i), so the sums run in parallel.
+/// Logits (forward) or dg (backward) per (t, i): the sum of the dot pass's parts in a fixed order
+/// (lane p adds parts p, p + 32, ...; then a fixed butterfly over the lanes), plus bg_i and
+/// (Wg x_t)_i in the forward. One warp per (t, i).
 __global__ void gate_sum(GateArgs a, bool with_base, float* out) {
-  RG_GRID_STRIDE(idx, a.Tpad * a.N) {
+  const index_t lane = threadIdx.x & 31;
+  const index_t warps = (index_t(gridDim.x) * blockDim.x) >> 5;
+  for (index_t idx = (index_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; idx < a.Tpad * a.N; idx += warps) {
     const index_t i = idx % a.N, t = idx / a.N;
     float l = 0.f;
-    if (t < a.T) {
-      if (with_base) {
+    if (t < a.T)
+      for (index_t p = lane; p < a.nparts; p += 32) l += a.part[(p * a.Tpad + t) * a.N + i];
+    for (int o = 16; o > 0; o >>= 1) l += __shfl_xor_sync(0xffffffffu, l, o);
+    if (lane == 0) {
+      if (t < a.T && with_base) {
         if (a.bg) l += a.bg[i];
         if (a.wg_col >= 0) l += a.F[t * a.nF + a.wg_col + i];
       }
-      for (int p = 0; p < a.nparts; ++p) l += a.part[(index_t(p) * a.Tpad + t) * a.N + i];
+      out[idx] = l;
     }
-    out[idx] = l;
   }
 }
 
 /// g_t = gate(l_t) per token (normalize_forward on the logits gate_sum left in g); zero rows for
-/// padding tokens.
+/// padding tokens. Up to 64 experts the row is normalised in a per-thread copy (local memory).
 __global__ void gate_forward(GateArgs a) {
   RG_GRID_STRIDE(t, a.Tpad) {
     float* g = a.g + t * a.N;
@@ -237,7 +274,18 @@ __global__ void gate_forward(GateArgs a) {
       for (index_t i = 0; i < a.N; ++i) g[i] = v;
       continue;
     }
-    normalize_forward(a.normalize, index_t(a.topk), a.tau, g, a.N, a.sel + t * a.N);
+    if (a.N <= 64) {
+      float l[64];
+      unsigned char sel[64];
+      for (index_t i = 0; i < a.N; ++i) l[i] = g[i];
+      normalize_forward(a.normalize, index_t(a.topk), a.tau, l, a.N, sel);
+      for (index_t i = 0; i < a.N; ++i) {
+        g[i] = l[i];
+        a.sel[t * a.N + i] = sel[i];
+      }
+    } else {
+      normalize_forward(a.normalize, index_t(a.topk), a.tau, g, a.N, a.sel + t * a.N);
+    }
   }
 }
 
@@ -333,6 +381,57 @@ __global__ void rank_backward_dm(RankBackArgs a) {
   }
 }
 
+/// rank_backward_dzc and rank_backward_dm with dz_t (and w_t) staged in shared memory: one block per
+/// token, dynamic shared memory 2 N k floats.
+__global__ void rank_backward_block(RankBackArgs a, bool do_dzc, bool do_dm) {
+  extern __shared__ float sdz[];
+  const RankArgs& f = a.f;
+  float* sw = sdz + f.N * f.k;
+  const index_t t = blockIdx.x, Nk = f.N * f.k;
+  for (index_t idx = threadIdx.x; idx < Nk; idx += blockDim.x) {
+    sdz[idx] = a.dz[t * Nk + idx];
+    if (do_dm) sw[idx] = f.w[t * Nk + idx];
+  }
+  __syncthreads();
+  if (do_dzc)
+    for (index_t idx = threadIdx.x; idx < Nk; idx += blockDim.x) {
+      const index_t kq = idx % f.k, i = idx / f.k;
+      float acc = 0.f;
+      for (index_t j = 0; j < f.N; ++j)
+        if (j != i) acc += f.m[j * f.N + i] * sdz[j * f.k + kq];
+      a.dzc[t * Nk + idx] = acc;
+    }
+  if (do_dm)
+    for (index_t idx = threadIdx.x; idx < f.N * f.N; idx += blockDim.x) {
+      const index_t j = idx % f.N, i = idx / f.N;
+      float acc = 0.f;
+      if (j != i)
+        for (index_t kq = 0; kq < f.k; ++kq) acc += sdz[i * f.k + kq] * sw[j * f.k + kq];
+      a.dm_t[t * f.N * f.N + idx] = acc;
+    }
+}
+
+/// part[ts][i][kq][q] = sum over the tokens of chunk ts of d[t][i][kq] h[t][i][q] (h = F's first N r
+/// columns); grid (N, chunks). rank_outer_sum adds the chunks in order: G[i][kq][q].
+__global__ void rank_outer_part(const float* d, const float* F, index_t T, index_t N, index_t k, index_t r,
+                                index_t nF, index_t chunk, float* part) {
+  const index_t i = blockIdx.x, ts = blockIdx.y;
+  const index_t t0 = ts * chunk, t1 = (t0 + chunk < T) ? t0 + chunk : T;
+  for (index_t o = threadIdx.x; o < k * r; o += blockDim.x) {
+    const index_t kq = o / r, q = o % r;
+    float acc = 0.f;
+    for (index_t t = t0; t < t1; ++t) acc += d[(t * N + i) * k + kq] * F[t * nF + i * r + q];
+    part[(ts * N + i) * k * r + o] = acc;
+  }
+}
+__global__ void rank_outer_sum(const float* part, index_t chunks, index_t n, float* G) {
+  RG_GRID_STRIDE(idx, n) {
+    float s = 0.f;
+    for (index_t c = 0; c < chunks; ++c) s += part[c * n + idx];
+    G[idx] = s;
+  }
+}
+
 /// The rank-space columns of dF after the h block: sum_i dz_ti (kx columns) and dl_t (ng columns),
 /// one thread per (t, column).
 template <class S>
@@ -396,16 +495,18 @@ __global__ void map_backward(const float* m, float* dMs, index_t N) {
   RG_GRID_STRIDE(i, N) map_weights_backward(m + i * N, dMs + i * N, i, N);
 }
 
-/// dW[kq][o] = sum_i s_i sum_q G[i][kq][q] B_i[o][q]   (G over h, so s_i G is over hs)
+/// dW[kq][o] = sum_i s_i sum_q G[i][kq][q] B_i[o][q]   (G over h, so s_i G is over hs), reading B
+/// from its slot-ordered transpose BpT [N][rpad][2 Spad] so neighbouring o read neighbouring words.
 template <class S>
-__global__ void rank_to_full(const float* G, const float* scale, View<const S, 3> B, index_t k, float* dW) {
-  const index_t N = B.shape[0], d = B.shape[1], r = B.shape[2];
+__global__ void rank_to_full(const float* G, const float* scale, const S* BpT, const int* slot_of, index_t N,
+                             index_t d, index_t r, index_t rpad, index_t Spad, index_t k, float* dW) {
   RG_GRID_STRIDE(idx, k * d) {
     const index_t o = idx % d, kq = idx / d;
+    const index_t R = slot_of[o];
     float acc = 0.f;
     for (index_t i = 0; i < N; ++i) {
       float ai = 0.f;
-      for (index_t q = 0; q < r; ++q) ai += G[(i * k + kq) * r + q] * to_float(B(i, o, q));
+      for (index_t q = 0; q < r; ++q) ai += G[(i * k + kq) * r + q] * to_float(BpT[(i * rpad + q) * 2 * Spad + R]);
       acc += (scale ? scale[i] : 1.f) * ai;
     }
     dW[idx] = acc;
