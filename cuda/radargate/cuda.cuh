@@ -508,15 +508,16 @@ typename Layer<S, backend::cuda>::Context Layer<S, backend::cuda>::forward(View<
   rank_forward_h<S><<<launch_blocks(b.Tpad * N * s.rpad), kThreads, 0, stream>>>(ra, b.hs, b.hsT);
   check_launch("rank_forward_h");
   if (s.cfg.rotation) {
-    if (s.WcB) {
-      rank_forward_w<<<launch_blocks(T * N * D.k), kThreads, 0, stream>>>(ra);
-      check_launch("rank_forward_w");
-    }
     const std::size_t zsm = std::size_t(N * D.k) * sizeof(float);
-    if (zsm <= 48 * 1024)
+    if (zsm <= 48 * 1024) {
       rank_forward_z_block<S><<<unsigned(b.Tpad), kThreads, zsm, stream>>>(ra, b.z, b.zT);
-    else
+    } else {
+      if (s.WcB) {
+        rank_forward_w<<<launch_blocks(T * N * D.k), kThreads, 0, stream>>>(ra);
+        check_launch("rank_forward_w");
+      }
       rank_forward_z<S><<<launch_blocks(b.Tpad * N * s.kpad), kThreads, 0, stream>>>(ra, b.z, b.zT);
+    }
     check_launch("rank_forward_z");
   }
   const PassShape ps = pass_shape(T);
@@ -546,7 +547,10 @@ typename Layer<S, backend::cuda>::Context Layer<S, backend::cuda>::forward(View<
     ga.nparts = ps.parts;
   }
   if (s.cfg.has_logits()) {
-    gate_sum<<<launch_blocks(32 * b.Tpad * N), kThreads, 0, stream>>>(ga, true, b.g);
+    if (ga.nparts > 64)
+      gate_sum_warp<<<launch_blocks(32 * b.Tpad * N), kThreads, 0, stream>>>(ga, true, b.g);
+    else
+      gate_sum<<<launch_blocks(b.Tpad * N), kThreads, 0, stream>>>(ga, true, b.g);
     check_launch("gate_sum");
   }
   gate_forward<<<launch_blocks(b.Tpad), kThreads, 0, stream>>>(ga);
@@ -721,7 +725,10 @@ void Layer<S, backend::cuda>::backward(const Context& ctx, View<const S, 2> dy, 
     launch_dot(a, ps, true, stream);
     ga.part = b.partg;
     ga.nparts = ps.parts;
-    gate_sum<<<launch_blocks(32 * fb.Tpad * N), kThreads, 0, stream>>>(ga, false, b.dl);
+    if (ga.nparts > 64)
+      gate_sum_warp<<<launch_blocks(32 * fb.Tpad * N), kThreads, 0, stream>>>(ga, false, b.dl);
+    else
+      gate_sum<<<launch_blocks(fb.Tpad * N), kThreads, 0, stream>>>(ga, false, b.dl);
     check_launch("gate_sum");
     gate_backward<<<launch_blocks(T), kThreads, 0, stream>>>(ga, b.dl);
     check_launch("gate_backward");
@@ -778,12 +785,12 @@ void Layer<S, backend::cuda>::backward(const Context& ctx, View<const S, 2> dy, 
     const index_t kk = rb.f.k;
     rank_backward_sum<<<launch_blocks(T * N * (kk + r)), kThreads, 0, stream>>>(rb);
     check_launch("rank_backward_sum");
-    if (b.w) {
+    const std::size_t bsm = 2 * std::size_t(N * (kk + 1)) * sizeof(float);
+    const bool block_ok = kk > 0 && bsm <= 48 * 1024;
+    if (b.w && !block_ok) {
       rank_forward_w<<<launch_blocks(T * N * kk), kThreads, 0, stream>>>(rb.f);
       check_launch("rank_forward_w");
     }
-    const std::size_t bsm = 2 * std::size_t(N * kk) * sizeof(float);
-    const bool block_ok = kk > 0 && bsm <= 48 * 1024;
     if (block_ok && (b.dzc || b.dm_t)) {
       rank_backward_block<<<unsigned(T), kThreads, bsm, stream>>>(rb, b.dzc != nullptr, b.dm_t != nullptr);
       check_launch("rank_backward_block");

@@ -192,15 +192,22 @@ __global__ void rank_forward_z(RankArgs a, S* z, S* zT) {
   }
 }
 
-/// rank_forward_z with w_t staged in shared memory: one block per token (t < Tpad), dynamic shared
-/// memory N k floats. For the relational sum, the layer's usual shape (N k up to 12288).
+/// rank_forward_z with w_t computed into shared memory: one block per token (t < Tpad), dynamic
+/// shared memory N k floats (used while N k <= 12288).
 template <class S>
 __global__ void rank_forward_z_block(RankArgs a, S* z, S* zT) {
   extern __shared__ float sw[];
   const index_t t = blockIdx.x;
   const bool live = t < a.T;
-  if (live && a.WcB)
-    for (index_t idx = threadIdx.x; idx < a.N * a.k; idx += blockDim.x) sw[idx] = a.w[t * a.N * a.k + idx];
+  if (live && a.WcB)  // w_tj = (Wc B_j) hs_tj
+    for (index_t idx = threadIdx.x; idx < a.N * a.k; idx += blockDim.x) {
+      const index_t kq = idx % a.k, j = idx / a.k;
+      const float* h = a.F + t * a.nF + j * a.r;
+      const float* wb = a.WcB + (j * a.k + kq) * a.r;
+      float acc = 0.f;
+      for (index_t q = 0; q < a.r; ++q) acc += wb[q] * h[q];
+      sw[idx] = (a.scale ? a.scale[j] : 1.f) * acc;
+    }
   __syncthreads();
   for (index_t idx = threadIdx.x; idx < a.N * a.kpad; idx += blockDim.x) {
     const index_t kq = idx % a.kpad, i = idx / a.kpad;
@@ -238,10 +245,26 @@ struct GateArgs {
   unsigned char* sel = nullptr; // [Tpad][N]
 };
 
-/// Logits (forward) or dg (backward) per (t, i): the sum of the dot pass's parts in a fixed order
-/// (lane p adds parts p, p + 32, ...; then a fixed butterfly over the lanes), plus bg_i and
-/// (Wg x_t)_i in the forward. One warp per (t, i).
+/// Logits (forward) or dg (backward) per (t, i): the sum of the dot pass's parts in a fixed order,
+/// plus bg_i and (Wg x_t)_i in the forward. One thread per (t, i).
 __global__ void gate_sum(GateArgs a, bool with_base, float* out) {
+  RG_GRID_STRIDE(idx, a.Tpad * a.N) {
+    const index_t i = idx % a.N, t = idx / a.N;
+    float l = 0.f;
+    if (t < a.T) {
+      if (with_base) {
+        if (a.bg) l += a.bg[i];
+        if (a.wg_col >= 0) l += a.F[t * a.nF + a.wg_col + i];
+      }
+      for (int p = 0; p < a.nparts; ++p) l += a.part[(index_t(p) * a.Tpad + t) * a.N + i];
+    }
+    out[idx] = l;
+  }
+}
+
+/// The same with one warp per (t, i), for many parts (decoding): lane p adds parts p, p + 32, ...,
+/// then a fixed butterfly over the lanes.
+__global__ void gate_sum_warp(GateArgs a, bool with_base, float* out) {
   const index_t lane = threadIdx.x & 31;
   const index_t warps = (index_t(gridDim.x) * blockDim.x) >> 5;
   for (index_t idx = (index_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; idx < a.Tpad * a.N; idx += warps) {
@@ -381,16 +404,25 @@ __global__ void rank_backward_dm(RankBackArgs a) {
   }
 }
 
-/// rank_backward_dzc and rank_backward_dm with dz_t (and w_t) staged in shared memory: one block per
-/// token, dynamic shared memory 2 N k floats.
+/// rank_backward_dzc and rank_backward_dm with dz_t and w_t = (Wc B_j) hs_tj in shared memory (rows
+/// padded to k + 1 floats against bank conflicts): one block per token, dynamic shared memory
+/// 2 N (k + 1) floats.
 __global__ void rank_backward_block(RankBackArgs a, bool do_dzc, bool do_dm) {
   extern __shared__ float sdz[];
   const RankArgs& f = a.f;
-  float* sw = sdz + f.N * f.k;
+  const index_t k1 = f.k + 1;
+  float* sw = sdz + f.N * k1;
   const index_t t = blockIdx.x, Nk = f.N * f.k;
   for (index_t idx = threadIdx.x; idx < Nk; idx += blockDim.x) {
-    sdz[idx] = a.dz[t * Nk + idx];
-    if (do_dm) sw[idx] = f.w[t * Nk + idx];
+    const index_t kq = idx % f.k, j = idx / f.k;
+    sdz[j * k1 + kq] = a.dz[t * Nk + idx];
+    if (do_dm) {
+      const float* h = f.F + t * f.nF + j * f.r;
+      const float* wb = f.WcB + (j * f.k + kq) * f.r;
+      float acc = 0.f;
+      for (index_t q = 0; q < f.r; ++q) acc += wb[q] * h[q];
+      sw[j * k1 + kq] = (f.scale ? f.scale[j] : 1.f) * acc;
+    }
   }
   __syncthreads();
   if (do_dzc)
@@ -398,7 +430,7 @@ __global__ void rank_backward_block(RankBackArgs a, bool do_dzc, bool do_dm) {
       const index_t kq = idx % f.k, i = idx / f.k;
       float acc = 0.f;
       for (index_t j = 0; j < f.N; ++j)
-        if (j != i) acc += f.m[j * f.N + i] * sdz[j * f.k + kq];
+        if (j != i) acc += f.m[j * f.N + i] * sdz[j * k1 + kq];
       a.dzc[t * Nk + idx] = acc;
     }
   if (do_dm)
@@ -406,7 +438,7 @@ __global__ void rank_backward_block(RankBackArgs a, bool do_dzc, bool do_dm) {
       const index_t j = idx % f.N, i = idx / f.N;
       float acc = 0.f;
       if (j != i)
-        for (index_t kq = 0; kq < f.k; ++kq) acc += sdz[i * f.k + kq] * sw[j * f.k + kq];
+        for (index_t kq = 0; kq < f.k; ++kq) acc += sdz[i * k1 + kq] * sw[j * k1 + kq];
       a.dm_t[t * f.N * f.N + idx] = acc;
     }
 }
@@ -495,21 +527,32 @@ __global__ void map_backward(const float* m, float* dMs, index_t N) {
   RG_GRID_STRIDE(i, N) map_weights_backward(m + i * N, dMs + i * N, i, N);
 }
 
-/// dW[kq][o] = sum_i s_i sum_q G[i][kq][q] B_i[o][q]   (G over h, so s_i G is over hs), reading B
-/// from its slot-ordered transpose BpT [N][rpad][2 Spad] so neighbouring o read neighbouring words.
+/// dW[kq][o] = sum_i s_i sum_q G[i][kq][q] B_i[o][q]   (G over h, so s_i G is over hs). One thread
+/// per column o holds 16 of the k sums; B is read once per thread from its slot-ordered transpose
+/// BpT [N][rpad][2 Spad], G is the same for every thread.
 template <class S>
 __global__ void rank_to_full(const float* G, const float* scale, const S* BpT, const int* slot_of, index_t N,
                              index_t d, index_t r, index_t rpad, index_t Spad, index_t k, float* dW) {
-  RG_GRID_STRIDE(idx, k * d) {
-    const index_t o = idx % d, kq = idx / d;
+  RG_GRID_STRIDE(o, d) {
     const index_t R = slot_of[o];
-    float acc = 0.f;
-    for (index_t i = 0; i < N; ++i) {
-      float ai = 0.f;
-      for (index_t q = 0; q < r; ++q) ai += G[(i * k + kq) * r + q] * to_float(BpT[(i * rpad + q) * 2 * Spad + R]);
-      acc += (scale ? scale[i] : 1.f) * ai;
+    for (index_t k0 = 0; k0 < k; k0 += 16) {
+      float acc[16];
+#pragma unroll
+      for (int j = 0; j < 16; ++j) acc[j] = 0.f;
+      for (index_t i = 0; i < N; ++i) {
+        const float s = scale ? scale[i] : 1.f;
+        for (index_t q = 0; q < r; ++q) {
+          const float b = s * to_float(BpT[(i * rpad + q) * 2 * Spad + R]);
+          const float* gi = G + (i * k + k0) * r + q;
+#pragma unroll
+          for (int j = 0; j < 16; ++j)
+            if (k0 + j < k) acc[j] += gi[j * r] * b;
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < 16; ++j)
+        if (k0 + j < k) dW[(k0 + j) * d + o] = acc[j];
     }
-    dW[idx] = acc;
   }
 }
 
