@@ -886,8 +886,7 @@ void Layer<S, backend::cuda>::backward(const Context& ctx, View<const S, 2> dy, 
   if (b.db0) token_sum(DyRows<S>{dy.data, dy.stride[0]}, D.d, b.db0);
   if (b.dWv) {
     if (b.Gv) {
-      rank_to_full<S><<<launch_blocks(k * D.d), kThreads, 0, stream>>>(b.Gv, s.scale, s.BpT, s.slot_of, N, D.d, r,
-                                                                         s.rpad, s.Spad, k, b.dWv);
+      rank_to_full<S><<<launch_blocks(k * D.d), kThreads, 0, stream>>>(b.Gv, s.scale, s.p.lora_B, k, b.dWv);
       check_launch("rank_to_full");
     } else {
       fill_zero<float><<<launch_blocks(k * D.d), kThreads, 0, stream>>>(b.dWv, k * D.d);
@@ -895,8 +894,7 @@ void Layer<S, backend::cuda>::backward(const Context& ctx, View<const S, 2> dy, 
   }
   if (b.dWc) {
     if (b.Gc) {
-      rank_to_full<S><<<launch_blocks(k * D.d), kThreads, 0, stream>>>(b.Gc, s.scale, s.BpT, s.slot_of, N, D.d, r,
-                                                                         s.rpad, s.Spad, k, b.dWc);
+      rank_to_full<S><<<launch_blocks(k * D.d), kThreads, 0, stream>>>(b.Gc, s.scale, s.p.lora_B, k, b.dWc);
       check_launch("rank_to_full");
     } else {
       fill_zero<float><<<launch_blocks(k * D.d), kThreads, 0, stream>>>(b.dWc, k * D.d);

@@ -527,32 +527,19 @@ __global__ void map_backward(const float* m, float* dMs, index_t N) {
   RG_GRID_STRIDE(i, N) map_weights_backward(m + i * N, dMs + i * N, i, N);
 }
 
-/// dW[kq][o] = sum_i s_i sum_q G[i][kq][q] B_i[o][q]   (G over h, so s_i G is over hs). One thread
-/// per column o holds 16 of the k sums; B is read once per thread from its slot-ordered transpose
-/// BpT [N][rpad][2 Spad], G is the same for every thread.
+/// dW[kq][o] = sum_i s_i sum_q G[i][kq][q] B_i[o][q]   (G over h, so s_i G is over hs)
 template <class S>
-__global__ void rank_to_full(const float* G, const float* scale, const S* BpT, const int* slot_of, index_t N,
-                             index_t d, index_t r, index_t rpad, index_t Spad, index_t k, float* dW) {
-  RG_GRID_STRIDE(o, d) {
-    const index_t R = slot_of[o];
-    for (index_t k0 = 0; k0 < k; k0 += 16) {
-      float acc[16];
-#pragma unroll
-      for (int j = 0; j < 16; ++j) acc[j] = 0.f;
-      for (index_t i = 0; i < N; ++i) {
-        const float s = scale ? scale[i] : 1.f;
-        for (index_t q = 0; q < r; ++q) {
-          const float b = s * to_float(BpT[(i * rpad + q) * 2 * Spad + R]);
-          const float* gi = G + (i * k + k0) * r + q;
-#pragma unroll
-          for (int j = 0; j < 16; ++j)
-            if (k0 + j < k) acc[j] += gi[j * r] * b;
-        }
-      }
-#pragma unroll
-      for (int j = 0; j < 16; ++j)
-        if (k0 + j < k) dW[(k0 + j) * d + o] = acc[j];
+__global__ void rank_to_full(const float* G, const float* scale, View<const S, 3> B, index_t k, float* dW) {
+  const index_t N = B.shape[0], d = B.shape[1], r = B.shape[2];
+  RG_GRID_STRIDE(idx, k * d) {
+    const index_t o = idx % d, kq = idx / d;
+    float acc = 0.f;
+    for (index_t i = 0; i < N; ++i) {
+      float ai = 0.f;
+      for (index_t q = 0; q < r; ++q) ai += G[(i * k + kq) * r + q] * to_float(B(i, o, q));
+      acc += (scale ? scale[i] : 1.f) * ai;
     }
+    dW[idx] = acc;
   }
 }
 
