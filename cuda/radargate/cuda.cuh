@@ -449,12 +449,13 @@ void Layer<S, backend::cuda>::launch_dot(Fused a, const PassShape& p, bool with_
   using namespace detail::gpu;
   a.EG = p.EG;
   const dim3 grid(p.gx, p.gy, p.gz);
+  const bool skip = with_dy && st_->cfg.normalize != Normalize::identity;
   if (p.large)
-    dot_pass<S, 4, 1, 4, true><<<grid, 128, 0, st>>>(a, with_dy);
+    dot_pass<S, 4, 1, 4, true><<<grid, 128, 0, st>>>(a, with_dy, skip);
   else if (p.fix)
-    dot_pass<S, 1, 2, 1, true><<<grid, 64, 0, st>>>(a, with_dy);
+    dot_pass<S, 1, 2, 1, true><<<grid, 64, 0, st>>>(a, with_dy, skip);
   else
-    dot_pass<S, 1, 2, 1, false><<<grid, 64, 0, st>>>(a, with_dy);
+    dot_pass<S, 1, 2, 1, false><<<grid, 64, 0, st>>>(a, with_dy, skip);
   check_launch("dot_pass");
 }
 
@@ -884,21 +885,11 @@ void Layer<S, backend::cuda>::backward(const Context& ctx, View<const S, 2> dy, 
   if (b.Gv) rank_outer(b.dz, b.Gv);
   if (b.Gc) rank_outer(b.dzc, b.Gc);
   if (b.db0) token_sum(DyRows<S>{dy.data, dy.stride[0]}, D.d, b.db0);
-  if (b.dWv) {
-    if (b.Gv) {
-      rank_to_full<S><<<launch_blocks(k * D.d), kThreads, 0, stream>>>(b.Gv, s.scale, s.p.lora_B, k, b.dWv);
-      check_launch("rank_to_full");
-    } else {
-      fill_zero<float><<<launch_blocks(k * D.d), kThreads, 0, stream>>>(b.dWv, k * D.d);
-    }
-  }
-  if (b.dWc) {
-    if (b.Gc) {
-      rank_to_full<S><<<launch_blocks(k * D.d), kThreads, 0, stream>>>(b.Gc, s.scale, s.p.lora_B, k, b.dWc);
-      check_launch("rank_to_full");
-    } else {
-      fill_zero<float><<<launch_blocks(k * D.d), kThreads, 0, stream>>>(b.dWc, k * D.d);
-    }
+  // dWv and dWc in one pass over B (a gradient whose G is absent is zero).
+  if (b.dWv || b.dWc) {
+    rank_to_full<S><<<launch_blocks(k * D.d), kThreads, 0, stream>>>(b.dWv ? b.Gv : nullptr, b.dWc ? b.Gc : nullptr,
+                                                                     s.scale, s.p.lora_B, k, b.dWv, b.dWc);
+    check_launch("rank_to_full");
   }
   if (b.dBf) {
     assemble_dB<S><<<launch_blocks(N * D.d * r), kThreads, 0, stream>>>(b.dBrot, s.slot_of, s.Spad, s.rpad,

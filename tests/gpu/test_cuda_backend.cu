@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstring>
 #include <limits>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -103,12 +104,22 @@ std::map<std::string, std::vector<double>> reference_grads(const Model<double>& 
   return out;
 }
 
+std::set<std::uint64_t>& zero_gate_seeds() {
+  static std::set<std::uint64_t> s;
+  return s;
+}
+
 template <class S>
 void run_case(const rgtest::Case& c, TileShape tiles) {
   const std::string what = c.name() + (tiles == TileShape::small ? " tiles=small" : " tiles=large");
   const index_t T = c.tokens;
   Model<double> m = random_model<double>(c.cfg, c.dims, c.seed, c.opt);
   for (auto& kv : m.tensors) kv.second.data = rggpu::round_through<S>(kv.second.data);
+  // Zero-initialised gate parameters (training from scratch): every g is exactly 0 under identity
+  // normalisation, and the gate gradients must still flow.
+  if (zero_gate_seeds().count(c.seed))
+    for (const char* name : {"stretch.bg", "stretch.Wg"})
+      if (m.has(name)) std::fill(m.tensors[name].data.begin(), m.tensors[name].data.end(), 0.0);
   const Dims D = validate(m.config, m.params());
   const std::vector<double> x = rggpu::round_through<S>(rgtest::random_vector<double>(std::size_t(T * D.d_in), c.seed + 7));
   const std::vector<double> dy = rggpu::round_through<S>(rgtest::random_vector<double>(std::size_t(T * D.d), c.seed + 9));
@@ -211,6 +222,12 @@ std::vector<rgtest::Case> gpu_cases() {
   out.push_back(make_case(Variant::radargate, 8, 32, 256, 512, 32, 256, 200, Pairing::adjacent, Bound::pi_tanh, ++seed));
   out.push_back(make_case(Variant::radargate, 1, 16, 64, 64, 16, 32, 33, Pairing::adjacent, Bound::pi_tanh, ++seed));
   out.push_back(make_case(Variant::radargate, 7, 4, 33, 97, 3, 11, 70, Pairing::adjacent, Bound::none, ++seed));
+  for (Variant v : {Variant::static_, Variant::softmax, Variant::radargate}) {
+    rgtest::Case c = make_case(v, 4, 16, 48, 64, 16, 32, 40, Pairing::adjacent, Bound::pi_tanh, ++seed);
+    c.cfg.normalize = Normalize::identity;
+    zero_gate_seeds().insert(c.seed);
+    out.push_back(c);
+  }
   return out;
 }
 

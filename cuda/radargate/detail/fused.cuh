@@ -355,7 +355,7 @@ __global__ void permute_dy(const S* dy, index_t ld, index_t T, index_t Tpad, ind
 /// or dy_t. cb = blockIdx.y * WC + wc; part has gridDim.y * WC blocks of Tpad x N; blockIdx.z owns
 /// experts [z EG, (z + 1) EG).
 template <class S, int WT, int WC, int UW, bool FIX>
-__global__ void __launch_bounds__(WT* WC * 32) dot_pass(FusedArgs<S> a, bool with_dy) {
+__global__ void __launch_bounds__(WT* WC * 32) dot_pass(FusedArgs<S> a, bool with_dy, bool skip_unselected) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
   const int wt = warp / WC, wc = warp % WC;
   const index_t t0 = (index_t(blockIdx.x) * WT + wt) * 16;
@@ -366,9 +366,10 @@ __global__ void __launch_bounds__(WT* WC * 32) dot_pass(FusedArgs<S> a, bool wit
   const int i0 = int(blockIdx.z) * a.EG, i1 = min(int(a.N), i0 + a.EG);
   for (int i = i0; i < i1; ++i) {
     float p0 = 0.f, p1 = 0.f;
-    // In the gate backward an expert with g = 0 for every token of the tile has dl = 0 whatever
-    // its dot product (top-k), so it is skipped.
-    const bool skip = with_dy && !__any_sync(0xffffffffu, a.g[(t0 + g) * a.N + i] != 0.f ||
+    // In the gate backward, with a normalisation whose dl_j carries a factor g_j (softmax, top-k,
+    // sigmoid), an expert with g = 0 for every token of the tile has dl = 0 whatever its dot
+    // product, so it is skipped. (Not for identity: there dl = dg / tau.)
+    const bool skip = skip_unselected && !__any_sync(0xffffffffu, a.g[(t0 + g) * a.N + i] != 0.f ||
                                                               a.g[(t0 + g + 8) * a.N + i] != 0.f);
     if (!skip) {
       Expert<S, FIX> e;

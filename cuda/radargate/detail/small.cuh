@@ -312,9 +312,24 @@ __global__ void gate_forward(GateArgs a) {
   }
 }
 
-/// dl_t = J_normalize^T dg_t, in place on the dg that gate_sum left in dl.
+/// dl_t = J_normalize^T dg_t, in place on the dg that gate_sum left in dl (in a per-thread copy up to
+/// 64 experts).
 __global__ void gate_backward(GateArgs a, float* dl) {
-  RG_GRID_STRIDE(t, a.T) normalize_backward(a.normalize, a.tau, a.g + t * a.N, dl + t * a.N, a.N);
+  RG_GRID_STRIDE(t, a.T) {
+    float* row = dl + t * a.N;
+    const float* g = a.g + t * a.N;
+    if (a.N <= 64) {
+      float gl[64], dg[64];
+      for (index_t i = 0; i < a.N; ++i) {
+        gl[i] = g[i];
+        dg[i] = row[i];
+      }
+      normalize_backward(a.normalize, a.tau, gl, dg, a.N);
+      for (index_t i = 0; i < a.N; ++i) row[i] = dg[i];
+    } else {
+      normalize_backward(a.normalize, a.tau, g, row, a.N);
+    }
+  }
 }
 
 // --- backward, rank space -------------------------------------------------------------------------
@@ -527,19 +542,29 @@ __global__ void map_backward(const float* m, float* dMs, index_t N) {
   RG_GRID_STRIDE(i, N) map_weights_backward(m + i * N, dMs + i * N, i, N);
 }
 
-/// dW[kq][o] = sum_i s_i sum_q G[i][kq][q] B_i[o][q]   (G over h, so s_i G is over hs)
+/// dW[kq][o] = sum_i s_i sum_q G[i][kq][q] B_i[o][q]   (G over h, so s_i G is over hs), for
+/// (Gv, dWv) and (Gc, dWc) in one pass over B; an output with a null G is written as zero, a null
+/// output is skipped.
 template <class S>
-__global__ void rank_to_full(const float* G, const float* scale, View<const S, 3> B, index_t k, float* dW) {
+__global__ void rank_to_full(const float* Gv, const float* Gc, const float* scale, View<const S, 3> B, index_t k,
+                             float* dWv, float* dWc) {
   const index_t N = B.shape[0], d = B.shape[1], r = B.shape[2];
   RG_GRID_STRIDE(idx, k * d) {
     const index_t o = idx % d, kq = idx / d;
-    float acc = 0.f;
+    float av = 0.f, ac = 0.f;
     for (index_t i = 0; i < N; ++i) {
-      float ai = 0.f;
-      for (index_t q = 0; q < r; ++q) ai += G[(i * k + kq) * r + q] * to_float(B(i, o, q));
-      acc += (scale ? scale[i] : 1.f) * ai;
+      float sv = 0.f, sc = 0.f;
+      for (index_t q = 0; q < r; ++q) {
+        const float b = to_float(B(i, o, q));
+        if (Gv) sv += Gv[(i * k + kq) * r + q] * b;
+        if (Gc) sc += Gc[(i * k + kq) * r + q] * b;
+      }
+      const float s = scale ? scale[i] : 1.f;
+      av += s * sv;
+      ac += s * sc;
     }
-    dW[idx] = acc;
+    if (dWv) dWv[idx] = av;
+    if (dWc) dWc[idx] = ac;
   }
 }
 
