@@ -11,6 +11,7 @@
 #include <limits>
 #include <set>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "../support/testing.hpp"
@@ -55,9 +56,19 @@ double rel_norm_err(const std::vector<double>& got, const std::vector<double>& r
 
 std::map<std::string, double> worst;
 
+/// grad.map.M sums dz_ti . w_tj over tokens and then takes differences through the map softmax's
+/// Jacobian (m_ij (dm_ij - sum_k m_ik dm_ik)): with 16-bit operands that cancellation costs about
+/// two bits more than the other gradients, seen up to 1.2e-1 in bf16 (and under 1e-2 in fp16 on
+/// the same case), so bf16 gets a wider bound for it.
+template <class S>
+double label_scale(const std::string& label) {
+  return std::is_same<S, __nv_bfloat16>::value && label == "grad.map.M" ? 4.0 : 1.0;
+}
+
 template <class S>
 void expect_close(const std::string& what, const std::string& label, const std::vector<double>& got,
                   const std::vector<double>& ref, double scale = 1.0) {
+  scale *= label_scale<S>(label);
   ++checks;
   const double e = rel_norm_err(got, ref);
   const std::string key = std::string(Tol<S>::name()) + " " + label;
