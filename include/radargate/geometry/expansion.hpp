@@ -18,6 +18,12 @@
 // with identity, sigmoid) are outside the guarantee: they are counted as "not covered", and
 // their membership is still measured and reported like every other token's.
 //
+// Tolerance. The layer computes the weights in its scalar type S, so a normalised gate sums to 1
+// only up to about N eps(S), and p_w lies that far (relatively) from the hull. The report judges
+// every point with tol = max(membership.tol, 16 N eps(S)) (ExpansionReport::tol): 1e-9 for double
+// layers, about 2e-6 N for float layers. The points themselves are formed in long double from the
+// layer's values, so no further rounding enters.
+//
 // Experts a top-k gate did not select were not computed by the layer; their v_i are computed
 // here (with the layer's own formula and scalar type) so that the cone is always the cone of all
 // N experts.
@@ -25,6 +31,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -152,10 +159,13 @@ ExpansionReport expansion_report(const Layer<S, backend::reference>& layer,
   rep.tokens = T;
   rep.N = N;
   rep.d = d;
-  rep.tol = opt.membership.tol;
+  const double tol = std::max(opt.membership.tol, 16.0 * double(N) * double(std::numeric_limits<S>::epsilon()));
+  rep.tol = tol;
   rep.quantiles = opt.quantiles;
   rep.per_token.resize(T);
-  const double tol = opt.membership.tol;
+  MembershipOptions mo = opt.membership;
+  mo.tol = tol;
+  mo.threads = 1;
 
   detail::parallel_for(T, opt.membership.threads, [&](index_t t) {
     const S* v = &ctx.v[t * N * d];
@@ -204,8 +214,6 @@ ExpansionReport expansion_report(const Layer<S, backend::reference>& layer,
     te.gate_sum = static_cast<double>(gsum);
     te.gate_nonnegative = nonneg;
     te.gate_normalized = nonneg && std::fabs(static_cast<double>(gsum) - 1.0) <= tol;
-    MembershipOptions mo = opt.membership;
-    mo.threads = 1;
     const Membership lc = detail::membership_dense(Set::cone, V, P, mo);
     const Membership lh = detail::membership_dense(Set::hull, V, P, mo);
     te.lora_cone = detail::point_geometry(lc);
