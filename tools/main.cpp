@@ -5,6 +5,7 @@
 #include <string>
 
 #include "cli.hpp"
+#include "cli_common.hpp"
 
 namespace {
 struct Command {
@@ -40,6 +41,10 @@ int main(int argc, char** argv) {
     if (name == c.name) {
       try {
         return c.run(argc - 1, argv + 1);
+      } catch (const radargate::cli::usage_error& e) {
+        std::fprintf(stderr, "radargate %s: error: %s\n%s(see 'radargate %s --help')\n", c.name, e.what(),
+                     e.usage().c_str(), c.name);
+        return 2;
       } catch (const std::exception& e) {
         std::fprintf(stderr, "radargate %s: error: %s\n", c.name, e.what());
         return 1;
