@@ -20,9 +20,11 @@ using radargate::index_t;
 using Mat = Eigen::MatrixXd;
 using Vec = Eigen::VectorXd;
 
-enum Family { generic, duplicate, zero_column, collinear, wide, rank_deficient, tiny, huge, mixed_columns, n_families };
+enum Family {
+  generic, duplicate, zero_column, collinear, nearly_collinear, wide, rank_deficient, tiny, huge, mixed_columns, n_families
+};
 inline const char* family_name(int f) {
-  static const char* names[] = {"generic", "duplicate", "zero_column", "collinear", "wide (N > d)",
+  static const char* names[] = {"generic", "duplicate", "zero_column", "collinear", "nearly collinear", "wide (N > d)",
                                 "rank_deficient", "scale 1e-20", "scale 1e20", "column scales 1e-20..1e20"};
   return names[f];
 }
@@ -66,6 +68,12 @@ inline Problem make_problem(std::mt19937_64& rng, int family, int ykind, index_t
   if (family == collinear) {
     const double c = nd(rng) * 3;  // either sign
     for (index_t i = 0; i < p.d; ++i) p.at(i, b) = c * p.at(i, a);
+  }
+  if (family == nearly_collinear) {  // 1e-7 .. 1e-10 apart in angle
+    const double eps = std::pow(10.0, -7.0 - double(rng() % 4));
+    double n2 = 0;
+    for (index_t i = 0; i < p.d; ++i) n2 += p.at(i, a) * p.at(i, a);
+    for (index_t i = 0; i < p.d; ++i) p.at(i, b) = p.at(i, a) + eps * std::sqrt(n2) * nd(rng);
   }
   if (family == rank_deficient) {
     const index_t k = 1 + index_t(rng() % std::min(p.d, p.N));

@@ -136,7 +136,54 @@ SetSummary summarize(const std::vector<TokenExpansion>& tok, const std::vector<d
   return s;
 }
 
+/// The unrotated expert outputs v_i of token t as the columns of a [d, N] matrix. Experts a top-k
+/// gate skipped were not computed by the layer: v_i = s_i B_i (A_i x) is computed here, with the
+/// reference's formula and scalar type.
+template <class S>
+Matrix unrotated_outputs(const Layer<S, backend::reference>& layer,
+                         const typename Layer<S, backend::reference>::Context& ctx, index_t t) {
+  const Dims& D = layer.dims();
+  const Params<S>& p = layer.params();
+  const index_t N = D.N, d = D.d, r = D.r;
+  const S* v = &ctx.v[t * N * d];
+  const unsigned char* sel = ctx.sel.empty() ? nullptr : &ctx.sel[t * N];
+  Matrix V(d, N);
+  std::vector<S> h(r);
+  for (index_t i = 0; i < N; ++i) {
+    if (!sel || sel[i]) {
+      for (index_t o = 0; o < d; ++o) V(o, i) = static_cast<double>(v[i * d + o]);
+      continue;
+    }
+    const View<const S, 1> x = ctx.x[t];
+    for (index_t q = 0; q < r; ++q) {
+      S acc = S(0);
+      for (index_t a = 0; a < D.d_in; ++a) acc += p.lora_A(i, q, a) * x(a);
+      h[q] = acc;
+    }
+    const S s = p.lora_scale.present() ? p.lora_scale(i) : S(1);
+    for (index_t o = 0; o < d; ++o) {
+      S acc = S(0);
+      for (index_t q = 0; q < r; ++q) acc += p.lora_B(i, o, q) * h[q];
+      V(o, i) = static_cast<double>(s * acc);
+    }
+  }
+  return V;
+}
+
 }  // namespace detail
+
+/// The unrotated expert outputs of token t of a forward pass, row-major [N, d] (expert i at
+/// [i * d, (i + 1) * d)), including the experts a top-k gate did not compute.
+template <class S>
+std::vector<double> expert_outputs(const Layer<S, backend::reference>& layer,
+                                   const typename Layer<S, backend::reference>::Context& ctx, index_t t) {
+  if (t < 0 || t >= ctx.tokens) detail::fail("expert_outputs: token ", t, " out of range 0..", ctx.tokens - 1);
+  const detail::Matrix V = detail::unrotated_outputs(layer, ctx, t);
+  std::vector<double> out(size_t(V.size()));
+  for (index_t i = 0; i < V.cols(); ++i)
+    for (index_t o = 0; o < V.rows(); ++o) out[size_t(i * V.rows() + o)] = V(o, i);
+  return out;
+}
 
 /// The expansion report of `layer` over the tokens of a forward pass `ctx` of that layer.
 template <class S>
@@ -144,9 +191,8 @@ ExpansionReport expansion_report(const Layer<S, backend::reference>& layer,
                                  const typename Layer<S, backend::reference>::Context& ctx,
                                  const ExpansionOptions& opt = {}) {
   const Dims& D = layer.dims();
-  const Params<S>& p = layer.params();
   const LayerConfig& cfg = layer.config();
-  const index_t T = ctx.tokens, N = D.N, d = D.d, r = D.r;
+  const index_t T = ctx.tokens, N = D.N, d = D.d;
   if (index_t(ctx.v.size()) != T * N * d || index_t(ctx.u.size()) != T * N * d || index_t(ctx.g.size()) != T * N)
     detail::fail("expansion report: the forward context does not match the layer (expected ", T, " tokens of N = ", N,
                  " experts of width d = ", d, ")");
@@ -168,31 +214,10 @@ ExpansionReport expansion_report(const Layer<S, backend::reference>& layer,
   mo.threads = 1;
 
   detail::parallel_for(T, opt.membership.threads, [&](index_t t) {
-    const S* v = &ctx.v[t * N * d];
     const S* u = &ctx.u[t * N * d];
     const S* g = &ctx.g[t * N];
     const unsigned char* sel = ctx.sel.empty() ? nullptr : &ctx.sel[t * N];
-    detail::Matrix V(d, N);
-    std::vector<S> h(r);
-    for (index_t i = 0; i < N; ++i) {
-      if (!sel || sel[i]) {
-        for (index_t o = 0; o < d; ++o) V(o, i) = static_cast<double>(v[i * d + o]);
-        continue;
-      }
-      // Not computed by the layer (top-k): v_i = s_i B_i (A_i x), as the reference computes it.
-      const View<const S, 1> x = ctx.x[t];
-      for (index_t q = 0; q < r; ++q) {
-        S acc = S(0);
-        for (index_t a = 0; a < D.d_in; ++a) acc += p.lora_A(i, q, a) * x(a);
-        h[q] = acc;
-      }
-      const S s = p.lora_scale.present() ? p.lora_scale(i) : S(1);
-      for (index_t o = 0; o < d; ++o) {
-        S acc = S(0);
-        for (index_t q = 0; q < r; ++q) acc += p.lora_B(i, o, q) * h[q];
-        V(o, i) = static_cast<double>(s * acc);
-      }
-    }
+    const detail::Matrix V = detail::unrotated_outputs(layer, ctx, t);
     detail::LVector pl = detail::LVector::Zero(d), pw = detail::LVector::Zero(d);
     long double gsum = 0;
     bool nonneg = true;

@@ -17,11 +17,15 @@
 // when A_P is rank deficient (duplicate, collinear or zero columns, N > d), followed by one step
 // of iterative refinement with the residual accumulated in long double.
 //
-// Stopping rule (relative, scale free): with w_j = vh_j . r for the unit problem,
+// Stopping rule (relative, scale free): with r the residual of the unit problem, computed as the
+// projection of yh onto the orthogonal complement of the passive columns' span, and w_j = vh_j . r,
+// stop when no column has
 //
-//   max_{j not in P} w_j <= kkt_tol * ||r|| + 16 eps (1 + ||x||_1)
+//   w_j > c_j (kkt_tol ||r|| + 16 eps),        c_j = the norm of vh_j's part outside that span,
 //
-// (the second term is the rounding level of w). A column whose subproblem says it cannot enter
+// that is, when the residual makes an angle with every column's new direction whose cosine is at
+// most kkt_tol (plus its rounding level). Weighting by c_j keeps a column 1e-8 away in angle from
+// the passive ones visible, where a plain w_j <= tol test would stop with a wrong answer. A column whose subproblem says it cannot enter
 // (its coefficient comes out <= 0, which happens only through rounding) is skipped until the
 // iterate moves again, so the method cannot cycle on it. Every least-squares solve counts as one
 // iteration; at max_iter the solver stops with a feasible lambda and says so (converged = false).
@@ -94,19 +98,34 @@ inline UnitCone make_unit_cone(const Matrix& V, const Vector& y) {
   return u;
 }
 
-/// Minimum-norm least-squares solution of A_P z = b with one refinement step.
-inline Vector ls_solve(const Matrix& AP, const Vector& b) {
+/// Least squares on the passive columns A_P: the minimum-norm solution z of min ||A_P z - b||
+/// (one refinement step, residual in long double) and the residual of the projection,
+/// r = (I - Q1 Q1^T) b, formed with the Householder factors (Q1: an orthonormal basis of
+/// range(A_P)). r is orthogonal to range(A_P) to rounding level relative to ||r|| itself, which
+/// is what lets the dual values of columns close to that range be resolved.
+struct PassiveLS {
   Eigen::CompleteOrthogonalDecomposition<Matrix> cod;
-  cod.setThreshold(std::max(1e-14, 4 * std::numeric_limits<double>::epsilon() * double(AP.rows() + AP.cols())));
-  cod.compute(AP);
-  Vector z = cod.solve(b);
-  LVector r(AP.rows());
-  for (index_t i = 0; i < AP.rows(); ++i) r(i) = b(i);
-  for (index_t k = 0; k < AP.cols(); ++k)
-    for (index_t i = 0; i < AP.rows(); ++i) r(i) -= static_cast<long double>(AP(i, k)) * z(k);
-  z += cod.solve(Vector(r.cast<double>()));
-  return z;
-}
+  Vector z, r;
+
+  void solve(const Matrix& AP, const Vector& b) {
+    cod.setThreshold(std::max(1e-14, 4 * std::numeric_limits<double>::epsilon() * double(AP.rows() + AP.cols())));
+    cod.compute(AP);
+    z = cod.solve(b);
+    LVector res(AP.rows());
+    for (index_t i = 0; i < AP.rows(); ++i) res(i) = b(i);
+    for (index_t k = 0; k < AP.cols(); ++k)
+      for (index_t i = 0; i < AP.rows(); ++i) res(i) -= static_cast<long double>(AP(i, k)) * z(k);
+    z += cod.solve(Vector(res.cast<double>()));
+    Vector c = cod.householderQ().transpose() * b;
+    c.head(cod.rank()).setZero();
+    r = cod.householderQ() * c;
+  }
+  /// ||(I - Q1 Q1^T) a||: the part of a outside range(A_P).
+  double outside_norm(const Vector& a) const {
+    const Vector c = cod.householderQ().transpose() * a;
+    return c.tail(c.size() - cod.rank()).norm();
+  }
+};
 
 struct NnlsCore {
   Vector x;
@@ -116,6 +135,13 @@ struct NnlsCore {
 };
 
 /// Lawson–Hanson on unit columns A and target b.
+///
+/// Dual values w_j = a_j . r use the projection residual r of the current passive set, and a
+/// column j may enter only when
+///     w_j > c_j (kkt_tol ||r|| + 16 eps),      c_j = ||(I - Q1 Q1^T) a_j|| <= 1,
+/// i.e. when the cosine between the residual and the part of a_j that is new to the passive span
+/// exceeds kkt_tol plus its rounding level eps / ||r||. Scaling by c_j keeps columns nearly
+/// parallel to the passive ones (c_j ~ 1e-8) visible: their w_j is small, but so is its error.
 inline NnlsCore nnls_core(const Matrix& A, const Vector& b, double kkt_tol, index_t max_iter) {
   const index_t d = A.rows(), n = A.cols();
   const double eps = std::numeric_limits<double>::epsilon();
@@ -125,36 +151,31 @@ inline NnlsCore nnls_core(const Matrix& A, const Vector& b, double kkt_tol, inde
   Vector& x = out.x;
   std::vector<char>& passive = out.passive;
   std::vector<char> banned(n, 0);
-  Vector w(n);
-  LVector r(d);
-  auto update_dual = [&] {
-    for (index_t i = 0; i < d; ++i) r(i) = b(i);
-    for (index_t j = 0; j < n; ++j)
-      if (x(j) != 0)
-        for (index_t i = 0; i < d; ++i) r(i) -= static_cast<long double>(A(i, j)) * x(j);
-    for (index_t j = 0; j < n; ++j) {
-      long double s = 0;
-      for (index_t i = 0; i < d; ++i) s += static_cast<long double>(A(i, j)) * r(i);
-      w(j) = static_cast<double>(s);
-    }
-  };
   if (n == 0 || b.squaredNorm() == 0) {
     out.converged = true;
     return out;
   }
-  update_dual();
+  Vector r = b;           // residual of the current iterate (the projection residual when optimal)
+  PassiveLS ls, opt_ls;   // opt_ls: factors of the passive set at which x is the least-squares optimum
+  bool have_factors = false;
+  bool at_optimum = true;  // x = 0 is optimal for the empty passive set
   std::vector<index_t> P;
   index_t it = 0;
   for (;;) {
-    const double rn = norm_ld(r);
-    const double thr = kkt_tol * rn + 16 * eps * (1 + x.lpNorm<1>());
+    if (!at_optimum) break;  // the iteration cap stopped a step half way
+    const double rn = r.norm();
     index_t t = -1;
-    double best = thr;
-    for (index_t j = 0; j < n; ++j)
-      if (!passive[j] && !banned[j] && w(j) > best) {
-        best = w(j);
+    double best = 0;
+    for (index_t j = 0; j < n; ++j) {
+      if (passive[j] || banned[j]) continue;
+      const double wj = static_cast<double>(dot_ld(A.col(j), r));
+      if (!(wj > 0)) continue;
+      const double cj = have_factors ? opt_ls.outside_norm(A.col(j)) : 1.0;
+      if (wj > cj * (kkt_tol * rn + 16 * eps) && wj > best) {
+        best = wj;
         t = j;
       }
+    }
     if (t < 0) {
       out.converged = true;
       break;
@@ -169,12 +190,17 @@ inline NnlsCore nnls_core(const Matrix& A, const Vector& b, double kkt_tol, inde
         if (passive[j]) P.push_back(j);
       Matrix AP(d, index_t(P.size()));
       for (size_t k = 0; k < P.size(); ++k) AP.col(index_t(k)) = A.col(P[k]);
-      const Vector z = ls_solve(AP, b);
+      ls.solve(AP, b);
+      const Vector& z = ls.z;
       bool all_positive = true;
       for (size_t k = 0; k < P.size(); ++k)
         if (!(z(index_t(k)) > 0)) all_positive = false;
       if (all_positive) {
         for (size_t k = 0; k < P.size(); ++k) x(P[k]) = z(index_t(k));
+        std::swap(opt_ls, ls);
+        have_factors = true;
+        r = opt_ls.r;
+        at_optimum = true;
         moved = true;
         break;
       }
@@ -208,10 +234,18 @@ inline NnlsCore nnls_core(const Matrix& A, const Vector& b, double kkt_tol, inde
           passive[j] = 0;
         }
       moved = true;
-      if (it >= max_iter) break;
+      if (it >= max_iter) {  // stopped between optima: x is feasible, r its plain residual
+        at_optimum = false;
+        LVector rr(d);
+        for (index_t i = 0; i < d; ++i) rr(i) = b(i);
+        for (index_t j = 0; j < n; ++j)
+          if (x(j) != 0)
+            for (index_t i = 0; i < d; ++i) rr(i) -= static_cast<long double>(A(i, j)) * x(j);
+        r = rr.cast<double>();
+        break;
+      }
     }
     if (moved) std::fill(banned.begin(), banned.end(), 0);
-    update_dual();
   }
   out.iterations = it;
   return out;
