@@ -24,8 +24,10 @@
 //     b = max_j w . v_j   (so w . v_j <= b for every j, by construction),   w . y - b > tol * scale.
 //   Proof: every point of the hull is a convex combination of the v_j, so w . p <= b < w . y;
 //   moreover dist(y, conv(V)) >= w . y - b (the margin), so the margin is a proven lower bound
-//   and ||V lambda - y|| a proven upper bound on the distance. w is the normalised residual of
-//   the nearest point.
+//   and ||V lambda - y|| a proven upper bound on the distance. w is the direction from the nearest
+//   point to y, computed as the component of y - v_s0 orthogonal to the affine hull of the
+//   support of lambda (Householder factors), so it stays accurate for points very close to the
+//   hull; b is rounded up when stored, so w . v_j <= b holds for the stored double.
 //
 // When neither certificate verifies (a solver stopped by its iteration cap, or a point within
 // rounding of the boundary), the verdict is `undetermined`, never a guess.
