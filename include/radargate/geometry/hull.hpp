@@ -12,9 +12,10 @@
 //     x . q >= min_i x . p_i, the number  lower = min_i x . p_i / ||x||  bounds the distance from
 //     below, and ||x|| bounds it from above. Stop when ||x|| - max(lower, 0) <= gap_tol.
 //     Otherwise add p_j to the corral S.
-//   minor cycle: the point of the affine hull of S nearest to 0, y = sum_{k in S} mu_k p_k with
+//   minor cycle: the point of the affine hull of S nearest to 0, sum_{k in S} mu_k p_k with
 //     sum mu = 1, solved as min_t || p_s0 + D t ||, D = [p_sk - p_s0], by a complete orthogonal
-//     decomposition (stable for near-dependent points) plus one refinement step. If every
+//     decomposition (stable for near-dependent points) plus one refinement step; the point is
+//     formed as the projection (I - Q1 Q1^T) p_s0 so its direction stays accurate. If every
 //     mu_k > 0 it becomes the new x; otherwise move from the current weights towards mu until the
 //     first weight hits zero, drop it, and repeat.
 //

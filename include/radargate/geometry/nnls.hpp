@@ -25,9 +25,10 @@
 //
 // that is, when the residual makes an angle with every column's new direction whose cosine is at
 // most kkt_tol (plus its rounding level). Weighting by c_j keeps a column 1e-8 away in angle from
-// the passive ones visible, where a plain w_j <= tol test would stop with a wrong answer. A column whose subproblem says it cannot enter
-// (its coefficient comes out <= 0, which happens only through rounding) is skipped until the
-// iterate moves again, so the method cannot cycle on it. Every least-squares solve counts as one
+// the passive ones visible, where a plain w_j <= tol test would stop with a wrong answer. A
+// column whose subproblem says it cannot enter (its coefficient comes out <= 0, which happens
+// only through rounding) is skipped until the iterate moves again, so the method cannot cycle on
+// it. Every least-squares solve counts as one
 // iteration; at max_iter the solver stops with a feasible lambda and says so (converged = false).
 #pragma once
 
