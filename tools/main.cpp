@@ -5,6 +5,7 @@
 #include <string>
 
 #include "cli.hpp"
+#include "cli_common.hpp"
 
 namespace {
 struct Command {
@@ -17,6 +18,8 @@ struct Command {
 const Command commands[] = {
     {"run", radargate::cli::cmd_run, "forward (and backward) of a model file on an input file"},
     {"init", radargate::cli::cmd_init, "write a random model of any variant"},
+    {"cone", radargate::cli::cmd_cone, "cone / hull membership of a batch of points, with certificates"},
+    {"verify", radargate::cli::cmd_verify, "does a model leave the cone of its experts? (expansion report)"},
 };
 
 void usage(std::FILE* out) {
@@ -40,6 +43,10 @@ int main(int argc, char** argv) {
     if (name == c.name) {
       try {
         return c.run(argc - 1, argv + 1);
+      } catch (const radargate::cli::usage_error& e) {
+        std::fprintf(stderr, "radargate %s: error: %s\n%s(see 'radargate %s --help')\n", c.name, e.what(),
+                     e.usage().c_str(), c.name);
+        return 2;
       } catch (const std::exception& e) {
         std::fprintf(stderr, "radargate %s: error: %s\n", c.name, e.what());
         return 1;

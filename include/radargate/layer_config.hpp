@@ -15,6 +15,7 @@
 #include <string>
 #include <string_view>
 
+#include "config.hpp"
 #include "error.hpp"
 
 namespace radargate {

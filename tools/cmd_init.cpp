@@ -1,0 +1,153 @@
+// radargate init -- writes a random model of any variant (and, on request, a matching random
+// input file), so the tool can be tried with no other software.
+#include <unistd.h>
+
+#include <cstdio>
+#include <random>
+#include <string>
+
+#include "cli.hpp"
+#include "cli_common.hpp"
+#include "radargate.hpp"
+#include "radargate/io/model_file.hpp"
+
+namespace radargate {
+namespace cli {
+namespace {
+
+/// Parses an enumerated option value with the library's parser, reporting it as bad usage.
+template <class E, class Parse>
+E enum_option(const OptionParser& o, const std::string& name, Parse parse) {
+  const std::string v = o.str(name);
+  try {
+    return parse(v);
+  } catch (const radargate::error& e) {
+    // "config field 'x': expected one of a | b, found "c"" -> "option --x: expected one of ..."
+    std::string what = e.what();
+    const std::size_t colon = what.find("': ");
+    o.fail("option " + name + ": " + (colon == std::string::npos ? what : what.substr(colon + 3)));
+  }
+}
+
+}  // namespace
+
+int cmd_init(int argc, char** argv) {
+  OptionParser o("init",
+                 "Writes a random model of any variant to --output: every tensor the variant requires and every\n"
+                 "optional one it reads, scaled so activations are of order one. With --write-input it also\n"
+                 "writes a random input file (x [T, d_in] and dy [T, d]) for 'radargate run'.");
+  o.required("--variant", "V", "sum | uniform | static | softmax | topk | stretch_only | rotation_only | radargate");
+  o.required("--d-in", "N", "input width d_in");
+  o.required("--d", "N", "output width d");
+  o.required("--experts", "N", "number of LoRA experts N");
+  o.required("--rank", "R", "LoRA rank r");
+  o.optional("--angle-rank", "K", "rank k of the angle generator (rotating variants; default 4)");
+  o.optional("--planes", "P", "number of rotation planes, 1..floor(d/2) (rotating variants; default floor(d/2))");
+  o.optional("--map", "M", "learned | mean (rotating variants; default learned)");
+  o.optional("--bound", "B", "none | pi_tanh (rotating variants; default pi_tanh)");
+  o.optional("--pairing", "P", "adjacent | half (rotating variants; default adjacent)");
+  o.optional("--normalize", "F", "softmax | sigmoid | topk_softmax | identity (gates with logits; default per variant)");
+  o.optional("--tau", "X", "gate temperature > 0 (gates with logits; default 1)");
+  o.optional("--topk", "K", "experts kept by topk_softmax, 1..N (default 2)");
+  o.optional("--dtype", "T", "F32 | F64 | F16 | BF16 (default F32)");
+  o.flag("--no-base", "leave out the frozen base layer (base.W0, base.b0)");
+  o.optional("--seed", "S", "random seed (default 0)");
+  o.required("--output", "FILE", "model file to write");
+  o.optional("--write-input", "FILE", "also write a random input file x [T, d_in], dy [T, d] for this model");
+  o.optional("--tokens", "T", "number of tokens T in the --write-input file (default 8)");
+  o.epilog(
+      "example:\n"
+      "  radargate init --variant radargate --d-in 16 --d 16 --experts 4 --rank 4 --seed 1 \\\n"
+      "                 --output model.safetensors --write-input input.safetensors --tokens 8");
+  if (!o.parse(argc, argv)) return 0;
+
+  const long long big = 1 << 24;
+  LayerConfig cfg = LayerConfig::make(enum_option<Variant>(o, "--variant", parse_variant));
+  Dims D;
+  D.d_in = o.integer("--d-in", 1, big);
+  D.d = o.integer("--d", 1, big);
+  D.N = o.integer("--experts", 1, 1 << 16);
+  D.r = o.integer("--rank", 1, big);
+  const std::string variant = to_string(cfg.variant);
+  for (const char* opt : {"--angle-rank", "--planes", "--map", "--bound", "--pairing"})
+    if (!cfg.rotation && o.has(opt))
+      o.fail(std::string("option ") + opt + ": variant '" + variant +
+             "' does not rotate (only rotation_only and radargate do)");
+  for (const char* opt : {"--normalize", "--tau", "--topk"})
+    if (!cfg.has_logits() && o.has(opt))
+      o.fail(std::string("option ") + opt + ": variant '" + variant + "' has a gate without logits (" +
+             to_string(cfg.gate) + ")");
+  if (cfg.rotation) {
+    if (D.d < 2) o.fail("option --d: variant '" + variant + "' rotates pairs of coordinates, expected d >= 2, found " + std::to_string(D.d));
+    D.k = o.integer("--angle-rank", 1, big, 4);
+    D.P = o.integer("--planes", 1, D.d / 2, D.d / 2);
+    if (o.has("--map")) cfg.map = enum_option<MapMode>(o, "--map", parse_map_mode);
+    if (o.has("--bound")) cfg.bound = enum_option<Bound>(o, "--bound", parse_bound);
+    if (o.has("--pairing")) cfg.pairing = enum_option<Pairing>(o, "--pairing", parse_pairing);
+  }
+  if (o.has("--normalize")) cfg.normalize = enum_option<Normalize>(o, "--normalize", parse_normalize);
+  if (o.has("--tau")) {
+    cfg.tau = o.number("--tau");
+    if (!(cfg.tau > 0)) o.fail("option --tau: expected a number > 0, found '" + o.str("--tau") + "'");
+  }
+  if (o.has("--topk")) {
+    if (cfg.normalize != Normalize::topk_softmax)
+      o.fail("option --topk: only read by normalize topk_softmax, but variant '" + variant + "' normalizes with " +
+             to_string(cfg.normalize) + " (add --normalize topk_softmax)");
+    cfg.topk = int(o.integer("--topk", 1, D.N));
+  } else if (cfg.normalize == Normalize::topk_softmax && cfg.has_logits() && cfg.topk > D.N) {
+    cfg.topk = int(D.N);  // the default 2 with a single expert
+  }
+  const io::DType dtype = [&] {
+    try {
+      return io::parse_float_dtype(o.str("--dtype", "F32"), "option --dtype");
+    } catch (const radargate::error& e) {
+      o.fail(e.what());
+    }
+  }();
+  const std::uint64_t seed = std::uint64_t(o.integer("--seed", 0, std::numeric_limits<long long>::max(), 0));
+  const std::string output = o.str("--output");
+  if (o.has("--tokens") && !o.has("--write-input")) o.fail("option --tokens needs --write-input");
+  const index_t T = o.integer("--tokens", 1, big, 8);
+
+  RandomModelOptions opt;
+  opt.base = !o.has("--no-base");
+  const Model<double> m = random_model<double>(cfg, D, seed, opt);
+  const std::vector<unsigned char> model_bytes = io::model_writer(m, dtype).serialize();
+  std::vector<unsigned char> input_bytes;
+  if (o.has("--write-input")) {
+    // An independent stream, so the model does not change with --write-input.
+    std::mt19937_64 rng(seed ^ 0x9e3779b97f4a7c15ull);
+    std::normal_distribution<double> normal(0.0, 1.0);
+    Tensor<double> x = make_tensor<double>({T, D.d_in}), dy = make_tensor<double>({T, D.d});
+    for (double& e : x.data) e = normal(rng);
+    for (double& e : dy.data) e = normal(rng);
+    io::SafetensorsWriter w;
+    w.add("x", x, dtype);
+    w.add("dy", dy, dtype);
+    input_bytes = w.serialize();
+  }
+
+  io::write_file_atomic(output, model_bytes);
+  if (o.has("--write-input")) {
+    try {
+      io::write_file_atomic(o.str("--write-input"), input_bytes);
+    } catch (...) {
+      ::unlink(output.c_str());  // both files or neither
+      throw;
+    }
+  }
+  index_t count = 0;
+  for (const auto& kv : m.tensors) count += kv.second.numel();
+  std::printf("wrote %s: variant %s, d_in %lld, d %lld, N %lld, r %lld", output.c_str(), variant.c_str(),
+              (long long)D.d_in, (long long)D.d, (long long)D.N, (long long)D.r);
+  if (cfg.rotation) std::printf(", k %lld, P %lld", (long long)D.k, (long long)D.P);
+  std::printf(", %s, %zu tensors, %lld parameters\n", io::to_string(dtype), m.tensors.size(), (long long)count);
+  if (o.has("--write-input"))
+    std::printf("wrote %s: x [%lld, %lld], dy [%lld, %lld]\n", o.str("--write-input").c_str(), (long long)T,
+                (long long)D.d_in, (long long)T, (long long)D.d);
+  return 0;
+}
+
+}  // namespace cli
+}  // namespace radargate
