@@ -13,6 +13,7 @@
 #include "cli.hpp"
 #include "cli_common.hpp"
 #include "radargate.hpp"
+#include "radargate/cpu.hpp"
 #include "radargate/io/model_file.hpp"
 
 namespace radargate {
@@ -23,6 +24,8 @@ struct RunArgs {
   std::string model, input, output;
   bool backward = false;
   std::vector<std::string> grads;  // empty: every gradient
+  bool cpu = false;                // backend: the fused cpu backend instead of the reference
+  int threads = 1;
 };
 
 /// The gradients to compute: "x" and the parameter names present in the model, or the --grads list.
@@ -47,6 +50,10 @@ std::vector<std::string> gradient_names(const RunArgs& a, const std::set<std::st
   return out;
 }
 
+template <class S, class L>
+int run_layer(const RunArgs& a, const io::LoadedModel<S>& lm, const io::Activations<S>& in, io::DType dtype,
+              const std::vector<std::string>& wanted, const L& layer);
+
 template <class S>
 int run_typed(const RunArgs& a, const io::SafetensorsFile& model_file, io::DType dtype) {
   const io::LoadedModel<S> lm = io::load_model<S>(model_file);
@@ -57,7 +64,19 @@ int run_typed(const RunArgs& a, const io::SafetensorsFile& model_file, io::DType
   const std::vector<std::string> wanted =
       a.backward ? gradient_names(a, present, lm.model.config, a.model) : std::vector<std::string>{};
 
+  if (a.cpu) {
+    CpuOptions opt;
+    opt.threads = a.threads;
+    const Layer<S, backend::cpu> layer(lm.model.config, lm.model.params(), opt);
+    return run_layer<S>(a, lm, in, dtype, wanted, layer);
+  }
   const Layer<S, backend::reference> layer(lm.model.config, lm.model.params());
+  return run_layer<S>(a, lm, in, dtype, wanted, layer);
+}
+
+template <class S, class L>
+int run_layer(const RunArgs& a, const io::LoadedModel<S>& lm, const io::Activations<S>& in, io::DType dtype,
+              const std::vector<std::string>& wanted, const L& layer) {
   const index_t T = in.x.shape[0];
   Tensor<S> y = make_tensor<S>({T, lm.dims.d});
   const auto ctx = layer.forward(in.x.template view<2>(), y.template mutable_view<2>());
@@ -87,9 +106,9 @@ int run_typed(const RunArgs& a, const io::SafetensorsFile& model_file, io::DType
       if (grads.count(n)) out.add("grad." + n, grads[n], dtype);
   }
   out.write_atomic(a.output);
-  std::printf("wrote %s: y [%lld, %lld]%s (%s, variant %s)\n", a.output.c_str(), (long long)T, (long long)lm.dims.d,
-              a.backward ? (" and " + std::to_string(wanted.size()) + " gradients").c_str() : "",
-              io::to_string(dtype), to_string(lm.model.config.variant));
+  std::printf("wrote %s: y [%lld, %lld]%s (%s, variant %s, backend %s)\n", a.output.c_str(), (long long)T,
+              (long long)lm.dims.d, a.backward ? (" and " + std::to_string(wanted.size()) + " gradients").c_str() : "",
+              io::to_string(dtype), to_string(lm.model.config.variant), a.cpu ? "cpu" : "reference");
   return 0;
 }
 
@@ -108,6 +127,9 @@ int cmd_run(int argc, char** argv) {
   o.flag("--backward", "also compute gradients, for dL/dy = dy");
   o.optional("--grads", "LIST", "with --backward: only these gradients, comma separated, e.g. x,lora.A,angle.U\n"
                                 "(default: x and every parameter in the model)");
+  o.optional("--backend", "NAME", "reference | cpu: the plain reference code or the fused, vectorised cpu\n"
+                                  "backend (default reference)");
+  o.optional("--threads", "N", "with --backend cpu: threads (default 1)");
   o.epilog(
       "examples:\n"
       "  radargate init --variant radargate --d-in 16 --d 16 --experts 4 --rank 4 --seed 1 \\\n"
@@ -119,6 +141,12 @@ int cmd_run(int argc, char** argv) {
   a.input = o.str("--input");
   a.output = o.str("--output");
   a.backward = o.has("--backward");
+  const std::string backend = o.str("--backend", "reference");
+  if (backend != "reference" && backend != "cpu")
+    o.fail("option --backend: expected reference | cpu, found '" + backend + "'");
+  a.cpu = backend == "cpu";
+  if (o.has("--threads") && !a.cpu) o.fail("option --threads needs --backend cpu");
+  a.threads = int(o.integer("--threads", 1, 1024, 1));
   if (o.has("--grads")) {
     if (!a.backward) o.fail("option --grads needs --backward");
     a.grads = o.list("--grads");

@@ -1,0 +1,940 @@
+// radargate/cpu.hpp -- the fused CPU backend: Layer<S, backend::cpu> (Eigen + xsimd + threads).
+//
+// Same interface and same results as the reference backend (SPEC section 6), computed without
+// ever forming the [T, N, d] tensor of expert outputs:
+//
+//   H = X A^T                           shrink: one GEMM over the stacked A [N*r, d_in]
+//   z_i = Wx x + s_i (Wv B_i) h_i + sum_j m_ij s_j (Wc B_j) h_j      rank space, O(N r k + N^2 k)
+//   per tile of output slots, per token, per expert:
+//     v = s_i B_i h_i, alpha = bound(U z_i + bias_i), u = R(alpha) v, then
+//     pass 1 (stretch gate only): l_i += ws . u       pass 2: y += g_i u
+//
+// Variants without rotation and with a dense gate are two GEMMs (Y += (g s h) B^T, and the
+// stretch logit ws . v_i = s_i (B_i^T ws) . h_i in rank space). A top-k gate without rotation
+// computes only the selected experts (grouped GEMMs for the shrink, tiles for the expand).
+//
+// Backward recomputes u per tile in the same way and reduces the parameter gradients per
+// thread, then across threads in a fixed order; see docs/CPU_BACKEND.md.
+//
+// Threads: tokens are split into `threads` contiguous blocks, one per thread. For a fixed thread
+// count every result is bit-identical run to run. The rank-space caches are built from the
+// parameter views at construction, set_params() and weights_changed(): call weights_changed()
+// after writing new values into the parameter memory.
+#pragma once
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <type_traits>
+#include <vector>
+
+#include "backend.hpp"
+#include "detail/cpu_kernels.hpp"
+#include "detail/cpu_matrix.hpp"
+#include "detail/cpu_pool.hpp"
+#include "detail/cpu_simd.hpp"
+#include "detail/cpu_weights.hpp"
+#include "detail/math.hpp"
+#include "error.hpp"
+#include "params.hpp"
+#include "reference.hpp"
+#include "view.hpp"
+
+namespace radargate {
+
+/// Options of the cpu backend.
+struct CpuOptions {
+  int threads = 1;         // threads per call (>= 1); results are bit-identical for a given count
+  index_t tile_planes = 0; // rotation planes per tile (0: chosen from N, r and the L2 size)
+};
+
+namespace detail {
+inline std::uint64_t next_cpu_generation() {
+  static std::atomic<std::uint64_t> counter{0};
+  return ++counter;
+}
+}  // namespace detail
+
+template <class S>
+class Layer<S, backend::cpu> {
+  static_assert(std::is_floating_point<S>::value, "radargate::Layer: Scalar must be float or double");
+
+ public:
+  using Scalar = S;
+
+  /// What backward needs: per token and expert only rank-space quantities, never a vector of
+  /// length d. x is referenced, not copied: keep it alive and unchanged until backward returns.
+  struct Context {
+    index_t tokens = 0;
+    View<const S, 2> x;
+    std::vector<S> h;                // [T, N, r]  h_i = A_i x (zero for experts a top-k gate skips)
+    std::vector<S> z;                // [T, N, k]  angle-generator outputs (rotation on)
+    std::vector<S> g;                // [T, N]     gate weights
+    std::vector<unsigned char> sel;  // [T, N]     experts computed
+    std::uint64_t generation = 0;    // which weights produced it
+  };
+
+  Layer(const LayerConfig& config, const Params<S>& params, const CpuOptions& options = {})
+      : cfg_(config), p_(params), opt_(checked(options)), pool_(std::make_unique<detail::ThreadPool>(opt_.threads)) {
+    D_ = validate(cfg_, p_);
+    weights_changed();
+  }
+
+  const LayerConfig& config() const { return cfg_; }
+  const Params<S>& params() const { return p_; }
+  const Dims& dims() const { return D_; }
+  const CpuOptions& options() const { return opt_; }
+  int threads() const { return opt_.threads; }
+
+  /// Replaces the parameter views (same configuration) and rebuilds the caches.
+  void set_params(const Params<S>& params) {
+    D_ = validate(cfg_, params);
+    p_ = params;
+    weights_changed();
+  }
+
+  /// Rebuilds the rank-space caches (Wv B_i, Wc B_i, the slot-space copies of B, U, bias, ws,
+  /// the map weights) from the current parameter memory. Call it after changing parameter
+  /// values in place; contexts from before are then rejected by backward.
+  void weights_changed() {
+    W_.build(cfg_, p_, D_, opt_.tile_planes);
+    W_.generation = detail::next_cpu_generation();
+  }
+
+  void set_threads(int n) {
+    CpuOptions o = opt_;
+    o.threads = n;
+    opt_ = checked(o);
+    pool_->resize(opt_.threads);
+  }
+
+  Context forward(View<const S, 2> x, View<S, 2> y) const {
+    detail::check_xy(D_, x, "x", D_.d_in, &y, "y", D_.d);
+    const index_t T = x.shape[0], N = D_.N, r = D_.r, k = D_.k;
+    Context ctx;
+    ctx.tokens = T;
+    ctx.x = x;
+    ctx.generation = W_.generation;
+    ctx.h.assign(std::size_t(T * N * r), S(0));
+    ctx.g.assign(std::size_t(T * N), S(0));
+    ctx.sel.assign(std::size_t(T * N), 1);
+    if (cfg_.rotation) ctx.z.assign(std::size_t(T * N * k), S(0));
+    if (T == 0) return ctx;
+    std::vector<S> xstore;
+    const detail::MatRef<S> X = detail::matrix_of(x, xstore);
+    detail::OutMatrix<S, 2> Y(y);
+    const int nt = pool_->size();
+    pool_->run([&](int th) {
+      index_t t0, t1;
+      detail::token_range(T, nt, th, t0, t1);
+      if (t0 < t1) forward_rows(ctx, X, Y.mat(), t0, t1);
+    });
+    Y.finish(false);
+    return ctx;
+  }
+
+  void backward(const Context& ctx, View<const S, 2> dy, const Gradients<S>& grads,
+                GradMode mode = GradMode::overwrite) const {
+    const index_t T = ctx.tokens;
+    if (dy.shape[0] != T || dy.shape[1] != D_.d)
+      detail::fail("tensor 'dy': expected shape [", T, ", ", D_.d, "], found ", detail::shape_string(dy));
+    if (T > 0 && !dy.present()) detail::fail("tensor 'dy': null data for ", T, " tokens");
+    if (ctx.generation != W_.generation)
+      detail::fail("context: expected one produced by this layer's forward with the current weights, found one "
+                   "from another layer or from before the last weights_changed(); run forward again");
+    validate_gradients(D_, T, p_, grads);
+    if (mode == GradMode::overwrite) {
+      detail::zero_view(grads.x);
+      for_each_param(grads, [](const char*, const auto& g) { detail::zero_view(g); });
+    }
+    const detail::BackwardNeeds need = detail::backward_needs(cfg_, grads);
+    if (T == 0 || !(need.dv || need.dz || need.dlogits || grads.base_W0.present() || grads.base_b0.present()))
+      return;
+
+    Bwd b(grads, need);
+    b.T = T;
+    std::vector<S> xstore, dystore;
+    b.X = detail::matrix_of(ctx.x, xstore);
+    b.DY = detail::matrix_of(dy, dystore);
+    const index_t N = D_.N, r = D_.r, k = D_.k;
+    if (need.dv) b.DH.assign(std::size_t(T * N * r), S(0));
+    if (need.dlogits) b.DL.assign(std::size_t(T * N), S(0));
+    if (cfg_.rotation && (grads.angle_Wx.present() || grads.x.present())) b.DZS.assign(std::size_t(T * k), S(0));
+    std::unique_ptr<detail::OutMatrix<S, 2>> DX;
+    if (grads.x.present()) DX = std::make_unique<detail::OutMatrix<S, 2>>(grads.x);
+    const int nt = pool_->size();
+    b.part.resize(std::size_t(nt));
+    pool_->run([&](int th) {
+      index_t t0, t1;
+      detail::token_range(T, nt, th, t0, t1);
+      alloc_partial(b, b.part[std::size_t(th)]);
+      if (t0 < t1) backward_rows(ctx, b, b.part[std::size_t(th)], DX ? &DX->mat() : nullptr, t0, t1);
+    });
+    std::unique_ptr<detail::OutMatrix<S, 3>> dA;
+    std::unique_ptr<detail::OutMatrix<S, 2>> dWg, dWx, dW0;
+    if (grads.lora_A.present()) dA = std::make_unique<detail::OutMatrix<S, 3>>(grads.lora_A);
+    if (grads.stretch_Wg.present()) dWg = std::make_unique<detail::OutMatrix<S, 2>>(grads.stretch_Wg);
+    if (grads.angle_Wx.present()) dWx = std::make_unique<detail::OutMatrix<S, 2>>(grads.angle_Wx);
+    if (grads.base_W0.present()) dW0 = std::make_unique<detail::OutMatrix<S, 2>>(grads.base_W0);
+    pool_->run([&](int th) {
+      reduce_gradients(ctx, b, th, nt, dA ? &dA->mat() : nullptr, dWg ? &dWg->mat() : nullptr,
+                       dWx ? &dWx->mat() : nullptr, dW0 ? &dW0->mat() : nullptr);
+    });
+    for (auto* m : {dWg.get(), dWx.get(), dW0.get(), DX.get()})
+      if (m) m->finish(true);
+    if (dA) dA->finish(true);
+  }
+
+ private:
+  using Tile = detail::Tile;
+  template <class T>
+  using avec = detail::simd::avec<T>;
+  enum class Path { dense, sparse, fused };
+
+  static CpuOptions checked(const CpuOptions& o) {
+    if (o.threads < 1) detail::fail("cpu option 'threads': expected a value >= 1, found ", o.threads);
+    if (o.tile_planes < 0) detail::fail("cpu option 'tile_planes': expected a value >= 0, found ", o.tile_planes);
+    return o;
+  }
+
+  Path path() const {
+    if (cfg_.rotation) return Path::fused;
+    if (cfg_.has_logits() && !cfg_.gate_reads_experts() && cfg_.normalize == Normalize::topk_softmax)
+      return Path::sparse;
+    return Path::dense;
+  }
+  bool stretch() const { return cfg_.gate_reads_experts(); }
+  S scale(index_t i) const { return W_.scale[std::size_t(i)]; }
+
+  detail::kernels::Args<S> kargs() const {
+    detail::kernels::Args<S> a;
+    a.BP = W_.BP.data();
+    a.r = D_.r;
+    a.pass0 = W_.pass0;
+    a.UP = W_.UP.data();
+    a.k = D_.k;
+    a.ws = W_.ws.data();
+    a.bound = cfg_.bound;
+    return a;
+  }
+
+  // The expand weights as the matrix [N*r, d] (rotation off: slot s is coordinate s).
+  detail::CMap<S> bt_matrix() const {
+    return detail::CMap<S>(W_.BT.data(), D_.N * D_.r, D_.d, Eigen::OuterStride<>(W_.dpad));
+  }
+
+  // s_i h_i for tokens [t0, t1): [n, N, r].
+  std::vector<S> scaled_h(const Context& ctx, index_t t0, index_t t1) const {
+    const index_t N = D_.N, r = D_.r;
+    std::vector<S> hs(ctx.h.begin() + t0 * N * r, ctx.h.begin() + t1 * N * r);
+    for (index_t t = 0; t < t1 - t0; ++t)
+      for (index_t i = 0; i < N; ++i)
+        for (index_t q = 0; q < r; ++q) hs[std::size_t((t * N + i) * r + q)] *= scale(i);
+    return hs;
+  }
+
+  void normalize_rows(S* g, unsigned char* sel, index_t n) const {
+    for (index_t t = 0; t < n; ++t)
+      detail::normalize_forward(cfg_.normalize, index_t(cfg_.topk), S(cfg_.tau), g + t * D_.N, D_.N, sel + t * D_.N);
+  }
+
+  // ---- forward ---------------------------------------------------------------------------------
+
+  void forward_rows(Context& ctx, const detail::MatRef<S>& X, const detail::MatMut<S>& Y, index_t t0,
+                    index_t t1) const {
+    const index_t n = t1 - t0, N = D_.N, r = D_.r, k = D_.k, Nr = N * r, d = D_.d;
+    const auto Xr = X.rows_of(t0, n);
+    auto Yr = Y.rows_of(t0, n);
+    // y = W0 x + b0
+    if (W_.W0.present())
+      Yr.noalias() = Xr * W_.W0.map().transpose();
+    else
+      Yr.setZero();
+    if (p_.base_b0.present())
+      for (index_t t = 0; t < n; ++t)
+        for (index_t o = 0; o < d; ++o) Yr(t, o) += p_.base_b0(o);
+
+    S* g = &ctx.g[std::size_t(t0 * N)];
+    unsigned char* sel = &ctx.sel[std::size_t(t0 * N)];
+    S* h = &ctx.h[std::size_t(t0 * Nr)];
+    const Path pth = path();
+
+    // Logits that do not read the experts: (Wg x + bg), or bg alone for a static gate.
+    if (cfg_.has_logits()) {
+      detail::MMap<S> L(g, n, N, Eigen::OuterStride<>(N));
+      if (cfg_.gate != GateKind::static_ && W_.Wg.present())
+        L.noalias() = Xr * W_.Wg.map().transpose();
+      else
+        L.setZero();
+      if (p_.stretch_bg.present())
+        for (index_t t = 0; t < n; ++t)
+          for (index_t i = 0; i < N; ++i) L(t, i) += p_.stretch_bg(i);
+    }
+    if (cfg_.has_logits() && !stretch()) {
+      normalize_rows(g, sel, n);
+      if (pth != Path::sparse) std::fill(sel, sel + n * N, 1);
+    }
+    if (cfg_.gate == GateKind::none) std::fill(g, g + n * N, S(1));
+    if (cfg_.gate == GateKind::uniform) std::fill(g, g + n * N, S(1) / S(N));
+
+    // Shrink: h = A x for all experts in one GEMM (top-k: the selected ones only).
+    if (pth == Path::sparse)
+      sparse_shrink(X, t0, t1, h, sel);
+    else
+      detail::MMap<S>(h, n, Nr, Eigen::OuterStride<>(Nr)).noalias() = Xr * W_.A.map().transpose();
+
+    if (pth == Path::dense) {
+      if (stretch()) {  // l_i += ws . v_i = s_i (B_i^T ws) . h_i
+        for (index_t t = 0; t < n; ++t)
+          for (index_t i = 0; i < N; ++i) {
+            S acc = S(0);
+            for (index_t q = 0; q < r; ++q) acc += W_.wsB[std::size_t(i * r + q)] * h[(t * N + i) * r + q];
+            g[t * N + i] += scale(i) * acc;
+          }
+        normalize_rows(g, sel, n);
+        std::fill(sel, sel + n * N, 1);
+      }
+      // y += sum_i g_i s_i B_i h_i = (g s h) B^T
+      std::vector<S> wt(static_cast<std::size_t>(n * Nr));
+      for (index_t t = 0; t < n; ++t)
+        for (index_t i = 0; i < N; ++i)
+          for (index_t q = 0; q < r; ++q)
+            wt[std::size_t((t * N + i) * r + q)] = g[t * N + i] * scale(i) * h[(t * N + i) * r + q];
+      Yr.noalias() += detail::CMap<S>(wt.data(), n, Nr, Eigen::OuterStride<>(Nr)) * bt_matrix();
+      return;
+    }
+    if (pth == Path::fused) {
+      angle_inputs(X, t0, t1, h, &ctx.z[std::size_t(t0 * N * k)]);
+      if (stretch()) {
+        tiles_forward<false, true>(ctx, t0, t1, Y, g);  // g holds the logits: l_i += ws . u_i
+        normalize_rows(g, sel, n);
+        std::fill(sel, sel + n * N, 1);
+      }
+    }
+    tiles_forward<true, false>(ctx, t0, t1, Y, nullptr);
+  }
+
+  // h_i = A_i x for the selected (token, expert) pairs only, one GEMM per expert.
+  void sparse_shrink(const detail::MatRef<S>& X, index_t t0, index_t t1, S* h, const unsigned char* sel) const {
+    const index_t n = t1 - t0, N = D_.N, r = D_.r, din = D_.d_in;
+    std::vector<index_t> idx;
+    detail::RowMat<S> Xg, Hg;
+    for (index_t i = 0; i < N; ++i) {
+      idx.clear();
+      for (index_t t = 0; t < n; ++t)
+        if (sel[t * N + i]) idx.push_back(t);
+      if (idx.empty()) continue;
+      const index_t ni = index_t(idx.size());
+      Xg.resize(ni, din);
+      for (index_t a = 0; a < ni; ++a) Xg.row(a) = X.rows_of(t0 + idx[std::size_t(a)], 1);
+      Hg.noalias() = Xg * W_.A.rows_of(i * r, r).transpose();
+      for (index_t a = 0; a < ni; ++a)
+        for (index_t q = 0; q < r; ++q) h[(idx[std::size_t(a)] * N + i) * r + q] = Hg(a, q);
+    }
+  }
+
+  // z_i = Wx x + s_i (Wv B_i) h_i + sum_j m_ij s_j (Wc B_j) h_j, for tokens [t0, t1).
+  void angle_inputs(const detail::MatRef<S>& X, index_t t0, index_t t1, const S* h, S* z) const {
+    const index_t n = t1 - t0, N = D_.N, r = D_.r, k = D_.k;
+    std::vector<S> wx(static_cast<std::size_t>(n * k), S(0)), qv(static_cast<std::size_t>(N * k));
+    if (W_.Wx.present())
+      detail::MMap<S>(wx.data(), n, k, Eigen::OuterStride<>(k)).noalias() = X.rows_of(t0, n) * W_.Wx.map().transpose();
+    for (index_t t = 0; t < n; ++t) {
+      const S* ht = h + t * N * r;
+      for (index_t j = 0; j < N; ++j)
+        for (index_t a = 0; a < k; ++a) {
+          const S* w = &W_.WcB[std::size_t((j * k + a) * r)];
+          S acc = S(0);
+          for (index_t q = 0; q < r; ++q) acc += w[q] * ht[j * r + q];
+          qv[std::size_t(j * k + a)] = scale(j) * acc;
+        }
+      for (index_t i = 0; i < N; ++i)
+        for (index_t a = 0; a < k; ++a) {
+          const S* w = &W_.WvB[std::size_t((i * k + a) * r)];
+          S acc = S(0);
+          for (index_t q = 0; q < r; ++q) acc += w[q] * ht[i * r + q];
+          acc = wx[std::size_t(t * k + a)] + scale(i) * acc;
+          for (index_t j = 0; j < N; ++j) acc += W_.m[std::size_t(i * N + j)] * qv[std::size_t(j * k + a)];
+          z[(t * N + i) * k + a] = acc;
+        }
+    }
+  }
+
+  // Scratch of one thread for the tile kernels.
+  struct TileScratch {
+    avec<S> cb, sb, db, dva, dvb, dpre;
+    detail::kernels::Scratch<S> sc;
+    explicit TileScratch(const Layer& l) {
+      constexpr index_t TB = detail::kernels::max_block;
+      const std::size_t L = std::size_t(TB * l.W_.max_len);
+      for (avec<S>* v : {&cb, &sb, &db, &dva, &dvb, &dpre}) v->assign(L, S(0));
+      sc.stride = l.W_.max_len;
+      sc.cb = cb.data();
+      sc.sb = sb.data();
+      sc.db = db.data();
+      sc.dva = dva.data();
+      sc.dvb = dvb.data();
+      sc.dpre = dpre.data();
+    }
+  };
+
+  const S* bias_row(index_t i) const { return W_.bias.empty() ? nullptr : W_.bias.data() + i * W_.Ppad; }
+
+  // One pass over the tiles for tokens [t0, t1), in blocks of up to max_block tokens.
+  // Out: y += sum_i g_i u_i. Dot: l_i += ws . u_i.
+  template <bool Out, bool Dot>
+  void tiles_forward(const Context& ctx, index_t t0, index_t t1, const detail::MatMut<S>& Y, S* l) const {
+    constexpr int TB = detail::kernels::max_block;
+    const index_t n = t1 - t0, N = D_.N, r = D_.r, k = D_.k, L = W_.max_len;
+    const auto K = kargs();
+    const std::vector<S> hs = scaled_h(ctx, t0, t1);
+    avec<S> ya(std::size_t(TB * L)), yb(std::size_t(TB * L));
+    const TileScratch ts(*this);
+    const S* z = cfg_.rotation ? &ctx.z[std::size_t(t0 * N * k)] : nullptr;
+    const S* g = &ctx.g[std::size_t(t0 * N)];
+    const unsigned char* sel = &ctx.sel[std::size_t(t0 * N)];
+    for (const Tile& tl : W_.tiles)
+      for (index_t tb = 0; tb < n; tb += TB) {
+        const int nb = int(std::min<index_t>(TB, n - tb));
+        if (Out) {
+          std::fill(ya.begin(), ya.begin() + nb * L, S(0));
+          std::fill(yb.begin(), yb.begin() + nb * L, S(0));
+        }
+        for (index_t i = 0; i < N; ++i) {
+          detail::kernels::Block<S> b;
+          index_t who[TB];
+          for (int u = 0; u < nb; ++u) {
+            const index_t ti = (tb + u) * N + i;
+            if (!sel[ti]) continue;
+            const int c = b.n++;
+            b.hs[c] = &hs[std::size_t(ti * r)];
+            b.z[c] = z ? z + ti * k : nullptr;
+            b.g[c] = g[ti];
+            b.ya[c] = ya.data() + u * L;
+            b.yb[c] = yb.data() + u * L;
+            b.wa[c] = K.ws + tl.a0;
+            b.wb[c] = K.ws + tl.b0;
+            who[c] = ti;
+          }
+          if (b.n == 0) continue;
+          detail::kernels::with_block_size(b.n, [&](auto C) {
+            constexpr int Cn = decltype(C)::value;
+            if (tl.rot)
+              detail::kernels::rot_forward<S, Cn, Out, Dot>(K, tl, W_.bp(i), bias_row(i), b, ts.sc);
+            else
+              detail::kernels::pass_forward<S, Cn, Out, Dot>(K, tl, W_.bp(i), b);
+          });
+          if (Dot)
+            for (int c = 0; c < b.n; ++c) l[who[c]] += b.dot[c];
+        }
+        if (Out)
+          for (int u = 0; u < nb; ++u) {
+            S* yrow = Y.row(t0 + tb + u);
+            const S* pa = ya.data() + u * L;
+            const S* pb = yb.data() + u * L;
+            for (index_t j = 0; j < tl.len; ++j) {
+              const index_t c = W_.coord[std::size_t(tl.a0 + j)];
+              if (c >= 0) yrow[c] += pa[j];
+            }
+            if (tl.rot)
+              for (index_t j = 0; j < tl.len; ++j) {
+                const index_t c = W_.coord[std::size_t(tl.b0 + j)];
+                if (c >= 0) yrow[c] += pb[j];
+              }
+          }
+      }
+  }
+
+  // ---- backward --------------------------------------------------------------------------------
+
+  // Per-thread partial sums of the parameter gradients, reduced in thread order.
+  struct Partial {
+    avec<S> dBP, dUP, dbias, dws;   // slot space; dBP, dUP packed like BP, UP
+    std::vector<S> ds, dm, Gv, Gc;  // [N], [N, N], [N, k, r], [N, k, r]
+    std::vector<S> Cws;             // [N, r]: sum_t dl_i s_i h_i (dense stretch)
+  };
+
+  struct Bwd {
+    Bwd(const Gradients<S>& g, const detail::BackwardNeeds& n) : G(g), need(n) {}
+    const Gradients<S>& G;
+    detail::BackwardNeeds need;
+    index_t T = 0;
+    detail::MatRef<S> X, DY;
+    std::vector<S> DH;   // [T, N, r]  dL/dh
+    std::vector<S> DL;   // [T, N]     dL/d(raw logits)
+    std::vector<S> DZS;  // [T, k]     sum_i dL/dz_i
+    std::vector<Partial> part;
+    bool want_dh() const { return G.x.present() || G.lora_A.present() || G.lora_scale.present(); }
+  };
+
+  void alloc_partial(const Bwd& b, Partial& p) const {
+    const index_t N = D_.N, r = D_.r, k = D_.k;
+    const auto& G = b.G;
+    const Path pth = path();
+    if (G.lora_B.present() && pth != Path::dense) p.dBP.assign(std::size_t(N * r * W_.dpad), S(0));
+    if (G.angle_U.present()) p.dUP.assign(std::size_t(k * W_.Ppad), S(0));
+    if (G.angle_bias.present()) p.dbias.assign(std::size_t(N * W_.Ppad), S(0));
+    if (G.stretch_ws.present() && pth != Path::dense) p.dws.assign(std::size_t(W_.dpad), S(0));
+    if (G.lora_scale.present()) p.ds.assign(std::size_t(N), S(0));
+    if (G.map_M.present()) p.dm.assign(std::size_t(N * N), S(0));
+    if (pth == Path::fused && (G.lora_B.present() || G.angle_Wv.present())) p.Gv.assign(std::size_t(N * k * r), S(0));
+    if (pth == Path::fused && (G.lora_B.present() || G.angle_Wc.present())) p.Gc.assign(std::size_t(N * k * r), S(0));
+    if (pth == Path::dense && stretch() && (G.lora_B.present() || G.stretch_ws.present()))
+      p.Cws.assign(std::size_t(N * r), S(0));
+  }
+
+  void backward_rows(const Context& ctx, Bwd& b, Partial& part, const detail::MatMut<S>* DX, index_t t0,
+                     index_t t1) const {
+    const index_t n = t1 - t0, N = D_.N, r = D_.r, k = D_.k, Nr = N * r;
+    const auto& G = b.G;
+    const auto& need = b.need;
+    const S* g = &ctx.g[std::size_t(t0 * N)];
+    const unsigned char* sel = &ctx.sel[std::size_t(t0 * N)];
+    const S* h = &ctx.h[std::size_t(t0 * Nr)];
+    S* DL = need.dlogits ? &b.DL[std::size_t(t0 * N)] : nullptr;
+    S* DH = need.dv ? &b.DH[std::size_t(t0 * Nr)] : nullptr;
+    const Path pth = path();
+    const bool want_dh = b.want_dh();
+
+    auto normalize_back = [&] {
+      for (index_t t = 0; t < n; ++t) detail::normalize_backward(cfg_.normalize, S(cfg_.tau), g + t * N, DL + t * N, N);
+    };
+    // dh_i = s_i e_i (e_i = B_i^T dv_i), ds_i += e_i . h_i
+    auto finish_dh = [&](const S* e) {
+      for (index_t t = 0; t < n; ++t)
+        for (index_t i = 0; i < N; ++i) {
+          const index_t ti = t * N + i;
+          S dsacc = S(0);
+          for (index_t q = 0; q < r; ++q) {
+            DH[ti * r + q] = scale(i) * e[ti * r + q];
+            dsacc += e[ti * r + q] * h[ti * r + q];
+          }
+          if (G.lora_scale.present()) part.ds[std::size_t(i)] += dsacc;
+        }
+    };
+
+    if (pth == Path::dense) {
+      detail::RowMat<S> E;  // E_ti = B_i^T dy_t
+      if (need.dv || need.dlogits) E.noalias() = b.DY.rows_of(t0, n) * bt_matrix().transpose();
+      if (need.dlogits) {
+        for (index_t t = 0; t < n; ++t)
+          for (index_t i = 0; i < N; ++i) {
+            S acc = S(0);
+            for (index_t q = 0; q < r; ++q) acc += E(t, i * r + q) * h[(t * N + i) * r + q];
+            DL[t * N + i] = scale(i) * acc;  // dg_i = dy . v_i
+          }
+        normalize_back();
+      }
+      if (need.dv) {
+        std::vector<S> e(static_cast<std::size_t>(n * Nr));
+        for (index_t t = 0; t < n; ++t)
+          for (index_t i = 0; i < N; ++i)
+            for (index_t q = 0; q < r; ++q) {
+              S v = g[t * N + i] * E(t, i * r + q);
+              if (stretch()) v += DL[t * N + i] * W_.wsB[std::size_t(i * r + q)];
+              e[std::size_t((t * N + i) * r + q)] = v;
+            }
+        finish_dh(e.data());
+      }
+      if (!part.Cws.empty())
+        for (index_t t = 0; t < n; ++t)
+          for (index_t i = 0; i < N; ++i)
+            for (index_t q = 0; q < r; ++q)
+              part.Cws[std::size_t(i * r + q)] += DL[t * N + i] * scale(i) * h[(t * N + i) * r + q];
+    } else {
+      const bool st = stretch();
+      // Pass 1 (stretch): dg_i = dy . u_i over all tiles, then dl.
+      if (st && need.dlogits) {
+        tiles_backward(ctx, b.DY, t0, t1, true, detail::kernels::BwdWant{}, nullptr, DL, nullptr, nullptr, part);
+        normalize_back();
+      }
+      detail::kernels::BwdWant w;
+      w.dg = !st && need.dlogits;
+      w.dU = G.angle_U.present();
+      w.dbias = G.angle_bias.present();
+      w.dz = pth == Path::fused && (want_dh || G.lora_B.present() || G.map_M.present() || G.angle_Wx.present() ||
+                                    G.angle_Wv.present() || G.angle_Wc.present());
+      w.dpre = pth == Path::fused && (w.dz || w.dU || w.dbias);
+      w.dws = st && G.stretch_ws.present();
+      w.e = want_dh;
+      w.dB = G.lora_B.present();
+      w.dv = w.e || w.dB;
+      std::vector<S> e, dz;
+      if (w.e) e.assign(std::size_t(n * Nr), S(0));
+      if (w.dz) dz.assign(std::size_t(n * N * k), S(0));
+      if (w.dg || w.dpre || w.dws || w.dv)
+        tiles_backward(ctx, b.DY, t0, t1, false, w, st ? DL : nullptr, w.dg ? DL : nullptr,
+                       w.e ? e.data() : nullptr, w.dz ? dz.data() : nullptr, part);
+      if (w.dg) normalize_back();
+      if (w.dz) rank_space_backward(ctx, b, part, t0, t1, e.data(), dz.data());
+      else if (w.e) finish_dh(e.data());
+    }
+
+    // dx = A^T dh + Wx^T sum_i dz_i + Wg^T dl + W0^T dy
+    if (!DX) return;
+    auto DXr = DX->rows_of(t0, n);
+    if (need.dv) {
+      if (pth == Path::sparse)
+        sparse_dx(DX, t0, t1, DH, sel);
+      else
+        DXr.noalias() += detail::CMap<S>(DH, n, Nr, Eigen::OuterStride<>(Nr)) * W_.A.map();
+    }
+    if (!b.DZS.empty() && W_.Wx.present())
+      DXr.noalias() += detail::CMap<S>(&b.DZS[std::size_t(t0 * k)], n, k, Eigen::OuterStride<>(k)) * W_.Wx.map();
+    if (need.dlogits && cfg_.gate != GateKind::static_ && W_.Wg.present())
+      DXr.noalias() += detail::CMap<S>(DL, n, N, Eigen::OuterStride<>(N)) * W_.Wg.map();
+    if (W_.W0.present()) DXr.noalias() += b.DY.rows_of(t0, n) * W_.W0.map();
+  }
+
+  // Rank-space part of backward for tokens [t0, t1), from e_i = B_i^T R_i^T du_i and dz_i:
+  //   dzc_j = sum_i m_ij dz_i                 (through c_i = sum_j m_ij v_j)
+  //   dh_i  = s_i (e_i + WvB_i^T dz_i + WcB_i^T dzc_i),   ds_i += (e_i + ...) . h_i
+  //   Gv_i += dz_i h_i^T,  Gc_i += dzc_i h_i^T  (then dB_i += s_i (Wv^T Gv_i + Wc^T Gc_i),
+  //                                              dWv = sum_i s_i Gv_i B_i^T, dWc likewise)
+  //   dm_ij += dz_i . (s_j WcB_j h_j),  sum_i dz_i for Wx and x
+  void rank_space_backward(const Context& ctx, Bwd& b, Partial& part, index_t t0, index_t t1, const S* e,
+                           const S* dz) const {
+    const index_t n = t1 - t0, N = D_.N, r = D_.r, k = D_.k, Nr = N * r;
+    const auto& G = b.G;
+    const S* h = &ctx.h[std::size_t(t0 * Nr)];
+    const bool want_dh = b.want_dh();
+    std::vector<S> dzc(static_cast<std::size_t>(N * k)), qv(static_cast<std::size_t>(N * k)), dh(static_cast<std::size_t>(r));
+    for (index_t t = 0; t < n; ++t) {
+      const S* ht = h + t * Nr;
+      const S* dzt = dz + t * N * k;
+      std::fill(dzc.begin(), dzc.end(), S(0));
+      for (index_t i = 0; i < N; ++i)
+        for (index_t j = 0; j < N; ++j) {
+          const S mij = W_.m[std::size_t(i * N + j)];
+          for (index_t a = 0; a < k; ++a) dzc[std::size_t(j * k + a)] += mij * dzt[i * k + a];
+        }
+      if (want_dh)
+        for (index_t i = 0; i < N; ++i) {
+          for (index_t q = 0; q < r; ++q) {
+            S acc = e[(t * N + i) * r + q];
+            for (index_t a = 0; a < k; ++a)
+              acc += W_.WvB[std::size_t((i * k + a) * r + q)] * dzt[i * k + a] +
+                     W_.WcB[std::size_t((i * k + a) * r + q)] * dzc[std::size_t(i * k + a)];
+            dh[std::size_t(q)] = acc;
+          }
+          S dsacc = S(0);
+          for (index_t q = 0; q < r; ++q) {
+            b.DH[std::size_t((t0 + t) * Nr + i * r + q)] = scale(i) * dh[std::size_t(q)];
+            dsacc += dh[std::size_t(q)] * ht[i * r + q];
+          }
+          if (G.lora_scale.present()) part.ds[std::size_t(i)] += dsacc;
+        }
+      if (!part.Gv.empty())
+        for (index_t i = 0; i < N; ++i)
+          for (index_t a = 0; a < k; ++a)
+            for (index_t q = 0; q < r; ++q)
+              part.Gv[std::size_t((i * k + a) * r + q)] += dzt[i * k + a] * ht[i * r + q];
+      if (!part.Gc.empty())
+        for (index_t i = 0; i < N; ++i)
+          for (index_t a = 0; a < k; ++a)
+            for (index_t q = 0; q < r; ++q)
+              part.Gc[std::size_t((i * k + a) * r + q)] += dzc[std::size_t(i * k + a)] * ht[i * r + q];
+      if (!part.dm.empty()) {
+        for (index_t j = 0; j < N; ++j)
+          for (index_t a = 0; a < k; ++a) {
+            S acc = S(0);
+            for (index_t q = 0; q < r; ++q) acc += W_.WcB[std::size_t((j * k + a) * r + q)] * ht[j * r + q];
+            qv[std::size_t(j * k + a)] = scale(j) * acc;
+          }
+        for (index_t i = 0; i < N; ++i)
+          for (index_t j = 0; j < N; ++j) {
+            if (j == i) continue;
+            S acc = S(0);
+            for (index_t a = 0; a < k; ++a) acc += dzt[i * k + a] * qv[std::size_t(j * k + a)];
+            part.dm[std::size_t(i * N + j)] += acc;
+          }
+      }
+      if (!b.DZS.empty())
+        for (index_t a = 0; a < k; ++a) {
+          S acc = S(0);
+          for (index_t i = 0; i < N; ++i) acc += dzt[i * k + a];
+          b.DZS[std::size_t((t0 + t) * k + a)] = acc;
+        }
+    }
+  }
+
+  // Gathers dy of token row `t` on the slots of a tile.
+  void gather_dy(const detail::MatRef<S>& DY, index_t t, const Tile& tl, S* dya, S* dyb) const {
+    const S* row = DY.row(t);
+    for (index_t j = 0; j < tl.len; ++j) {
+      const index_t c = W_.coord[std::size_t(tl.a0 + j)];
+      dya[j] = c >= 0 ? row[c] : S(0);
+    }
+    if (tl.rot)
+      for (index_t j = 0; j < tl.len; ++j) {
+        const index_t c = W_.coord[std::size_t(tl.b0 + j)];
+        dyb[j] = c >= 0 ? row[c] : S(0);
+      }
+  }
+
+  // Backward passes over the tiles for tokens [t0, t1), in blocks of up to max_block tokens.
+  // Dot pass (dot_dy): dg_i += dy . u_i. Main pass: everything `w` asks for.
+  void tiles_backward(const Context& ctx, const detail::MatRef<S>& DY, index_t t0, index_t t1, bool dot_dy,
+                      const detail::kernels::BwdWant& w, const S* dl, S* dg, S* e, S* dz, Partial& part) const {
+    constexpr int TB = detail::kernels::max_block;
+    const index_t n = t1 - t0, N = D_.N, r = D_.r, k = D_.k, L = W_.max_len;
+    const auto K = kargs();
+    const std::vector<S> hs = scaled_h(ctx, t0, t1);
+    avec<S> dya(std::size_t(TB * L)), dyb(std::size_t(TB * L));
+    const TileScratch ts(*this);
+    const S* z = cfg_.rotation ? &ctx.z[std::size_t(t0 * N * k)] : nullptr;
+    const S* g = &ctx.g[std::size_t(t0 * N)];
+    const unsigned char* sel = &ctx.sel[std::size_t(t0 * N)];
+    detail::kernels::BwdOut<S> o;
+    o.dUP = part.dUP.empty() ? nullptr : part.dUP.data();
+    o.dws = part.dws.empty() ? nullptr : part.dws.data();
+    for (const Tile& tl : W_.tiles)
+      for (index_t tb = 0; tb < n; tb += TB) {
+        const int nb = int(std::min<index_t>(TB, n - tb));
+        for (int u = 0; u < nb; ++u) gather_dy(DY, t0 + tb + u, tl, dya.data() + u * L, dyb.data() + u * L);
+        for (index_t i = 0; i < N; ++i) {
+          detail::kernels::Block<S> b;
+          index_t who[TB];
+          for (int u = 0; u < nb; ++u) {
+            const index_t ti = (tb + u) * N + i;
+            if (!sel[ti]) continue;
+            const int c = b.n++;
+            b.hs[c] = &hs[std::size_t(ti * r)];
+            b.z[c] = z ? z + ti * k : nullptr;
+            b.g[c] = g[ti];
+            b.dl[c] = dl ? dl[ti] : S(0);
+            b.wa[c] = b.dya[c] = dya.data() + u * L;
+            b.wb[c] = b.dyb[c] = dyb.data() + u * L;
+            b.e[c] = e ? e + ti * r : nullptr;
+            b.dz[c] = dz ? dz + ti * k : nullptr;
+            b.dg[c] = dg ? dg + ti : nullptr;
+            who[c] = ti;
+          }
+          if (b.n == 0) continue;
+          o.dbias_i = part.dbias.empty() ? nullptr : &part.dbias[std::size_t(i * W_.Ppad)];
+          o.dBPi = part.dBP.empty() ? nullptr : &part.dBP[std::size_t(i * r * W_.dpad)];
+          detail::kernels::with_block_size(b.n, [&](auto C) {
+            constexpr int Cn = decltype(C)::value;
+            if (dot_dy) {
+              if (tl.rot)
+                detail::kernels::rot_forward<S, Cn, false, true>(K, tl, W_.bp(i), bias_row(i), b, ts.sc);
+              else
+                detail::kernels::pass_forward<S, Cn, false, true>(K, tl, W_.bp(i), b);
+            } else {
+              if (tl.rot)
+                detail::kernels::rot_backward<S, Cn>(K, tl, W_.bp(i), bias_row(i), b, w, o, ts.sc);
+              else
+                detail::kernels::pass_backward<S, Cn>(K, tl, W_.bp(i), b, w, o, ts.sc);
+            }
+          });
+          if (dot_dy)
+            for (int c = 0; c < b.n; ++c) dg[who[c]] += b.dot[c];
+        }
+      }
+  }
+
+  // dx += sum_{i selected} A_i^T dh_i, grouped per expert.
+  void sparse_dx(const detail::MatMut<S>* DX, index_t t0, index_t t1, const S* DH, const unsigned char* sel) const {
+    const index_t n = t1 - t0, N = D_.N, r = D_.r;
+    std::vector<index_t> idx;
+    detail::RowMat<S> Dg, Xg;
+    for (index_t i = 0; i < N; ++i) {
+      idx.clear();
+      for (index_t t = 0; t < n; ++t)
+        if (sel[t * N + i]) idx.push_back(t);
+      if (idx.empty()) continue;
+      const index_t ni = index_t(idx.size());
+      Dg.resize(ni, r);
+      for (index_t a = 0; a < ni; ++a)
+        for (index_t q = 0; q < r; ++q) Dg(a, q) = DH[(idx[std::size_t(a)] * N + i) * r + q];
+      Xg.noalias() = Dg * W_.A.rows_of(i * r, r);
+      for (index_t a = 0; a < ni; ++a) DX->rows_of(t0 + idx[std::size_t(a)], 1) += Xg.row(a);
+    }
+  }
+
+  // ---- reductions ------------------------------------------------------------------------------
+
+  // Thread th of nt: a block of d_in columns of the GEMM gradients (A, Wg, Wx, W0), a block of
+  // experts of dB, and (last thread) the small gradients. Partial sums are added in thread order.
+  void reduce_gradients(const Context& ctx, const Bwd& b, int th, int nt, const detail::MatMut<S>* dA,
+                        const detail::MatMut<S>* dWg, const detail::MatMut<S>* dWx,
+                        const detail::MatMut<S>* dW0) const {
+    const index_t T = b.T, N = D_.N, r = D_.r, k = D_.k, Nr = N * r, din = D_.d_in;
+    const auto& G = b.G;
+    const Path pth = path();
+    index_t c0, c1;
+    detail::token_range(din, nt, th, c0, c1);
+    const index_t nc = c1 - c0;
+    if (nc > 0) {
+      const detail::CMap<S> Xm = b.X.map();
+      const auto Xc = Xm.middleCols(c0, nc);
+      if (dA) {
+        if (pth == Path::sparse) {
+          std::vector<index_t> idx;
+          detail::RowMat<S> Dg, Xg;
+          for (index_t i = 0; i < N; ++i) {
+            idx.clear();
+            for (index_t t = 0; t < T; ++t)
+              if (ctx.sel[std::size_t(t * N + i)]) idx.push_back(t);
+            if (idx.empty()) continue;
+            const index_t ni = index_t(idx.size());
+            Dg.resize(ni, r);
+            Xg.resize(ni, nc);
+            for (index_t a = 0; a < ni; ++a) {
+              for (index_t q = 0; q < r; ++q) Dg(a, q) = b.DH[std::size_t((idx[std::size_t(a)] * N + i) * r + q)];
+              Xg.row(a) = Xc.row(idx[std::size_t(a)]);
+            }
+            dA->map().block(i * r, c0, r, nc).noalias() += Dg.transpose() * Xg;
+          }
+        } else {
+          dA->map().middleCols(c0, nc).noalias() +=
+              detail::CMap<S>(b.DH.data(), T, Nr, Eigen::OuterStride<>(Nr)).transpose() * Xc;
+        }
+      }
+      if (dWg)
+        dWg->map().middleCols(c0, nc).noalias() +=
+            detail::CMap<S>(b.DL.data(), T, N, Eigen::OuterStride<>(N)).transpose() * Xc;
+      if (dWx)
+        dWx->map().middleCols(c0, nc).noalias() +=
+            detail::CMap<S>(b.DZS.data(), T, k, Eigen::OuterStride<>(k)).transpose() * Xc;
+      if (dW0) dW0->map().middleCols(c0, nc).noalias() += b.DY.map().transpose() * Xc;
+    }
+    if (G.lora_B.present()) {
+      index_t i0, i1;
+      detail::token_range(N, nt, th, i0, i1);
+      for (index_t i = i0; i < i1; ++i) reduce_dB(ctx, b, i);
+    }
+    if (th == nt - 1) reduce_small(b);
+  }
+
+  void reduce_dB(const Context& ctx, const Bwd& b, index_t i) const {
+    const index_t T = b.T, N = D_.N, r = D_.r, k = D_.k, d = D_.d, dpad = W_.dpad;
+    const auto& G = b.G;
+    const Path pth = path();
+    detail::RowMat<S> acc = detail::RowMat<S>::Zero(r, dpad);  // dB_i^T in slot space
+    if (pth == Path::dense) {
+      // dB_i = s_i sum_t (g_i dy + dl_i ws) h_i^T
+      detail::RowMat<S> wt(T, r);
+      for (index_t t = 0; t < T; ++t)
+        for (index_t q = 0; q < r; ++q)
+          wt(t, q) = ctx.g[std::size_t(t * N + i)] * scale(i) * ctx.h[std::size_t((t * N + i) * r + q)];
+      acc.leftCols(d).noalias() = wt.transpose() * b.DY.map();
+      if (stretch())
+        for (const Partial& p : b.part)
+          for (index_t q = 0; q < r; ++q)
+            for (index_t s = 0; s < d; ++s) acc(q, s) += p.Cws[std::size_t(i * r + q)] * W_.ws[std::size_t(s)];
+    } else {
+      constexpr index_t Wd = detail::simd::width<S>();
+      for (const Partial& p : b.part) {
+        const S* src = &p.dBP[std::size_t(i * r * dpad)];
+        for (index_t s = 0; s < dpad; s += Wd) {
+          const S* blk = src + W_.group_offset(s);
+          for (index_t q = 0; q < r; ++q)
+            for (index_t l = 0; l < Wd; ++l) acc(q, s + l) += blk[q * Wd + l];
+        }
+      }
+    }
+    for (index_t s = 0; s < dpad; ++s) {
+      const index_t o = W_.coord[std::size_t(s)];
+      if (o < 0) continue;
+      for (index_t q = 0; q < r; ++q) G.lora_B(i, o, q) += acc(q, s);
+    }
+    if (pth == Path::fused) {
+      // + s_i (Wv^T Gv_i + Wc^T Gc_i), rank space
+      detail::RowMat<S> Gv = detail::RowMat<S>::Zero(k, r), Gc = detail::RowMat<S>::Zero(k, r);
+      for (const Partial& p : b.part) {
+        Gv += detail::CMap<S>(&p.Gv[std::size_t(i * k * r)], k, r, Eigen::OuterStride<>(r));
+        Gc += detail::CMap<S>(&p.Gc[std::size_t(i * k * r)], k, r, Eigen::OuterStride<>(r));
+      }
+      detail::RowMat<S> R = detail::RowMat<S>::Zero(d, r);
+      if (W_.Wv.present()) R.noalias() += W_.Wv.map().transpose() * Gv;
+      if (W_.Wc.present()) R.noalias() += W_.Wc.map().transpose() * Gc;
+      for (index_t o = 0; o < d; ++o)
+        for (index_t q = 0; q < r; ++q) G.lora_B(i, o, q) += scale(i) * R(o, q);
+    }
+  }
+
+  void reduce_small(const Bwd& b) const {
+    const index_t T = b.T, N = D_.N, r = D_.r, k = D_.k, d = D_.d, dpad = W_.dpad, Ppad = W_.Ppad;
+    const auto& G = b.G;
+    const Path pth = path();
+    auto sum_parts = [&](auto member, std::size_t size) {
+      std::vector<S> acc(size, S(0));
+      for (const Partial& p : b.part) {
+        const auto& v = p.*member;
+        for (std::size_t e = 0; e < size; ++e) acc[e] += v[e];
+      }
+      return acc;
+    };
+    if (G.lora_scale.present()) {
+      const auto ds = sum_parts(&Partial::ds, std::size_t(N));
+      for (index_t i = 0; i < N; ++i) G.lora_scale(i) += ds[std::size_t(i)];
+    }
+    if (G.map_M.present()) {
+      auto dm = sum_parts(&Partial::dm, std::size_t(N * N));
+      if (cfg_.map == MapMode::learned && N > 1)
+        for (index_t i = 0; i < N; ++i) {
+          detail::map_weights_backward(&W_.m[std::size_t(i * N)], &dm[std::size_t(i * N)], i, N);
+          for (index_t j = 0; j < N; ++j) G.map_M(i, j) += dm[std::size_t(i * N + j)];
+        }
+    }
+    if (G.angle_U.present()) {
+      constexpr index_t Wd = detail::simd::width<S>();
+      const auto dUP = sum_parts(&Partial::dUP, std::size_t(k * Ppad));
+      for (index_t m = 0; m < D_.P; ++m)
+        for (index_t q = 0; q < k; ++q) G.angle_U(m, q) += dUP[std::size_t(m / Wd * k * Wd + q * Wd + m % Wd)];
+    }
+    if (G.angle_bias.present()) {
+      const auto db = sum_parts(&Partial::dbias, std::size_t(N * Ppad));
+      for (index_t i = 0; i < N; ++i)
+        for (index_t m = 0; m < D_.P; ++m) G.angle_bias(i, m) += db[std::size_t(i * Ppad + m)];
+    }
+    if (G.stretch_ws.present()) {
+      std::vector<S> dws;
+      if (pth == Path::dense) {  // dws = sum_i B_i (sum_t dl_i s_i h_i)
+        const auto C = sum_parts(&Partial::Cws, std::size_t(N * r));
+        dws.assign(std::size_t(dpad), S(0));
+        Eigen::Map<Eigen::Matrix<S, 1, Eigen::Dynamic>>(dws.data(), d).noalias() =
+            Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>>(C.data(), N * r) * bt_matrix();
+      } else {
+        dws = sum_parts(&Partial::dws, std::size_t(dpad));
+      }
+      for (index_t s = 0; s < dpad; ++s)
+        if (W_.coord[std::size_t(s)] >= 0) G.stretch_ws(W_.coord[std::size_t(s)]) += dws[std::size_t(s)];
+    }
+    // dWv = sum_i s_i Gv_i B_i^T, dWc = sum_i s_i Gc_i B_i^T (slot space, then to coordinates)
+    auto rank_weight_grad = [&](auto member, const View<S, 2>& out) {
+      const auto Gs = sum_parts(member, std::size_t(N * k * r));
+      detail::RowMat<S> acc = detail::RowMat<S>::Zero(k, dpad);
+      for (index_t i = 0; i < N; ++i)
+        acc.noalias() += scale(i) * detail::CMap<S>(&Gs[std::size_t(i * k * r)], k, r, Eigen::OuterStride<>(r)) *
+                         detail::CMap<S>(W_.bt(i, 0), r, dpad, Eigen::OuterStride<>(dpad));
+      for (index_t s = 0; s < dpad; ++s) {
+        const index_t o = W_.coord[std::size_t(s)];
+        if (o < 0) continue;
+        for (index_t a = 0; a < k; ++a) out(a, o) += acc(a, s);
+      }
+    };
+    if (G.angle_Wv.present()) rank_weight_grad(&Partial::Gv, G.angle_Wv);
+    if (G.angle_Wc.present()) rank_weight_grad(&Partial::Gc, G.angle_Wc);
+    if (G.stretch_bg.present())
+      for (index_t t = 0; t < T; ++t)
+        for (index_t i = 0; i < N; ++i) G.stretch_bg(i) += b.DL[std::size_t(t * N + i)];
+    if (G.base_b0.present())
+      for (index_t t = 0; t < T; ++t) {
+        const S* row = b.DY.row(t);
+        for (index_t o = 0; o < d; ++o) G.base_b0(o) += row[o];
+      }
+  }
+
+  LayerConfig cfg_;
+  Params<S> p_;
+  CpuOptions opt_;
+  std::unique_ptr<detail::ThreadPool> pool_;
+  Dims D_;
+  detail::CpuWeights<S> W_;
+};
+
+}  // namespace radargate

@@ -1,0 +1,422 @@
+// radargate/detail/cpu_kernels.hpp -- the fused tile kernels of the cpu backend: one expert, one
+// tile of output slots (see cpu_weights.hpp for slot space), a block of up to 4 tokens.
+//
+// Rotation tile, planes m of the tile, W planes per SIMD step (a = slot m, b = slot Ppad + m):
+//   v_a = sum_q B[a, q] hs_q,  v_b likewise                  (expand; hs = s_i h_i)
+//   pre = bias_i[m] + sum_q U[m, q] z_q,  alpha = bound(pre)   (angle, from rank space)
+//   (u_a, u_b) = rotate(cos alpha, sin alpha, v_a, v_b)
+//   forward:   y += g u   and/or   l += w . u                (w = ws, or dy for dL/dg)
+//   backward:  du = g dy + dl ws
+//              dalpha = du_b u_a - du_a u_b,  dpre = dalpha bound'(pre)
+//              dv = rotate^T(du),  e_q += B[., q] . dv,  dB[., q] += hs_q dv
+//              dz_q += U[., q] . dpre,  dU[., q] += z_q dpre,  dbias_i += dpre,  dws += dl u
+// Pass-through tile: the same with u = v and no angle.
+//
+// Nothing of size d outlives one tile: the expert outputs u are recomputed wherever they are
+// needed, never stored for the whole layer.
+//
+// Why blocks of tokens: for one token the work of a group of W planes is a chain of dependent
+// operations (k FMAs for pre, then tanh, then sin/cos) that is far longer than the time the
+// core needs to issue it, so one token at a time is latency-bound. The tokens of a block are
+// processed in lock step (simd::Lanes): their chains are independent, each load of B, U and of
+// the partial gradients is shared by the block, and the angles of a tile are computed in a
+// separate loop whose iterations are independent.
+#pragma once
+
+#include <type_traits>
+
+#include "cpu_simd.hpp"
+#include "cpu_weights.hpp"
+#include "math.hpp"
+
+namespace radargate {
+namespace detail {
+namespace kernels {
+
+using simd::batch;
+using simd::hsum;
+using simd::load;
+using simd::store;
+
+constexpr int max_block = 4;
+
+template <class S>
+struct Args {
+  const S* BP = nullptr;  // packed expand weights (CpuWeights::BP)
+  index_t r = 0, pass0 = 0;
+  const S* UP = nullptr;  // packed U^T (CpuWeights::UP)
+  index_t k = 0;
+  const S* ws = nullptr;  // [dpad]
+  Bound bound = Bound::pi_tanh;
+};
+
+/// One expert, one tile, n <= max_block tokens. Per-token pointers index from the tile start.
+template <class S>
+struct Block {
+  int n = 0;
+  const S* hs[max_block] = {};  // s_i h_i, [r]
+  const S* z[max_block] = {};   // z_i, [k]
+  S g[max_block] = {};          // gate weight g_i
+  S dl[max_block] = {};         // dL/dl_i (stretch gate; zero otherwise)
+  const S* wa[max_block] = {};  // Dot: dotted with u on the a-slots (pass tile: its slots)
+  const S* wb[max_block] = {};  //      and on the b-slots
+  S* ya[max_block] = {};        // Out: y accumulators, a-slots (pass tile: its slots)
+  S* yb[max_block] = {};        //      b-slots
+  S dot[max_block] = {};        // Dot: result
+  const S* dya[max_block] = {}; // backward: dy on the a-slots (pass tile: its slots)
+  const S* dyb[max_block] = {};
+  S* e[max_block] = {};         // backward: += B_i^T dv, [r]
+  S* dz[max_block] = {};        // backward: += U^T dpre, [k]
+  S* dg[max_block] = {};        // backward: += dy . u
+};
+
+/// Per-thread scratch, [max_block][stride] each: cos, sin, dalpha/dpre of the tile's planes,
+/// and (backward) dv on the a- and b-slots and dpre.
+template <class S>
+struct Scratch {
+  index_t stride = 0;
+  S* cb = nullptr;
+  S* sb = nullptr;
+  S* db = nullptr;
+  S* dva = nullptr;
+  S* dvb = nullptr;
+  S* dpre = nullptr;
+};
+
+/// Where the backward work goes: per-thread partial sums, in the packed layouts of BP and UP.
+template <class S>
+struct BwdOut {
+  S* dbias_i = nullptr;  // [Ppad], row i
+  S* dUP = nullptr;      // packed like UP
+  S* dws = nullptr;      // [dpad]
+  S* dBPi = nullptr;     // expert i, packed like BP
+};
+
+/// Which parts of the backward tile work are needed.
+struct BwdWant {
+  bool dg = false;     // dL/dg_i = dy . u_i (gates that do not read the experts)
+  bool dpre = false;   // anything downstream of the angles
+  bool dbias = false;  // angle.bias
+  bool dU = false;     // angle.U
+  bool dz = false;     // dL/dz_i (angle generator, map, and v through rank space)
+  bool dws = false;    // stretch.ws
+  bool dv = false;     // dL/dv_i through the rotation
+  bool e = false;      // B_i^T dv_i (for x, A, scale)
+  bool dB = false;     // lora.B
+};
+
+/// Calls f(std::integral_constant<int, n>{}) for n in 1..max_block.
+template <class F>
+RG_INLINE void with_block_size(int n, F&& f) {
+  switch (n) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    default: f(std::integral_constant<int, 4>{}); break;
+  }
+}
+
+/// First packed group of a rotation tile / a pass-through tile, inside an expert's block.
+template <class S>
+RG_INLINE index_t rot_base(const Args<S>& K, const Tile& tl) {
+  return tl.a0 * 2 * K.r;
+}
+template <class S>
+RG_INLINE index_t pass_base(const Args<S>& K, const Tile& tl) {
+  return tl.a0 * K.r;
+}
+
+template <class S, int C, Bound Bd>
+RG_INLINE void lanes_angles(const simd::Lanes<batch<S>, C>& pre, simd::Lanes<batch<S>, C>& c,
+                            simd::Lanes<batch<S>, C>& s, simd::Lanes<batch<S>, C>& d) {
+  if constexpr (std::is_same<S, float>::value && Bd == Bound::pi_tanh) {
+    simd::pi_tanh_cos_sin(pre, c, s, d);
+  } else {
+    for (int u = 0; u < C; ++u) simd::angle_cos_sin(Bd, pre.v[u], c.v[u], s.v[u], d.v[u]);
+  }
+}
+
+/// cos, sin (and dalpha/dpre when deriv) of the tile's planes for the block's tokens. G groups
+/// of W planes are done per step, so a block of C tokens still runs C * G chains in lock step
+/// (a lone token would otherwise be latency-bound).
+template <class S, int C, int G, Bound Bd>
+RG_INLINE index_t block_angles_steps(const Args<S>& K, const Tile& tl, const S* bias_i, const Block<S>& b,
+                                     const Scratch<S>& sc, bool deriv, index_t j) {
+  constexpr index_t W = simd::width<S>();
+  constexpr int U = C * G;  // lane u = g * C + token
+  const index_t k = K.k, L = sc.stride;
+  for (; j + G * W <= tl.len; j += G * W) {
+    const S* up = K.UP + (tl.a0 + j) * k;
+    simd::Lanes<batch<S>, U> pre, c, s, d;
+    batch<S> odd[U];  // two chains per lane: even and odd q
+    for (int g = 0; g < G; ++g) {
+      const batch<S> b0 = load(bias_i + tl.a0 + j + g * W);
+      for (int u = 0; u < C; ++u) {
+        pre.v[g * C + u] = b0;
+        odd[g * C + u] = batch<S>(S(0));
+      }
+    }
+    index_t q = 0;
+    for (; q + 1 < k; q += 2)
+      for (int g = 0; g < G; ++g) {
+        const batch<S> u0 = load(up + g * k * W + q * W), u1 = load(up + g * k * W + (q + 1) * W);
+        for (int u = 0; u < C; ++u) {
+          pre.v[g * C + u] = xsimd::fma(u0, batch<S>(b.z[u][q]), pre.v[g * C + u]);
+          odd[g * C + u] = xsimd::fma(u1, batch<S>(b.z[u][q + 1]), odd[g * C + u]);
+        }
+      }
+    if (q < k)
+      for (int g = 0; g < G; ++g) {
+        const batch<S> u0 = load(up + g * k * W + q * W);
+        for (int u = 0; u < C; ++u) pre.v[g * C + u] = xsimd::fma(u0, batch<S>(b.z[u][q]), pre.v[g * C + u]);
+      }
+    for (int u = 0; u < U; ++u) pre.v[u] += odd[u];
+    lanes_angles<S, U, Bd>(pre, c, s, d);
+    for (int g = 0; g < G; ++g)
+      for (int u = 0; u < C; ++u) {
+        const index_t at = u * L + j + g * W;
+        store(sc.cb + at, c.v[g * C + u]);
+        store(sc.sb + at, s.v[g * C + u]);
+        if (deriv) store(sc.db + at, d.v[g * C + u]);
+      }
+  }
+  return j;
+}
+
+template <class S, int C, Bound Bd>
+void block_angles_bound(const Args<S>& K, const Tile& tl, const S* bias_i, const Block<S>& b, const Scratch<S>& sc,
+                        bool deriv) {
+  constexpr int G = C >= 4 ? 1 : 4 / C;
+  index_t j = block_angles_steps<S, C, G, Bd>(K, tl, bias_i, b, sc, deriv, 0);
+  if (G > 1) block_angles_steps<S, C, 1, Bd>(K, tl, bias_i, b, sc, deriv, j);
+}
+
+template <class S, int C>
+RG_INLINE void block_angles(const Args<S>& K, const Tile& tl, const S* bias_i, const Block<S>& b,
+                            const Scratch<S>& sc, bool deriv) {
+  if (K.bound == Bound::pi_tanh)
+    block_angles_bound<S, C, Bound::pi_tanh>(K, tl, bias_i, b, sc, deriv);
+  else
+    block_angles_bound<S, C, Bound::none>(K, tl, bias_i, b, sc, deriv);
+}
+
+/// v of the block's tokens on one packed group ([r][W] at p, and the b-half at p + r W).
+template <class S, int C, bool Two>
+RG_INLINE void block_expand(const S* p, index_t r, const Block<S>& b, batch<S>* va, batch<S>* vb) {
+  constexpr index_t W = simd::width<S>();
+  for (int u = 0; u < C; ++u) {
+    va[u] = batch<S>(S(0));
+    if (Two) vb[u] = batch<S>(S(0));
+  }
+  for (index_t q = 0; q < r; ++q) {
+    const batch<S> a = load(p + q * W);
+    if (Two) {
+      const batch<S> bq = load(p + (r + q) * W);
+      for (int u = 0; u < C; ++u) {
+        const batch<S> hq(b.hs[u][q]);
+        va[u] = xsimd::fma(a, hq, va[u]);
+        vb[u] = xsimd::fma(bq, hq, vb[u]);
+      }
+    } else {
+      for (int u = 0; u < C; ++u) va[u] = xsimd::fma(a, batch<S>(b.hs[u][q]), va[u]);
+    }
+  }
+}
+
+/// Forward over a rotation tile. Out: ya, yb += g u. Dot: dot = wa . u_a + wb . u_b.
+template <class S, int C, bool Out, bool Dot>
+void rot_forward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_i, Block<S>& b,
+                 const Scratch<S>& sc) {
+  constexpr index_t W = simd::width<S>();
+  const index_t r = K.r, L = sc.stride;
+  block_angles<S, C>(K, tl, bias_i, b, sc, false);
+  batch<S> acc[C];
+  for (int u = 0; u < C; ++u) acc[u] = batch<S>(S(0));
+  const S* p = BPi + rot_base(K, tl);
+  for (index_t j = 0; j < tl.len; j += W, p += 2 * r * W) {
+    batch<S> va[C], vb[C];
+    block_expand<S, C, true>(p, r, b, va, vb);
+    for (int u = 0; u < C; ++u) {
+      rotate_pair(load(sc.cb + u * L + j), load(sc.sb + u * L + j), va[u], vb[u]);
+      if (Out) {
+        const batch<S> g(b.g[u]);
+        store(b.ya[u] + j, xsimd::fma(g, va[u], load(b.ya[u] + j)));
+        store(b.yb[u] + j, xsimd::fma(g, vb[u], load(b.yb[u] + j)));
+      }
+      if (Dot) acc[u] = xsimd::fma(load(b.wa[u] + j), va[u], xsimd::fma(load(b.wb[u] + j), vb[u], acc[u]));
+    }
+  }
+  if (Dot)
+    for (int u = 0; u < C; ++u) b.dot[u] = hsum(acc[u]);
+}
+
+/// Forward over a pass-through tile: y += g v and/or dot = w . v.
+template <class S, int C, bool Out, bool Dot>
+void pass_forward(const Args<S>& K, const Tile& tl, const S* BPi, Block<S>& b) {
+  constexpr index_t W = simd::width<S>();
+  const index_t r = K.r;
+  batch<S> acc[C];
+  for (int u = 0; u < C; ++u) acc[u] = batch<S>(S(0));
+  const S* p = BPi + pass_base(K, tl);
+  for (index_t j = 0; j < tl.len; j += W, p += r * W) {
+    batch<S> v[C];
+    block_expand<S, C, false>(p, r, b, v, nullptr);
+    for (int u = 0; u < C; ++u) {
+      if (Out) store(b.ya[u] + j, xsimd::fma(batch<S>(b.g[u]), v[u], load(b.ya[u] + j)));
+      if (Dot) acc[u] = xsimd::fma(load(b.wa[u] + j), v[u], acc[u]);
+    }
+  }
+  if (Dot)
+    for (int u = 0; u < C; ++u) b.dot[u] = hsum(acc[u]);
+}
+
+/// After the tile's main loop: e_u += B^T dv_u and dB += sum_u hs_u dv_u (dv in sc.dva/dvb),
+/// one row q of the packed group layout at a time so the C sums stay in registers.
+template <class S, int C, bool Two>
+void block_rank_update(const S* p0, S* dp0, index_t r, index_t len, const BwdWant& w, const Block<S>& b,
+                       const Scratch<S>& sc) {
+  constexpr index_t W = simd::width<S>();
+  const index_t L = sc.stride, step = (Two ? 2 : 1) * r * W;
+  for (index_t q = 0; q < r; ++q) {
+    batch<S> acc[C], hq[C];
+    for (int u = 0; u < C; ++u) {
+      acc[u] = batch<S>(S(0));
+      hq[u] = batch<S>(b.hs[u][q]);
+    }
+    const S* p = p0 + q * W;
+    S* dp = dp0 ? dp0 + q * W : nullptr;
+    for (index_t j = 0; j < len; j += W, p += step) {
+      const batch<S> a = load(p);
+      batch<S> da = w.dB ? load(dp) : batch<S>(S(0));
+      for (int u = 0; u < C; ++u) {
+        const batch<S> x = load(sc.dva + u * L + j);
+        if (w.e) acc[u] = xsimd::fma(a, x, acc[u]);
+        if (w.dB) da = xsimd::fma(hq[u], x, da);
+      }
+      if (w.dB) store(dp, da);
+      if (Two) {
+        const batch<S> bq = load(p + r * W);
+        batch<S> db = w.dB ? load(dp + r * W) : batch<S>(S(0));
+        for (int u = 0; u < C; ++u) {
+          const batch<S> y = load(sc.dvb + u * L + j);
+          if (w.e) acc[u] = xsimd::fma(bq, y, acc[u]);
+          if (w.dB) db = xsimd::fma(hq[u], y, db);
+        }
+        if (w.dB) store(dp + r * W, db);
+      }
+      if (dp) dp += step;
+    }
+    if (w.e)
+      for (int u = 0; u < C; ++u) b.e[u][q] += hsum(acc[u]);
+  }
+}
+
+/// Backward over a rotation tile for the block's tokens.
+template <class S, int C>
+void rot_backward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_i, const Block<S>& b,
+                  const BwdWant& w, const BwdOut<S>& o, const Scratch<S>& sc) {
+  constexpr index_t W = simd::width<S>();
+  const index_t r = K.r, k = K.k, L = sc.stride;
+  block_angles<S, C>(K, tl, bias_i, b, sc, w.dpre);
+  batch<S> dgacc[C];
+  for (int u = 0; u < C; ++u) dgacc[u] = batch<S>(S(0));
+  const index_t base = rot_base(K, tl);
+  const S* p = BPi + base;
+  const S* wsa = K.ws + tl.a0;
+  const S* wsb = K.ws + tl.b0;
+  for (index_t j = 0; j < tl.len; j += W, p += 2 * r * W) {
+    batch<S> ua[C], ub[C];
+    block_expand<S, C, true>(p, r, b, ua, ub);
+    batch<S> dws_a(S(0)), dws_b(S(0)), dbias(S(0));
+    for (int u = 0; u < C; ++u) {
+      const batch<S> c = load(sc.cb + u * L + j), s = load(sc.sb + u * L + j);
+      rotate_pair(c, s, ua[u], ub[u]);
+      const batch<S> ya = load(b.dya[u] + j), yb = load(b.dyb[u] + j);
+      if (w.dg) dgacc[u] = xsimd::fma(ya, ua[u], xsimd::fma(yb, ub[u], dgacc[u]));
+      const batch<S> g(b.g[u]), dl(b.dl[u]);
+      batch<S> dua = xsimd::fma(dl, load(wsa + j), g * ya);
+      batch<S> dub = xsimd::fma(dl, load(wsb + j), g * yb);
+      if (w.dpre) {
+        const batch<S> dpre = rotation_angle_grad(dua, dub, ua[u], ub[u]) * load(sc.db + u * L + j);
+        store(sc.dpre + u * L + j, dpre);
+        dbias += dpre;
+      }
+      if (w.dws) {
+        dws_a = xsimd::fma(dl, ua[u], dws_a);
+        dws_b = xsimd::fma(dl, ub[u], dws_b);
+      }
+      if (w.dv) {
+        rotate_pair_transpose(c, s, dua, dub);
+        store(sc.dva + u * L + j, dua);
+        store(sc.dvb + u * L + j, dub);
+      }
+    }
+    if (w.dbias) store(o.dbias_i + tl.a0 + j, load(o.dbias_i + tl.a0 + j) + dbias);
+    if (w.dws) {
+      store(o.dws + tl.a0 + j, load(o.dws + tl.a0 + j) + dws_a);
+      store(o.dws + tl.b0 + j, load(o.dws + tl.b0 + j) + dws_b);
+    }
+  }
+  if (w.dg)
+    for (int u = 0; u < C; ++u) *b.dg[u] += hsum(dgacc[u]);
+  if (w.dv) block_rank_update<S, C, true>(BPi + base, o.dBPi ? o.dBPi + base : nullptr, r, tl.len, w, b, sc);
+  // dz_u += U^T dpre_u and dU += sum_u z_u dpre_u, one row q of the packed U at a time
+  if (w.dz || w.dU)
+    for (index_t q = 0; q < k; ++q) {
+      batch<S> acc[C], zq[C];
+      for (int u = 0; u < C; ++u) {
+        acc[u] = batch<S>(S(0));
+        zq[u] = batch<S>(b.z[u][q]);
+      }
+      const S* up = K.UP + tl.a0 * k + q * W;
+      S* dup = o.dUP ? o.dUP + tl.a0 * k + q * W : nullptr;
+      for (index_t j = 0; j < tl.len; j += W, up += k * W) {
+        const batch<S> uq = load(up);
+        batch<S> du = w.dU ? load(dup) : batch<S>(S(0));
+        for (int u = 0; u < C; ++u) {
+          const batch<S> x = load(sc.dpre + u * L + j);
+          if (w.dz) acc[u] = xsimd::fma(uq, x, acc[u]);
+          if (w.dU) du = xsimd::fma(zq[u], x, du);
+        }
+        if (w.dU) {
+          store(dup, du);
+          dup += k * W;
+        }
+      }
+      if (w.dz)
+        for (int u = 0; u < C; ++u) b.dz[u][q] += hsum(acc[u]);
+    }
+}
+
+/// Backward over a pass-through tile for the block's tokens.
+template <class S, int C>
+void pass_backward(const Args<S>& K, const Tile& tl, const S* BPi, const Block<S>& b, const BwdWant& w,
+                   const BwdOut<S>& o, const Scratch<S>& sc) {
+  constexpr index_t W = simd::width<S>();
+  const index_t r = K.r, L = sc.stride;
+  batch<S> dgacc[C];
+  for (int u = 0; u < C; ++u) dgacc[u] = batch<S>(S(0));
+  const index_t base = pass_base(K, tl);
+  const S* p = BPi + base;
+  const S* ws = K.ws + tl.a0;
+  const bool need_v = w.dg || w.dws;
+  for (index_t j = 0; j < tl.len; j += W, p += r * W) {
+    batch<S> v[C] = {};
+    if (need_v) block_expand<S, C, false>(p, r, b, v, nullptr);
+    batch<S> dws(S(0));
+    for (int u = 0; u < C; ++u) {
+      const batch<S> y = load(b.dya[u] + j), dl(b.dl[u]);
+      if (w.dg) dgacc[u] = xsimd::fma(y, v[u], dgacc[u]);
+      if (w.dws) dws = xsimd::fma(dl, v[u], dws);
+      if (w.dv) store(sc.dva + u * L + j, xsimd::fma(dl, load(ws + j), batch<S>(b.g[u]) * y));
+    }
+    if (w.dws) store(o.dws + tl.a0 + j, load(o.dws + tl.a0 + j) + dws);
+  }
+  if (w.dg)
+    for (int u = 0; u < C; ++u) *b.dg[u] += hsum(dgacc[u]);
+  if (w.dv) block_rank_update<S, C, false>(BPi + base, o.dBPi ? o.dBPi + base : nullptr, r, tl.len, w, b, sc);
+}
+
+}  // namespace kernels
+}  // namespace detail
+}  // namespace radargate

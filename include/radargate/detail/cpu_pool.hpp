@@ -1,0 +1,120 @@
+// radargate/detail/cpu_pool.hpp -- a small fixed-size pool of worker threads for the cpu backend.
+//
+// run(f) calls f(tid) once for every tid in [0, size()), tid 0 on the calling thread, and returns
+// when all have finished. The work each tid does is decided by the caller from tid alone (a fixed
+// partition), so results never depend on scheduling. The first exception (lowest tid) is
+// rethrown. Calls are serialised: one Layer may be used from several threads, one call at a time.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace radargate {
+namespace detail {
+
+class ThreadPool {
+ public:
+  explicit ThreadPool(int n = 1) { start(n < 1 ? 1 : n); }
+  ~ThreadPool() { stop(); }
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  int size() const { return n_; }
+
+  void resize(int n) {
+    std::lock_guard<std::mutex> call(call_mutex_);
+    stop();
+    start(n < 1 ? 1 : n);
+  }
+
+  template <class F>
+  void run(F&& f) {
+    std::lock_guard<std::mutex> call(call_mutex_);
+    if (n_ == 1) {
+      f(0);
+      return;
+    }
+    std::vector<std::exception_ptr> errors(static_cast<std::size_t>(n_));
+    {
+      std::lock_guard<std::mutex> lk(m_);
+      job_ = [&](int tid) {
+        try {
+          f(tid);
+        } catch (...) {
+          errors[std::size_t(tid)] = std::current_exception();
+        }
+      };
+      done_ = 0;
+      ++generation_;
+    }
+    wake_.notify_all();
+    job_(0);
+    {
+      std::unique_lock<std::mutex> lk(m_);
+      finished_.wait(lk, [&] { return done_ == n_ - 1; });
+      job_ = nullptr;
+    }
+    for (auto& e : errors)
+      if (e) std::rethrow_exception(e);
+  }
+
+ private:
+  void start(int n) {
+    n_ = n;
+    quit_ = false;
+    const std::uint64_t now = generation_;  // no call is in flight while the pool starts
+    for (int tid = 1; tid < n; ++tid) workers_.emplace_back([this, tid, now] { loop(tid, now); });
+  }
+
+  void stop() {
+    {
+      std::lock_guard<std::mutex> lk(m_);
+      quit_ = true;
+    }
+    wake_.notify_all();
+    for (auto& w : workers_) w.join();
+    workers_.clear();
+  }
+
+  void loop(int tid, std::uint64_t seen) {
+    for (;;) {
+      std::function<void(int)> job;
+      {
+        std::unique_lock<std::mutex> lk(m_);
+        wake_.wait(lk, [&] { return quit_ || generation_ != seen; });
+        if (quit_) return;
+        seen = generation_;
+        job = job_;
+      }
+      job(tid);
+      {
+        std::lock_guard<std::mutex> lk(m_);
+        ++done_;
+      }
+      finished_.notify_one();
+    }
+  }
+
+  int n_ = 1;
+  bool quit_ = false;
+  int done_ = 0;
+  std::uint64_t generation_ = 0;
+  std::function<void(int)> job_;
+  std::vector<std::thread> workers_;
+  std::mutex m_, call_mutex_;
+  std::condition_variable wake_, finished_;
+};
+
+/// The tokens [first, last) that thread `tid` of `n` owns: a fixed, contiguous partition.
+inline void token_range(std::ptrdiff_t T, int n, int tid, std::ptrdiff_t& first, std::ptrdiff_t& last) {
+  first = T * tid / n;
+  last = T * (tid + 1) / n;
+}
+
+}  // namespace detail
+}  // namespace radargate

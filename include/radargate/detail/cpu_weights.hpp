@@ -1,0 +1,192 @@
+// radargate/detail/cpu_weights.hpp -- what the cpu backend precomputes once per weight update.
+//
+// Slot space. The output coordinates are permuted so that the rotation is a SIMD-friendly
+// element-wise operation: slot m holds coordinate a(m) of plane m, slot Ppad + m holds b(m), and
+// the coordinates in no plane follow from slot 2 Ppad, in increasing order. Ppad = P rounded up
+// to the SIMD width W; the pass-through block is padded to a multiple of W too. Padding slots
+// hold zero weights, so they produce zeros and need no masking.
+//
+// Caches (all in slot space where they have an output dimension):
+//   BT[i, q, s]  = B_i[coord(s), q]                    expand weights, [N, r, dpad] (for GEMMs)
+//   BP           the same values packed for the tile kernels: per expert, per group of W slots,
+//                the r rows of the group side by side ([r][W]); for a group of W planes the
+//                a-slots' block is followed by the b-slots' block. A tile then reads one
+//                contiguous run of memory per expert instead of r strided rows (rows d apart
+//                alias in L1 when d is a multiple of 1024).
+//   UP           U^T packed the same way: per group of W planes, [k][W]
+//   bias[i, m]   = angle.bias[i, m]                    [N, Ppad]
+//   ws[s]        = stretch.ws[coord(s)]                [dpad]
+//   m[i, j]      relational-map weights                [N, N]
+//   WvB_i = Wv B_i,  WcB_i = Wc B_i                   rank-space angle weights, [N, k, r]
+//   wsB_i = B_i^T ws                                   rank-space stretch logit, [N, r]
+// so that per token z_i = Wx x + s_i WvB_i h_i + sum_j m_ij s_j WcB_j h_j costs O(N r k + N^2 k).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "../layer_config.hpp"
+#include "../params.hpp"
+#include "cpu_matrix.hpp"
+#include "cpu_simd.hpp"
+#include "math.hpp"
+
+namespace radargate {
+namespace detail {
+
+/// A block of output coordinates processed together: planes [a0, a0 + len) (slots a0.. and
+/// b0..) when rot, else the pass-through slots [a0, a0 + len).
+struct Tile {
+  bool rot = false;
+  index_t a0 = 0, b0 = 0, len = 0;
+};
+
+template <class S>
+struct CpuWeights {
+  Dims D;
+  bool rot = false;
+  index_t Ppad = 0, pass0 = 0, dpad = 0;
+  std::vector<index_t> coord;  // [dpad] slot -> output coordinate, -1 for padding
+  simd::avec<S> BT, BP, UP, bias, ws;
+  std::vector<S> scale, m, WvB, WcB, wsB;
+  MatRef<S> A, Wg, Wx, W0, Wv, Wc;  // over caller memory, or over the stores below
+  std::vector<S> A_store, Wg_store, Wx_store, W0_store, Wv_store, Wc_store;
+  std::vector<Tile> tiles;
+  index_t max_len = 0;  // longest tile
+  std::uint64_t generation = 0;
+
+  /// The slot-space expand weights of expert i, row q (plain layout).
+  const S* bt(index_t i, index_t q) const { return BT.data() + (i * D.r + q) * dpad; }
+  /// The packed expand weights of expert i.
+  const S* bp(index_t i) const { return BP.data() + i * D.r * dpad; }
+  /// Offset, inside one expert's packed block, of the [r][W] block of the group of W slots
+  /// that starts at slot s.
+  index_t group_offset(index_t s) const {
+    constexpr index_t W = simd::width<S>();
+    const index_t r = D.r;
+    if (s < Ppad) return s / W * 2 * r * W;
+    if (s < pass0) return (s - Ppad) / W * 2 * r * W + r * W;
+    return pass0 * r + (s - pass0) / W * r * W;
+  }
+
+  void build(const LayerConfig& c, const Params<S>& p, const Dims& dims, index_t tile_planes) {
+    constexpr index_t W = simd::width<S>();
+    D = dims;
+    const index_t N = D.N, r = D.r, d = D.d, k = D.k;
+    rot = c.rotation;
+    const index_t P = rot ? D.P : 0;
+    Ppad = simd::round_up(P, W);
+    pass0 = 2 * Ppad;
+    dpad = pass0 + simd::round_up(d - 2 * P, W);
+
+    coord.assign(std::size_t(dpad), -1);
+    std::vector<unsigned char> used(static_cast<std::size_t>(d), 0);
+    for (index_t mm = 0; mm < P; ++mm) {
+      index_t a, b;
+      plane_coords(c.pairing, mm, d, a, b);
+      coord[std::size_t(mm)] = a;
+      coord[std::size_t(Ppad + mm)] = b;
+      used[std::size_t(a)] = used[std::size_t(b)] = 1;
+    }
+    for (index_t o = 0, s = pass0; o < d; ++o)
+      if (!used[std::size_t(o)]) coord[std::size_t(s++)] = o;
+
+    BT.assign(std::size_t(N * r * dpad), S(0));
+    for (index_t i = 0; i < N; ++i)
+      for (index_t s = 0; s < dpad; ++s) {
+        const index_t o = coord[std::size_t(s)];
+        if (o < 0) continue;
+        for (index_t q = 0; q < r; ++q) BT[std::size_t((i * r + q) * dpad + s)] = p.lora_B(i, o, q);
+      }
+    BP.assign(BT.size(), S(0));
+    for (index_t i = 0; i < N; ++i)
+      for (index_t s = 0; s < dpad; s += W)
+        for (index_t q = 0; q < r; ++q)
+          for (index_t l = 0; l < W; ++l)
+            BP[std::size_t(i * r * dpad + group_offset(s) + q * W + l)] = BT[std::size_t((i * r + q) * dpad + s + l)];
+
+    scale.assign(std::size_t(N), S(1));
+    if (p.lora_scale.present())
+      for (index_t i = 0; i < N; ++i) scale[std::size_t(i)] = p.lora_scale(i);
+
+    ws.assign(std::size_t(dpad), S(0));
+    if (p.stretch_ws.present())
+      for (index_t s = 0; s < dpad; ++s)
+        if (coord[std::size_t(s)] >= 0) ws[std::size_t(s)] = p.stretch_ws(coord[std::size_t(s)]);
+    wsB.assign(std::size_t(N * r), S(0));
+    if (p.stretch_ws.present())
+      for (index_t i = 0; i < N; ++i)
+        for (index_t q = 0; q < r; ++q) {
+          const S* row = bt(i, q);
+          S acc = S(0);
+          for (index_t s = 0; s < dpad; ++s) acc += row[s] * ws[std::size_t(s)];
+          wsB[std::size_t(i * r + q)] = acc;
+        }
+
+    A = stacked_matrix_of(p.lora_A, A_store);
+    Wg = matrix_of(p.stretch_Wg, Wg_store);
+    W0 = matrix_of(p.base_W0, W0_store);
+    Wx = matrix_of(p.angle_Wx, Wx_store);
+    Wv = matrix_of(p.angle_Wv, Wv_store);
+    Wc = matrix_of(p.angle_Wc, Wc_store);
+
+    UP.clear();
+    bias.clear();
+    m.clear();
+    WvB.clear();
+    WcB.clear();
+    if (rot) {
+      UP.assign(std::size_t(k * Ppad), S(0));
+      for (index_t mm = 0; mm < P; ++mm)
+        for (index_t q = 0; q < k; ++q) UP[std::size_t(mm / W * k * W + q * W + mm % W)] = p.angle_U(mm, q);
+      bias.assign(std::size_t(N * Ppad), S(0));
+      if (p.angle_bias.present())
+        for (index_t i = 0; i < N; ++i)
+          for (index_t mm = 0; mm < P; ++mm) bias[std::size_t(i * Ppad + mm)] = p.angle_bias(i, mm);
+      m.assign(std::size_t(N * N), S(0));
+      for (index_t i = 0; i < N; ++i)
+        map_weights(c.map, p.map_M.present() ? p.map_M.ptr(i) : static_cast<const S*>(nullptr),
+                    p.map_M.present() ? p.map_M.stride[1] : 0, i, N, &m[std::size_t(i * N)]);
+      WvB = rank_product(p.angle_Wv);
+      WcB = rank_product(p.angle_Wc);
+    }
+
+    // Tiles: the expand weights of every expert for one tile stay in L2 across the tokens.
+    index_t tp = tile_planes;
+    if (tp <= 0) {
+      const index_t budget = 160 * 1024;
+      tp = budget / std::max<index_t>(1, N * r * 2 * index_t(sizeof(S)));
+      tp = std::min<index_t>(std::max<index_t>(tp, 32), 512);
+    }
+    tp = std::max<index_t>(W, tp / W * W);
+    tiles.clear();
+    for (index_t m0 = 0; m0 < Ppad; m0 += tp) tiles.push_back({true, m0, Ppad + m0, std::min(tp, Ppad - m0)});
+    for (index_t s0 = pass0; s0 < dpad; s0 += 2 * tp) tiles.push_back({false, s0, 0, std::min(2 * tp, dpad - s0)});
+    max_len = 0;
+    for (const Tile& t : tiles) max_len = std::max(max_len, t.len);
+    ++generation;
+  }
+
+ private:
+  // [N, k, r]: Wmat B_i for every expert, from the slot-space expand weights (zero if absent).
+  std::vector<S> rank_product(const View<const S, 2>& Wm) const {
+    const index_t N = D.N, r = D.r, k = D.k;
+    std::vector<S> out(static_cast<std::size_t>(N * k * r), S(0));
+    if (!Wm.present()) return out;
+    std::vector<S> ws_slot(std::size_t(k * dpad), S(0));  // Wm in slot space
+    for (index_t q = 0; q < k; ++q)
+      for (index_t s = 0; s < dpad; ++s)
+        if (coord[std::size_t(s)] >= 0) ws_slot[std::size_t(q * dpad + s)] = Wm(q, coord[std::size_t(s)]);
+    const CMap<S> Wslot(ws_slot.data(), k, dpad, Eigen::OuterStride<>(dpad));
+    for (index_t i = 0; i < N; ++i) {
+      const CMap<S> Bi(bt(i, 0), r, dpad, Eigen::OuterStride<>(dpad));
+      MMap<S> dst(&out[std::size_t(i * k * r)], k, r, Eigen::OuterStride<>(r));
+      dst.noalias() = Wslot * Bi.transpose();
+    }
+    return out;
+  }
+};
+
+}  // namespace detail
+}  // namespace radargate

@@ -1,0 +1,98 @@
+// The cpu backend computes what the reference backend computes: y and every gradient, for every
+// variant, in float and double, over random shapes (odd extents, N = 1, r = 1, shapes that are
+// no multiple of the SIMD width or of the tile), both pairings, both bounds, several thread
+// counts and tile sizes, overwrite and accumulate.
+#include "cpu/cpu_test_util.hpp"
+
+using namespace rgtest;
+
+namespace {
+constexpr index_t tiny_tiles = 1;  // rounded up to one SIMD width: many tiles per layer
+}
+
+TEMPLATE_TEST_CASE("cpu backend equals the reference on random shapes", "[cpu]", float, double) {
+  for (Variant v : all_variants) {
+    DYNAMIC_SECTION(to_string(v)) {
+      for (std::uint64_t seed = 1; seed <= 6; ++seed) {
+        const Case c = random_case(v, seed);
+        check_against_reference<TestType>(c, 1, seed % 2 ? tiny_tiles : 0);
+        check_against_reference<TestType>(c, 2, tiny_tiles);
+        check_against_reference<TestType>(c, 3, 0);
+      }
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("cpu backend edge shapes: N = 1, r = 1, k = 1, d_in = 1, odd d, P = floor(d/2)", "[cpu]",
+                   float, double) {
+  for (Variant v : all_variants) {
+    DYNAMIC_SECTION(to_string(v)) {
+      for (Pairing pr : {Pairing::adjacent, Pairing::half}) {
+        Case c;
+        c.cfg = LayerConfig::make(v);
+        c.cfg.pairing = pr;
+        c.cfg.topk = 1;
+        c.D = Dims{1, 9, 1, 1, 1, 4};  // d_in, d, N, r, k, P
+        c.T = 5;
+        check_against_reference<TestType>(c, 1, 0);
+        check_against_reference<TestType>(c, 2, tiny_tiles);
+        c.D = Dims{3, 17, 4, 1, 2, 8};
+        c.cfg.topk = 3;
+        c.T = 11;
+        check_against_reference<TestType>(c, 3, tiny_tiles);
+        c.D = Dims{5, 3, 2, 3, 1, 1};  // d = 3: one plane and one pass-through coordinate
+        c.cfg.topk = 1;
+        check_against_reference<TestType>(c, 2, 0);
+      }
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("cpu backend over several tiles and token blocks at a realistic width", "[cpu]", float,
+                   double) {
+  for (Variant v : {Variant::radargate, Variant::rotation_only, Variant::topk, Variant::stretch_only}) {
+    DYNAMIC_SECTION(to_string(v)) {
+      Case c;
+      c.cfg = LayerConfig::make(v);
+      c.cfg.topk = 3;
+      c.D = Dims{70, 203, 6, 4, 5, 77};  // d_in, d, N, r, k, P: nothing a multiple of 8
+      c.T = 13;
+      c.cfg.pairing = Pairing::half;
+      check_against_reference<TestType>(c, 1, 0);
+      check_against_reference<TestType>(c, 3, 24);
+      c.cfg.pairing = Pairing::adjacent;
+      c.D.P = 101;
+      check_against_reference<TestType>(c, 2, 16);
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("cpu backend accumulates into gradient buffers", "[cpu]", float, double) {
+  for (Variant v : all_variants) {
+    DYNAMIC_SECTION(to_string(v)) {
+      const Case c = random_case(v, 17);
+      check_against_reference<TestType>(c, 2, tiny_tiles, all_grads, true);
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("cpu backend computes any subset of the gradients", "[cpu]", float, double) {
+  // One gradient at a time: each backward path must work without the others being asked for.
+  const char* names[] = {"x",        "lora.A",   "lora.B",     "lora.scale", "map.M",
+                         "angle.Wx", "angle.Wv", "angle.Wc",   "angle.U",    "angle.bias",
+                         "stretch.Wg", "stretch.bg", "stretch.ws", "base.W0",  "base.b0"};
+  for (Variant v : all_variants) {
+    DYNAMIC_SECTION(to_string(v)) {
+      Case c = random_case(v, 29);
+      c.T = 6;
+      c.opt.optional_tensors = true;
+      c.opt.base = true;
+      for (const char* only : names) {
+        const std::string keep = only;
+        check_against_reference<TestType>(c, 2, tiny_tiles, [&](const std::string& n) { return n == keep; });
+      }
+      // and the frozen-experts case: everything but the LoRA weights
+      check_against_reference<TestType>(c, 1, 0, [](const std::string& n) { return n.rfind("lora.", 0) != 0; });
+    }
+  }
+}

@@ -1,0 +1,204 @@
+// radargate bench -- times one layer call on a random model of any shape, with no file I/O.
+//
+//   median_s      median over --repeat timed calls of forward (or forward + backward)
+//   gflops        essential FLOPs (radargate/flops.hpp) / median_s
+//   peak_rss_mb   the process's peak resident memory (getrusage), model and inputs included;
+//   base_rss_mb   the resident memory just before the first call, so peak - base is what the
+//                 calls themselves needed
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cli.hpp"
+#include "cli_common.hpp"
+#include "radargate.hpp"
+#include "radargate/cpu.hpp"
+#include "radargate/flops.hpp"
+
+namespace radargate {
+namespace cli {
+namespace {
+
+struct BenchArgs {
+  LayerConfig cfg;
+  Dims D;
+  index_t T = 0;
+  bool backward = false, base = false, json = false, reference = false, f64 = false;
+  int threads = 1, repeat = 5, warmup = 1;
+  std::uint64_t seed = 1;
+};
+
+double peak_rss_mb() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return double(u.ru_maxrss) / 1024.0;  // kilobytes on Linux
+}
+
+// Resident memory now, from /proc/self/statm (pages).
+double current_rss_mb() {
+  std::FILE* f = std::fopen("/proc/self/statm", "r");
+  if (!f) return 0;
+  long size = 0, resident = 0;
+  const int n = std::fscanf(f, "%ld %ld", &size, &resident);
+  std::fclose(f);
+  return n == 2 ? double(resident) * 4096.0 / (1024.0 * 1024.0) : 0;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const std::size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+template <class S, class L>
+int bench_layer(const BenchArgs& a, const Model<S>& m, L& layer) {
+  using clock = std::chrono::steady_clock;
+  const index_t T = a.T, din = a.D.d_in, d = a.D.d;
+  std::mt19937_64 rng(a.seed + 1);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  std::vector<S> x(std::size_t(T * din)), y(std::size_t(T * d)), dy(std::size_t(T * d)), dx(std::size_t(T * din));
+  for (S& e : x) e = S(normal(rng));
+  for (S& e : dy) e = S(normal(rng));
+  // gradient buffers: x and every parameter of the model
+  Model<S> gm = m;
+  Gradients<S> G;
+  if (a.backward) {
+    G.x = make_view(dx.data(), T, din);
+    for_each_param(G, [&](const char* name, auto& v) {
+      using V = std::decay_t<decltype(v)>;
+      if (gm.has(name)) v = gm.tensors[name].template mutable_view<V::rank>();
+    });
+  }
+  const auto xv = make_view(static_cast<const S*>(x.data()), T, din);
+  const auto yv = make_view(y.data(), T, d);
+  const auto dyv = make_view(static_cast<const S*>(dy.data()), T, d);
+  const double base_rss = current_rss_mb();
+
+  std::vector<double> total, fwd, bwd;
+  for (int it = 0; it < a.warmup + a.repeat; ++it) {
+    const auto t0 = clock::now();
+    auto ctx = layer.forward(xv, yv);
+    const auto t1 = clock::now();
+    if (a.backward) layer.backward(ctx, dyv, G, GradMode::overwrite);
+    const auto t2 = clock::now();
+    if (it < a.warmup) continue;
+    fwd.push_back(std::chrono::duration<double>(t1 - t0).count());
+    bwd.push_back(std::chrono::duration<double>(t2 - t1).count());
+    total.push_back(std::chrono::duration<double>(t2 - t0).count());
+  }
+  double checksum = 0;
+  for (S e : y) checksum += double(e);
+
+  const WorkCount w = essential_work(a.cfg, a.D, T, a.backward, a.base);
+  const double med = median(total), gflops = w.flops / med * 1e-9;
+  const double peak = peak_rss_mb();
+  const char* backend = a.reference ? "reference" : "cpu";
+  const char* dtype = a.f64 ? "f64" : "f32";
+  if (a.json) {
+    std::printf(
+        "{\"variant\": \"%s\", \"backend\": \"%s\", \"dtype\": \"%s\", \"tokens\": %lld, \"experts\": %lld, "
+        "\"d_in\": %lld, \"d\": %lld, \"rank\": %lld, \"angle_rank\": %lld, \"planes\": %lld, \"base\": %s, "
+        "\"backward\": %s, \"threads\": %d, \"repeat\": %d, \"median_s\": %.9g, \"min_s\": %.9g, "
+        "\"median_forward_s\": %.9g, \"median_backward_s\": %.9g, \"flops\": %.9g, \"gflops\": %.6g, "
+        "\"bytes\": %.9g, \"peak_rss_mb\": %.3f, \"base_rss_mb\": %.3f, \"checksum\": %.9g}\n",
+        to_string(a.cfg.variant), backend, dtype, (long long)T, (long long)a.D.N, (long long)din, (long long)d,
+        (long long)a.D.r, (long long)a.D.k, (long long)a.D.P, a.base ? "true" : "false", a.backward ? "true" : "false",
+        a.threads, a.repeat, med, *std::min_element(total.begin(), total.end()), median(fwd),
+        a.backward ? median(bwd) : 0.0, w.flops, gflops, w.elements * double(sizeof(S)), peak, base_rss, checksum);
+  } else {
+    std::printf("radargate bench: variant %s, backend %s, %s, T=%lld N=%lld d_in=%lld d=%lld r=%lld k=%lld P=%lld%s, "
+                "%d thread%s\n",
+                to_string(a.cfg.variant), backend, dtype, (long long)T, (long long)a.D.N, (long long)din, (long long)d,
+                (long long)a.D.r, (long long)a.D.k, (long long)a.D.P, a.base ? ", base" : "", a.threads,
+                a.threads == 1 ? "" : "s");
+    std::printf("  %s: median %.6f s over %d runs (min %.6f s)", a.backward ? "forward + backward" : "forward", med,
+                a.repeat, *std::min_element(total.begin(), total.end()));
+    if (a.backward) std::printf("  [forward %.6f s, backward %.6f s]", median(fwd), median(bwd));
+    std::printf("\n  essential work: %.4g GFLOP -> %.2f GFLOP/s\n", w.flops * 1e-9, gflops);
+    std::printf("  memory: peak RSS %.1f MB (%.1f MB before the first call)\n", peak, base_rss);
+  }
+  return 0;
+}
+
+template <class S>
+int bench_typed(const BenchArgs& a) {
+  RandomModelOptions opt;
+  opt.base = a.base;
+  const Model<S> m = random_model<S>(a.cfg, a.D, a.seed, opt);
+  if (a.reference) {
+    Layer<S, backend::reference> layer(a.cfg, m.params());
+    return bench_layer<S>(a, m, layer);
+  }
+  CpuOptions o;
+  o.threads = a.threads;
+  Layer<S, backend::cpu> layer(a.cfg, m.params(), o);
+  return bench_layer<S>(a, m, layer);
+}
+
+}  // namespace
+
+int cmd_bench(int argc, char** argv) {
+  OptionParser o("bench",
+                 "Times one call of a layer (forward, or forward + backward of every gradient) on a random model and\n"
+                 "random inputs, with no file I/O, and prints the median time, the essential GFLOP/s (FLOP count in\n"
+                 "docs/PERFORMANCE.md) and the peak resident memory of the process.");
+  o.required("--variant", "NAME", "sum | uniform | static | softmax | topk | stretch_only | rotation_only | radargate");
+  o.required("--tokens", "T", "tokens per call");
+  o.required("--experts", "N", "number of LoRA experts");
+  o.required("--d-in", "D", "input width");
+  o.required("--d", "D", "output width");
+  o.required("--rank", "R", "LoRA rank r");
+  o.required("--angle-rank", "K", "angle generator rank k (rotating variants)");
+  o.optional("--planes", "P", "rotation planes, 1..floor(d/2) (default floor(d/2))");
+  o.optional("--topk", "K", "experts a top-k gate selects (default 2)");
+  o.flag("--backward", "time forward + backward (gradients of x and every parameter)");
+  o.flag("--base", "include the frozen base W0 x + b0 (default: LoRA part only)");
+  o.optional("--backend", "NAME", "cpu | reference (default cpu)");
+  o.optional("--threads", "N", "cpu backend threads (default 1)");
+  o.optional("--dtype", "TYPE", "f32 | f64 (default f32)");
+  o.optional("--repeat", "N", "timed calls; the median is reported (default 5)");
+  o.optional("--warmup", "N", "untimed calls first (default 1)");
+  o.optional("--seed", "S", "model and input seed (default 1)");
+  o.flag("--json", "print one JSON object instead of text");
+  o.epilog(
+      "example:\n"
+      "  radargate bench --variant radargate --tokens 256 --experts 40 --d-in 4096 --d 4096 --rank 8 \\\n"
+      "                  --angle-rank 8 --planes 2048 --backward --threads 2 --json");
+  if (!o.parse(argc, argv)) return 0;
+  BenchArgs a;
+  a.cfg = LayerConfig::make(parse_variant(o.str("--variant")));
+  const long long big = 1LL << 24;
+  a.T = index_t(o.integer("--tokens", 0, big));
+  a.D.N = index_t(o.integer("--experts", 1, 1 << 16));
+  a.D.d_in = index_t(o.integer("--d-in", 1, big));
+  a.D.d = index_t(o.integer("--d", 1, big));
+  a.D.r = index_t(o.integer("--rank", 1, 1 << 16));
+  a.D.k = index_t(o.integer("--angle-rank", 1, 1 << 16));
+  if (a.cfg.rotation && a.D.d < 2) o.fail("option --d: a rotating variant needs d >= 2");
+  a.D.P = index_t(o.integer("--planes", 1, std::max<long long>(1, a.D.d / 2), std::max<long long>(1, a.D.d / 2)));
+  a.cfg.topk = int(o.integer("--topk", 1, a.D.N, std::min<long long>(2, a.D.N)));
+  a.backward = o.has("--backward");
+  a.base = o.has("--base");
+  a.json = o.has("--json");
+  const std::string backend = o.str("--backend", "cpu");
+  if (backend != "cpu" && backend != "reference")
+    o.fail("option --backend: expected cpu | reference, found '" + backend + "'");
+  a.reference = backend == "reference";
+  a.threads = int(o.integer("--threads", 1, 1024, 1));
+  if (a.reference && o.has("--threads")) o.fail("option --threads: only for --backend cpu");
+  const std::string dtype = o.str("--dtype", "f32");
+  if (dtype != "f32" && dtype != "f64") o.fail("option --dtype: expected f32 | f64, found '" + dtype + "'");
+  a.f64 = dtype == "f64";
+  a.repeat = int(o.integer("--repeat", 1, 1000000, 5));
+  a.warmup = int(o.integer("--warmup", 0, 1000000, 1));
+  a.seed = std::uint64_t(o.integer("--seed", 0, (1LL << 62), 1));
+  return a.f64 ? bench_typed<double>(a) : bench_typed<float>(a);
+}
+
+}  // namespace cli
+}  // namespace radargate
