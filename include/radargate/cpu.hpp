@@ -395,7 +395,7 @@ class Layer<S, backend::cpu> {
     const S* z = cfg_.rotation ? &ctx.z[std::size_t(t0 * N * k)] : nullptr;
     const S* g = &ctx.g[std::size_t(t0 * N)];
     const unsigned char* sel = &ctx.sel[std::size_t(t0 * N)];
-    for (const Tile& tl : W_.tiles)
+    for (const Tile& tl : n < TB ? W_.long_tiles : W_.tiles)
       for (index_t tb = 0; tb < n; tb += TB) {
         const int nb = int(std::min<index_t>(TB, n - tb));
         if (Out) {
@@ -690,7 +690,7 @@ class Layer<S, backend::cpu> {
     detail::kernels::BwdOut<S> o;
     o.dUP = part.dUP.empty() ? nullptr : part.dUP.data();
     o.dws = part.dws.empty() ? nullptr : part.dws.data();
-    for (const Tile& tl : W_.tiles)
+    for (const Tile& tl : n < TB ? W_.long_tiles : W_.tiles)
       for (index_t tb = 0; tb < n; tb += TB) {
         const int nb = int(std::min<index_t>(TB, n - tb));
         for (int u = 0; u < nb; ++u) gather_dy(DY, t0 + tb + u, tl, dya.data() + u * L, dyb.data() + u * L);
@@ -804,55 +804,75 @@ class Layer<S, backend::cpu> {
     if (G.lora_B.present()) {
       index_t i0, i1;
       detail::token_range(N, nt, th, i0, i1);
-      for (index_t i = i0; i < i1; ++i) reduce_dB(ctx, b, i);
+      if (i0 < i1) reduce_dB(ctx, b, i0, i1);
     }
     if (th == nt - 1) reduce_small(b);
   }
 
-  void reduce_dB(const Context& ctx, const Bwd& b, index_t i) const {
-    const index_t T = b.T, N = D_.N, r = D_.r, k = D_.k, d = D_.d, dpad = W_.dpad;
+  // dB for experts [i0, i1): the thread partials (slot space) summed in thread order, plus (rotation)
+  // the rank-space term s_i (Wv^T Gv_i + Wc^T Gc_i), added straight into the caller's view.
+  void reduce_dB(const Context& ctx, const Bwd& b, index_t i0, index_t i1) const {
+    const index_t T = b.T, N = D_.N, r = D_.r, k = D_.k, d = D_.d, dpad = W_.dpad, ni = i1 - i0;
     const auto& G = b.G;
     const Path pth = path();
-    detail::RowMat<S> acc = detail::RowMat<S>::Zero(r, dpad);  // dB_i^T in slot space
+    const View<S, 3>& dB = G.lora_B;
+    // rank-space term of every expert of the range at once, transposed so that each expert reads
+    // its own r rows in order: Rt [ni r, d] = Gv^T Wv + Gc^T Wc (columns of G scaled by s_i)
+    detail::RowMat<S> Rt;
+    if (pth == Path::fused && (W_.Wv.present() || W_.Wc.present())) {
+      detail::RowMat<S> Gv = detail::RowMat<S>::Zero(k, ni * r), Gc = detail::RowMat<S>::Zero(k, ni * r);
+      for (const Partial& p : b.part)
+        for (index_t i = i0; i < i1; ++i)
+          for (index_t a = 0; a < k; ++a)
+            for (index_t q = 0; q < r; ++q) {
+              Gv(a, (i - i0) * r + q) += p.Gv[std::size_t((i * k + a) * r + q)];
+              Gc(a, (i - i0) * r + q) += p.Gc[std::size_t((i * k + a) * r + q)];
+            }
+      for (index_t i = i0; i < i1; ++i) {
+        Gv.middleCols((i - i0) * r, r) *= scale(i);
+        Gc.middleCols((i - i0) * r, r) *= scale(i);
+      }
+      Rt = detail::RowMat<S>::Zero(ni * r, d);
+      if (W_.Wv.present()) Rt.noalias() += Gv.transpose() * W_.Wv.map();
+      if (W_.Wc.present()) Rt.noalias() += Gc.transpose() * W_.Wc.map();
+    }
     if (pth == Path::dense) {
-      // dB_i = s_i sum_t (g_i dy + dl_i ws) h_i^T
-      detail::RowMat<S> wt(T, r);
+      // dB_i = s_i sum_t (g_i dy + dl_i ws) h_i^T, one GEMM for the range
+      detail::RowMat<S> wt(T, ni * r);
       for (index_t t = 0; t < T; ++t)
-        for (index_t q = 0; q < r; ++q)
-          wt(t, q) = ctx.g[std::size_t(t * N + i)] * scale(i) * ctx.h[std::size_t((t * N + i) * r + q)];
-      acc.leftCols(d).noalias() = wt.transpose() * b.DY.map();
-      if (stretch())
-        for (const Partial& p : b.part)
+        for (index_t i = i0; i < i1; ++i)
           for (index_t q = 0; q < r; ++q)
-            for (index_t s = 0; s < d; ++s) acc(q, s) += p.Cws[std::size_t(i * r + q)] * W_.ws[std::size_t(s)];
-    } else {
-      constexpr index_t Wd = detail::simd::width<S>();
-      for (const Partial& p : b.part) {
-        const S* src = &p.dBP[std::size_t(i * r * dpad)];
-        for (index_t s = 0; s < dpad; s += Wd) {
-          const S* blk = src + W_.group_offset(s);
-          for (index_t q = 0; q < r; ++q)
-            for (index_t l = 0; l < Wd; ++l) acc(q, s + l) += blk[q * Wd + l];
+            wt(t, (i - i0) * r + q) =
+                ctx.g[std::size_t(t * N + i)] * scale(i) * ctx.h[std::size_t((t * N + i) * r + q)];
+      detail::RowMat<S> acc = wt.transpose() * b.DY.map();  // [ni r, d]
+      for (index_t i = i0; i < i1; ++i)
+        for (index_t q = 0; q < r; ++q) {
+          S cws = S(0);
+          if (stretch())
+            for (const Partial& p : b.part) cws += p.Cws[std::size_t(i * r + q)];
+          const S* row = acc.data() + ((i - i0) * r + q) * d;
+          S* out = dB.data + i * dB.stride[0] + q * dB.stride[2];
+          for (index_t o = 0; o < d; ++o) out[o * dB.stride[1]] += row[o] + cws * W_.ws[std::size_t(o)];
+        }
+      return;
+    }
+    constexpr index_t Wd = detail::simd::width<S>();
+    for (index_t i = i0; i < i1; ++i) {
+      S* out = dB.data + i * dB.stride[0];
+      for (index_t s = 0; s < dpad; s += Wd) {
+        const index_t off = i * r * dpad + W_.group_offset(s);
+        for (index_t l = 0; l < Wd; ++l) {
+          const index_t o = W_.coord[std::size_t(s + l)];
+          if (o < 0) continue;
+          S* dst = out + o * dB.stride[1];
+          const S* rcol = Rt.size() ? Rt.data() + (i - i0) * r * d + o : nullptr;
+          for (index_t q = 0; q < r; ++q) {
+            S v = rcol ? rcol[q * d] : S(0);
+            for (const Partial& p : b.part) v += p.dBP[std::size_t(off + q * Wd + l)];
+            dst[q * dB.stride[2]] += v;
+          }
         }
       }
-    }
-    for (index_t s = 0; s < dpad; ++s) {
-      const index_t o = W_.coord[std::size_t(s)];
-      if (o < 0) continue;
-      for (index_t q = 0; q < r; ++q) G.lora_B(i, o, q) += acc(q, s);
-    }
-    if (pth == Path::fused) {
-      // + s_i (Wv^T Gv_i + Wc^T Gc_i), rank space
-      detail::RowMat<S> Gv = detail::RowMat<S>::Zero(k, r), Gc = detail::RowMat<S>::Zero(k, r);
-      for (const Partial& p : b.part) {
-        Gv += detail::CMap<S>(&p.Gv[std::size_t(i * k * r)], k, r, Eigen::OuterStride<>(r));
-        Gc += detail::CMap<S>(&p.Gc[std::size_t(i * k * r)], k, r, Eigen::OuterStride<>(r));
-      }
-      detail::RowMat<S> R = detail::RowMat<S>::Zero(d, r);
-      if (W_.Wv.present()) R.noalias() += W_.Wv.map().transpose() * Gv;
-      if (W_.Wc.present()) R.noalias() += W_.Wc.map().transpose() * Gc;
-      for (index_t o = 0; o < d; ++o)
-        for (index_t q = 0; q < r; ++q) G.lora_B(i, o, q) += scale(i) * R(o, q);
     }
   }
 
@@ -904,13 +924,14 @@ class Layer<S, backend::cpu> {
       for (index_t s = 0; s < dpad; ++s)
         if (W_.coord[std::size_t(s)] >= 0) G.stretch_ws(W_.coord[std::size_t(s)]) += dws[std::size_t(s)];
     }
-    // dWv = sum_i s_i Gv_i B_i^T, dWc = sum_i s_i Gc_i B_i^T (slot space, then to coordinates)
+    // dWv = sum_i s_i Gv_i B_i^T, dWc = sum_i s_i Gc_i B_i^T: one GEMM [k, N r] x [N r, d]
     auto rank_weight_grad = [&](auto member, const View<S, 2>& out) {
       const auto Gs = sum_parts(member, std::size_t(N * k * r));
-      detail::RowMat<S> acc = detail::RowMat<S>::Zero(k, dpad);
+      detail::RowMat<S> Gcat(k, N * r);
       for (index_t i = 0; i < N; ++i)
-        acc.noalias() += scale(i) * detail::CMap<S>(&Gs[std::size_t(i * k * r)], k, r, Eigen::OuterStride<>(r)) *
-                         detail::CMap<S>(W_.bt(i, 0), r, dpad, Eigen::OuterStride<>(dpad));
+        for (index_t a = 0; a < k; ++a)
+          for (index_t q = 0; q < r; ++q) Gcat(a, i * r + q) = scale(i) * Gs[std::size_t((i * k + a) * r + q)];
+      const detail::RowMat<S> acc = Gcat * detail::CMap<S>(W_.BT.data(), N * r, dpad, Eigen::OuterStride<>(dpad));
       for (index_t s = 0; s < dpad; ++s) {
         const index_t o = W_.coord[std::size_t(s)];
         if (o < 0) continue;

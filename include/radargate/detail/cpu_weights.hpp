@@ -52,8 +52,9 @@ struct CpuWeights {
   std::vector<S> scale, m, WvB, WcB, wsB;
   MatRef<S> A, Wg, Wx, W0, Wv, Wc;  // over caller memory, or over the stores below
   std::vector<S> A_store, Wg_store, Wx_store, W0_store, Wv_store, Wc_store;
-  std::vector<Tile> tiles;
-  index_t max_len = 0;  // longest tile
+  std::vector<Tile> tiles;       // sized for reuse of each tile's weights across many tokens
+  std::vector<Tile> long_tiles;  // for fewer tokens than a block: nothing to reuse, longer loops
+  index_t max_len = 0;           // longest tile of either list
   std::uint64_t generation = 0;
 
   /// The slot-space expand weights of expert i, row q (plain layout).
@@ -160,11 +161,18 @@ struct CpuWeights {
       tp = std::min<index_t>(std::max<index_t>(tp, 32), 512);
     }
     tp = std::max<index_t>(W, tp / W * W);
-    tiles.clear();
-    for (index_t m0 = 0; m0 < Ppad; m0 += tp) tiles.push_back({true, m0, Ppad + m0, std::min(tp, Ppad - m0)});
-    for (index_t s0 = pass0; s0 < dpad; s0 += 2 * tp) tiles.push_back({false, s0, 0, std::min(2 * tp, dpad - s0)});
+    auto make_tiles = [&](index_t planes) {
+      std::vector<Tile> out;
+      for (index_t m0 = 0; m0 < Ppad; m0 += planes) out.push_back({true, m0, Ppad + m0, std::min(planes, Ppad - m0)});
+      for (index_t s0 = pass0; s0 < dpad; s0 += 2 * planes)
+        out.push_back({false, s0, 0, std::min(2 * planes, dpad - s0)});
+      return out;
+    };
+    tiles = make_tiles(tp);
+    long_tiles = make_tiles(std::max<index_t>(tp, 512));
     max_len = 0;
-    for (const Tile& t : tiles) max_len = std::max(max_len, t.len);
+    for (const auto* list : {&tiles, &long_tiles})
+      for (const Tile& t : *list) max_len = std::max(max_len, t.len);
     ++generation;
   }
 
