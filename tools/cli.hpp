@@ -6,6 +6,8 @@ namespace cli {
 // Each returns the process exit code; errors are thrown as radargate::error (exit code 1).
 int cmd_run(int argc, char** argv);
 int cmd_init(int argc, char** argv);
+int cmd_cone(int argc, char** argv);
+int cmd_verify(int argc, char** argv);
 int cmd_bench(int argc, char** argv);
 }  // namespace cli
 }  // namespace radargate

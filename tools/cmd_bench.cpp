@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_cuda.hpp"
 #include "cli.hpp"
 #include "cli_common.hpp"
 #include "radargate.hpp"
@@ -158,9 +159,9 @@ int cmd_bench(int argc, char** argv) {
   o.optional("--topk", "K", "experts a top-k gate selects (default 2)");
   o.flag("--backward", "time forward + backward (gradients of x and every parameter)");
   o.flag("--base", "include the frozen base W0 x + b0 (default: LoRA part only)");
-  o.optional("--backend", "NAME", "cpu | reference (default cpu)");
+  o.optional("--backend", "NAME", "cpu | reference | cuda (default cpu)");
   o.optional("--threads", "N", "cpu backend threads (default 1)");
-  o.optional("--dtype", "TYPE", "f32 | f64 (default f32)");
+  o.optional("--dtype", "TYPE", "f32 | f64; with --backend cuda bf16 | f16 | f32 (default f32; cuda: bf16)");
   o.optional("--repeat", "N", "timed calls; the median is reported (default 5)");
   o.optional("--warmup", "N", "untimed calls first (default 1)");
   o.optional("--seed", "S", "model and input seed (default 1)");
@@ -186,8 +187,29 @@ int cmd_bench(int argc, char** argv) {
   a.base = o.has("--base");
   a.json = o.has("--json");
   const std::string backend = o.str("--backend", "cpu");
+  if (backend == "cuda") {
+    if (o.has("--threads")) o.fail("option --threads: only for --backend cpu");
+    CudaBenchRequest q;
+    q.cfg = a.cfg;
+    q.D = a.D;
+    q.T = a.T;
+    q.backward = a.backward;
+    q.base = a.base;
+    q.json = a.json;
+    q.dtype = o.str("--dtype", "bf16");
+    if (q.dtype != "bf16" && q.dtype != "f16" && q.dtype != "f32")
+      o.fail("option --dtype: expected bf16 | f16 | f32 with --backend cuda, found '" + q.dtype + "'");
+    q.repeat = int(o.integer("--repeat", 1, 1000000, 5));
+    q.warmup = int(o.integer("--warmup", 0, 1000000, 1));
+    q.seed = std::uint64_t(o.integer("--seed", 0, (1LL << 62), 1));
+#ifdef RADARGATE_WITH_CUDA
+    return bench_cuda(q);
+#else
+    o.fail("option --backend: cuda needs a build with the CUDA toolkit (cmake -DRADARGATE_ENABLE_CUDA=ON)");
+#endif
+  }
   if (backend != "cpu" && backend != "reference")
-    o.fail("option --backend: expected cpu | reference, found '" + backend + "'");
+    o.fail("option --backend: expected cpu | reference | cuda, found '" + backend + "'");
   a.reference = backend == "reference";
   a.threads = int(o.integer("--threads", 1, 1024, 1));
   if (a.reference && o.has("--threads")) o.fail("option --threads: only for --backend cpu");

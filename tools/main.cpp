@@ -18,6 +18,8 @@ struct Command {
 const Command commands[] = {
     {"run", radargate::cli::cmd_run, "forward (and backward) of a model file on an input file"},
     {"init", radargate::cli::cmd_init, "write a random model of any variant"},
+    {"cone", radargate::cli::cmd_cone, "cone / hull membership of a batch of points, with certificates"},
+    {"verify", radargate::cli::cmd_verify, "does a model leave the cone of its experts? (expansion report)"},
     {"bench", radargate::cli::cmd_bench, "time one layer call on a random model (no file I/O)"},
 };
 

@@ -30,7 +30,10 @@ struct Tensor {
   View<const S, R> view() const {
     if (int(shape.size()) != R) detail::fail("tensor view: expected rank ", R, ", found rank ", shape.size());
     View<const S, R> v;
-    v.data = data.data();
+    // An empty tensor is present, not absent: point it at a valid address so that validation
+    // reports its extents rather than calling it missing.
+    static const S empty_tensor_anchor{};
+    v.data = data.empty() ? &empty_tensor_anchor : data.data();
     index_t s = 1;
     for (int k = R - 1; k >= 0; --k) {
       v.shape[k] = shape[k];
@@ -43,7 +46,7 @@ struct Tensor {
   View<S, R> mutable_view() {
     View<const S, R> c = view<R>();
     View<S, R> v;
-    v.data = data.data();
+    v.data = const_cast<S*>(c.data);
     for (int k = 0; k < R; ++k) {
       v.shape[k] = c.shape[k];
       v.stride[k] = c.stride[k];

@@ -97,3 +97,10 @@ TEST_CASE("views describe strided caller memory", "[view]") {
   layer.forward(xv, make_view(y2.data(), T, 8));
   CHECK(y1 == y2);
 }
+
+TEST_CASE("an empty tensor is reported by its extents, not as missing", "[validation]") {
+  Model<double> m = model(Variant::sum);
+  m.tensors.at("lora.A") = make_tensor<double>({0, 2, 5});
+  m.tensors.at("lora.B") = make_tensor<double>({0, 8, 2});
+  CHECK_THROWS_WITH(construct(m), Contains("'lora.A'") && Contains("N >= 1") && Contains("found N = 0"));
+}

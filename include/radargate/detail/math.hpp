@@ -16,6 +16,16 @@
 //   sigmoid                  dl_j = g_j (1 - g_j) dg_j
 //   identity                 dl_j = dg_j
 //
+// Pair slots (the fused kernels' unit of work): slot m in [0, ceil(d/2)) holds the coordinates
+//   adjacent: (2m, 2m+1)        half: (m, m + floor(d/2)) for m < floor(d/2), (d-1, none) for odd d
+// so every coordinate lies in exactly one slot; slots m < P are the rotation planes, the rest pass
+// through (angle 0).
+// sin(pi t), cos(pi t): t = n + r with n the nearest integer and |r| <= 1/2, then
+//   sin(pi t) = (-1)^n sin(pi r),  cos(pi t) = (-1)^n cos(pi r)
+// with odd / even polynomials in r (absolute error about 2e-7 in float): only + and *, so host and
+// device compute the same numbers. With alpha = bound(p):
+//   pi_tanh: alpha = pi t, t = tanh(p), dalpha/dp = pi (1 - t^2)      none: t = p / pi, dalpha/dp = 1
+//
 // Everything here is RG_HOST_DEVICE and allocation-free, so the reference loop, the vectorised
 // CPU loop and the CUDA kernels call the same code, and the GPU maths is tested on the CPU.
 #pragma once
@@ -220,6 +230,127 @@ RG_HOST_DEVICE void map_weights_backward(const T* m, T* dm, index_t i, index_t N
   for (index_t j = 0; j < N; ++j)
     if (j != i) dot += m[j] * dm[j];
   for (index_t j = 0; j < N; ++j) dm[j] = j == i ? T(0) : m[j] * (dm[j] - dot);
+}
+
+
+/// Coordinate of side e (0: a, 1: b) of pair slot m in a vector of length d, or -1 where that side
+/// of the slot holds no coordinate (odd d). Slots m < P are the rotation planes (plane_coords);
+/// the others pass through unchanged.
+RG_HOST_DEVICE RG_INLINE index_t slot_coord(Pairing pairing, index_t m, int e, index_t d) {
+  if (pairing == Pairing::adjacent) {
+    const index_t c = 2 * m + e;
+    return c < d ? c : -1;
+  }
+  const index_t h = d / 2;
+  if (m < h) return m + e * h;
+  return (e == 0 && m == h && (d & 1)) ? d - 1 : -1;
+}
+
+/// Number of pair slots, ceil(d / 2).
+RG_HOST_DEVICE RG_INLINE index_t num_slots(index_t d) { return (d + 1) / 2; }
+
+/// sin(pi r) and cos(pi r) for |r| <= 1/2 (fitted polynomials, absolute error about 2e-7).
+RG_HOST_DEVICE RG_INLINE void sincospi_reduced(float r, float& s, float& c) {
+  const float r2 = r * r;
+  float ps = 0.0772201252788221f;
+  ps = ps * r2 - 0.5980451720573355f;
+  ps = ps * r2 + 2.5500313768938563f;
+  ps = ps * r2 - 5.167706878899589f;
+  ps = ps * r2 + 3.1415925800442226f;
+  s = ps * r;
+  float pc = 0.21969678321219563f;
+  pc = pc * r2 - 1.3318801535583922f;
+  pc = pc * r2 + 4.058411912966635f;
+  pc = pc * r2 - 4.934792858615325f;
+  c = pc * r2 + 0.9999999534662001f;
+}
+
+/// sin(pi t), cos(pi t) for |t| <= 1 (then n is -1, 0 or 1 and (-1)^n = 1 - 2|n|).
+RG_HOST_DEVICE RG_INLINE void sincospi_unit(float t, float& s, float& c) {
+  // Adding and subtracting 1.5 * 2^23 rounds a float to the nearest integer with two additions.
+  const float magic = 12582912.0f;
+  const float n = (t + magic) - magic;
+  const float sign = 1.0f - 2.0f * (n < 0.0f ? -n : n);
+  sincospi_reduced(t - n, s, c);
+  s *= sign;
+  c *= sign;
+}
+
+/// sin(pi t), cos(pi t) for |t| < 2^22 (beyond that a float carries no fraction of a half turn).
+RG_HOST_DEVICE RG_INLINE void sincospi(float t, float& s, float& c) {
+  const float magic = 12582912.0f;
+  const float n = (t + magic) - magic;
+  const float half = 0.5f * n;                     // k or k + 1/2
+  const float par = half - ((half + magic) - magic);  // 0 for even n, +-1/2 for odd n
+  const float sign = 1.0f - 4.0f * (par < 0.0f ? -par : par);
+  sincospi_reduced(t - n, s, c);
+  s *= sign;
+  c *= sign;
+}
+
+/// tanh with the hardware approximation on the device (relative error below 2^-10.9, one
+/// instruction) and std::tanh on the host. Used only where the storage type is 16-bit, whose own
+/// rounding is coarser.
+RG_HOST_DEVICE RG_INLINE float tanh_fast(float x) {
+#if RG_ON_DEVICE
+  float y;
+  asm("tanh.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#else
+  using std::tanh;
+  return tanh(x);
+#endif
+}
+
+/// sin(pi t), cos(pi t) for |t| <= 1 with the hardware approximations on the device (absolute
+/// error about 5e-7 for arguments within a half turn) and sincospi_unit on the host. Used only where
+/// the storage type is 16-bit.
+RG_HOST_DEVICE RG_INLINE void sincospi_unit_fast(float t, float& s, float& c) {
+#if RG_ON_DEVICE
+  __sincosf(pi<float>() * t, &s, &c);
+#else
+  sincospi_unit(t, s, c);
+#endif
+}
+
+/// cos and sin of alpha = bound(p), and dalpha/dp, in float for the fused kernels, with the bound
+/// fixed at compile time (PiTanh: pi_tanh, else none). Fast selects tanh_fast and
+/// sincospi_unit_fast.
+template <bool Fast, bool PiTanh>
+RG_HOST_DEVICE RG_INLINE void bounded_sincos(float p, float& c, float& s, float& dadp) {
+  if (PiTanh) {
+    using std::tanh;
+    const float t = Fast ? tanh_fast(p) : tanh(p);
+    if (Fast)
+      sincospi_unit_fast(t, s, c);
+    else
+      sincospi_unit(t, s, c);
+    dadp = pi<float>() * (1.0f - t * t);
+  } else {
+    // Reduce to a half turn first: t = n + r, then (-1)^n (sin, cos)(pi r).
+    const float t = p * (1.0f / pi<float>());
+    const float magic = 12582912.0f;
+    const float n = (t + magic) - magic;
+    const float half = 0.5f * n;
+    const float par = half - ((half + magic) - magic);
+    const float sign = 1.0f - 4.0f * (par < 0.0f ? -par : par);
+    if (Fast)
+      sincospi_unit_fast(t - n, s, c);
+    else
+      sincospi_reduced(t - n, s, c);
+    s *= sign;
+    c *= sign;
+    dadp = 1.0f;
+  }
+}
+
+/// The same with the bound chosen at run time.
+template <bool Fast>
+RG_HOST_DEVICE RG_INLINE void bound_sincos(Bound b, float p, float& c, float& s, float& dadp) {
+  if (b == Bound::pi_tanh)
+    bounded_sincos<Fast, true>(p, c, s, dadp);
+  else
+    bounded_sincos<Fast, false>(p, c, s, dadp);
 }
 
 }  // namespace detail
