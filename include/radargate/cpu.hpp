@@ -5,7 +5,7 @@
 //
 //   H = X A^T                           shrink: one GEMM over the stacked A [N*r, d_in]
 //   z_i = Wx x + s_i (Wv B_i) h_i + sum_j m_ij s_j (Wc B_j) h_j      rank space, O(N r k + N^2 k)
-//   per tile of output slots, per token, per expert:
+//   per tile of output slots, per block of up to 4 tokens, per expert:
 //     v = s_i B_i h_i, alpha = bound(U z_i + bias_i), u = R(alpha) v, then
 //     pass 1 (stretch gate only): l_i += ws . u       pass 2: y += g_i u
 //
