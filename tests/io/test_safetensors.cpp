@@ -387,6 +387,10 @@ TEST_CASE("reader: every malformed file is an error that says what was expected 
     CHECK(parse_error(craft(R"({"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
                             R"("x":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
                             d8)) == "file 't.safetensors': header: name 'x' appears more than once");
+    CHECK(parse_error(craft(R"({"x":{"dtype":"F64","dtype":"F32","shape":[2],"data_offsets":[0,8]}})", d8)) ==
+          "file 't.safetensors': header: key 'dtype' appears more than once (in 'x')");
+    CHECK(parse_error(craft(R"({"__metadata__":{"k":"a","k":"b"}})", {})) ==
+          "file 't.safetensors': header: key 'k' appears more than once (in '__metadata__')");
     // Empty tensors may share an offset with anything that starts there.
     CHECK(parse_error(craft(R"({"e":{"dtype":"F32","shape":[0],"data_offsets":[0,0]},)"
                             R"("x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"

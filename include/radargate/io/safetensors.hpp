@@ -388,25 +388,30 @@ class SafetensorsFile {
     const char* hb = reinterpret_cast<const char*>(bytes_.data() + 8);
     if (hb[0] != '{') fail_file("header: expected a JSON object starting with '{', found byte 0x", hex(bytes_[8]));
 
-    // Duplicate names would silently shadow each other in the parsed object; catch them while parsing.
-    std::set<std::string> seen;
-    std::string duplicate;
+    // A repeated key would silently replace the earlier one in the parsed object (a tensor name,
+    // or a field such as "dtype" inside one entry); catch it while parsing.
+    using ev_t = nlohmann::json::parse_event_t;
+    std::vector<std::set<std::string>> keys;  // the keys seen in each open object
+    std::string top_key, duplicate;
     nlohmann::json header;
     try {
-      header = nlohmann::json::parse(
-          hb, hb + n,
-          [&](int depth, nlohmann::json::parse_event_t ev, nlohmann::json& parsed) {
-            if (depth == 1 && ev == nlohmann::json::parse_event_t::key) {
-              const std::string k = parsed.get<std::string>();
-              if (!seen.insert(k).second && duplicate.empty()) duplicate = k;
-            }
-            return true;
-          });
+      header = nlohmann::json::parse(hb, hb + n, [&](int depth, ev_t ev, nlohmann::json& parsed) {
+        if (ev == ev_t::object_start) keys.emplace_back();
+        if (ev == ev_t::object_end && !keys.empty()) keys.pop_back();
+        if (ev == ev_t::key && !keys.empty()) {
+          const std::string k = parsed.get<std::string>();
+          if (depth == 1) top_key = k;
+          if (!keys.back().insert(k).second && duplicate.empty())
+            duplicate = depth == 1 ? "name '" + k + "' appears more than once"
+                                   : "key '" + k + "' appears more than once (in '" + top_key + "')";
+        }
+        return true;
+      });
     } catch (const nlohmann::json::exception& e) {
       fail_file("header is not valid JSON: ", e.what());
     }
     if (!header.is_object()) fail_file("header: expected a JSON object, found ", header.type_name());
-    if (!duplicate.empty()) fail_file("header: name '", duplicate, "' appears more than once");
+    if (!duplicate.empty()) fail_file("header: ", duplicate);
 
     const std::uint64_t data_size = size - 8 - n;
     for (auto it = header.begin(); it != header.end(); ++it) {
