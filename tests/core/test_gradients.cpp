@@ -32,15 +32,27 @@ double central_difference(double& e, const std::function<double()>& f) {
   return (fp - fm) / (2 * h);
 }
 
+// The model, the input x and the upstream gradient dy of one test case.
+struct CaseData {
+  Model<double> m;
+  std::vector<double> x, dy;
+};
+CaseData case_data(const Case& c) {
+  return {random_model<double>(c.cfg, c.dims, c.seed, c.opt),
+          rgtest::random_vector<double>(size_t(c.tokens * c.dims.d_in), c.seed + 7),
+          rgtest::random_vector<double>(size_t(c.tokens * c.dims.d), c.seed + 8)};
+}
+
 }  // namespace
 
 TEST_CASE("every gradient of every variant matches central differences (float64)", "[gradients]") {
   for (const Case& c : rgtest::variant_cases()) {
     INFO(c.name());
-    Model<double> m = random_model<double>(c.cfg, c.dims, c.seed, c.opt);
+    CaseData data = case_data(c);
+    Model<double>& m = data.m;
+    std::vector<double>& x = data.x;
+    std::vector<double>& dy = data.dy;
     const index_t T = c.tokens;
-    std::vector<double> x = rgtest::random_vector<double>(size_t(T * c.dims.d_in), c.seed + 7);
-    std::vector<double> dy = rgtest::random_vector<double>(size_t(T * c.dims.d), c.seed + 8);
 
     Layer<double> layer(m.config, m.params());
     std::vector<double> y(size_t(T * c.dims.d));
@@ -67,10 +79,11 @@ TEST_CASE("every gradient of every variant matches central differences (float64)
 TEST_CASE("accumulate adds to the buffers and a subset of gradients equals the full set", "[gradients]") {
   for (const Case& c : rgtest::variant_cases()) {
     INFO(c.name());
-    Model<double> m = random_model<double>(c.cfg, c.dims, c.seed, c.opt);
+    CaseData data = case_data(c);
+    Model<double>& m = data.m;
+    std::vector<double>& x = data.x;
+    std::vector<double>& dy = data.dy;
     const index_t T = c.tokens;
-    std::vector<double> x = rgtest::random_vector<double>(size_t(T * c.dims.d_in), c.seed + 7);
-    std::vector<double> dy = rgtest::random_vector<double>(size_t(T * c.dims.d), c.seed + 8);
     Layer<double> layer(m.config, m.params());
     std::vector<double> y(size_t(T * c.dims.d));
     auto ctx = layer.forward(make_view(x.data(), T, c.dims.d_in), make_view(y.data(), T, c.dims.d));
