@@ -64,8 +64,9 @@ class Layer<S, backend::cpu> {
  public:
   using Scalar = S;
 
-  /// What backward needs: per token and expert only rank-space quantities, never a vector of
-  /// length d. x is referenced, not copied: keep it alive and unchanged until backward returns.
+  /// What backward needs: per token and expert only rank-space quantities, and per token at most
+  /// one vector of length d (the mixture, for the softmax stretch gate); never one per expert.
+  /// x is referenced, not copied: keep it alive and unchanged until backward returns.
   struct Context {
     index_t tokens = 0;
     View<const S, 2> x;
@@ -73,6 +74,7 @@ class Layer<S, backend::cpu> {
     std::vector<S> z;                // [T, N, k]  angle-generator outputs (rotation on)
     std::vector<S> g;                // [T, N]     gate weights
     std::vector<unsigned char> sel;  // [T, N]     experts computed
+    std::vector<S> mix;              // [T, d]     sum_i g_i u_i (one-pass stretch path, softmax)
     std::uint64_t generation = 0;    // which weights produced it
   };
 
@@ -121,6 +123,7 @@ class Layer<S, backend::cpu> {
     ctx.g.assign(std::size_t(T * N), S(0));
     ctx.sel.assign(std::size_t(T * N), 1);
     if (cfg_.rotation) ctx.z.assign(std::size_t(T * N * k), S(0));
+    if (one_pass() && cfg_.normalize == Normalize::softmax) ctx.mix.assign(std::size_t(T * D_.d), S(0));
     if (T == 0) return ctx;
     std::vector<S> xstore;
     const detail::MatRef<S> X = detail::matrix_of(x, xstore);
@@ -206,6 +209,11 @@ class Layer<S, backend::cpu> {
     return Path::dense;
   }
   bool stretch() const { return cfg_.gate_reads_experts(); }
+  // The stretch gate with rotation in one pass over the experts (every normalisation but top-k,
+  // which needs all logits before any weight is known).
+  bool one_pass() const {
+    return cfg_.rotation && stretch() && cfg_.normalize != Normalize::topk_softmax;
+  }
   S scale(index_t i) const { return W_.scale[std::size_t(i)]; }
 
   detail::kernels::Args<S> kargs() const {
@@ -307,13 +315,19 @@ class Layer<S, backend::cpu> {
     }
     if (pth == Path::fused) {
       angle_inputs(X, t0, t1, h, &ctx.z[std::size_t(t0 * N * k)]);
+      if (one_pass()) {
+        forward_one_pass(ctx, t0, t1, Y, g);  // g: logits without ws . u in, complete logits out
+        normalize_rows(g, sel, n);
+        std::fill(sel, sel + n * N, 1);
+        return;
+      }
       if (stretch()) {
-        tiles_forward<false, true>(ctx, t0, t1, Y, g);  // g holds the logits: l_i += ws . u_i
+        tiles_forward<detail::kernels::Put::none, true>(ctx, t0, t1, Y, g);  // g holds the logits: l_i += ws . u_i
         normalize_rows(g, sel, n);
         std::fill(sel, sel + n * N, 1);
       }
     }
-    tiles_forward<true, false>(ctx, t0, t1, Y, nullptr);
+    tiles_forward<detail::kernels::Put::add, false>(ctx, t0, t1, Y, nullptr);
   }
 
   // h_i = A_i x for the selected (token, expert) pairs only, one GEMM per expert.
@@ -370,7 +384,7 @@ class Layer<S, backend::cpu> {
       constexpr index_t TB = detail::kernels::max_block;
       const std::size_t L = std::size_t(TB * l.W_.max_len);
       for (avec<S>* v : {&cb, &sb, &db, &dva, &dvb, &dpre}) v->assign(L, S(0));
-      sc.stride = l.W_.max_len;
+      sc.stride = sc.dstride = l.W_.max_len;
       sc.cb = cb.data();
       sc.sb = sb.data();
       sc.db = db.data();
@@ -384,7 +398,7 @@ class Layer<S, backend::cpu> {
 
   // One pass over the tiles for tokens [t0, t1), in blocks of up to max_block tokens.
   // Out: y += sum_i g_i u_i. Dot: l_i += ws . u_i.
-  template <bool Out, bool Dot>
+  template <detail::kernels::Put Out, bool Dot>
   void tiles_forward(const Context& ctx, index_t t0, index_t t1, const detail::MatMut<S>& Y, S* l) const {
     constexpr int TB = detail::kernels::max_block;
     const index_t n = t1 - t0, N = D_.N, r = D_.r, k = D_.k, L = W_.max_len;
@@ -398,7 +412,7 @@ class Layer<S, backend::cpu> {
     for (const Tile& tl : n < TB ? W_.long_tiles : W_.tiles)
       for (index_t tb = 0; tb < n; tb += TB) {
         const int nb = int(std::min<index_t>(TB, n - tb));
-        if (Out) {
+        if (Out == detail::kernels::Put::add) {
           std::fill(ya.begin(), ya.begin() + nb * L, S(0));
           std::fill(yb.begin(), yb.begin() + nb * L, S(0));
         }
@@ -429,7 +443,7 @@ class Layer<S, backend::cpu> {
           if (Dot)
             for (int c = 0; c < b.n; ++c) l[who[c]] += b.dot[c];
         }
-        if (Out)
+        if (Out == detail::kernels::Put::add)
           for (int u = 0; u < nb; ++u) {
             S* yrow = Y.row(t0 + tb + u);
             const S* pa = ya.data() + u * L;
@@ -445,6 +459,89 @@ class Layer<S, backend::cpu> {
               }
           }
       }
+  }
+
+  // The stretch gate in one pass (one_pass()): per block of tokens, expert after expert, u_i over
+  // every tile into one row per token, then l_i += ws . u_i, and the running weighted sum
+  // acc = a acc + w u_i; for softmax w = exp(l_i/tau - max) and a rescales acc whenever the
+  // maximum grows (as in an online softmax), and y += acc / sum at the end.
+  void forward_one_pass(Context& ctx, index_t t0, index_t t1, const detail::MatMut<S>& Y, S* l) const {
+    using detail::kernels::Put;
+    constexpr int TB = detail::kernels::max_block;
+    const index_t n = t1 - t0, N = D_.N, r = D_.r, k = D_.k, d = D_.d, dp = W_.dpad;
+    const auto K = kargs();
+    const std::vector<S> hs = scaled_h(ctx, t0, t1);
+    avec<S> ub(std::size_t(TB * dp)), acc(std::size_t(TB * dp));
+    const TileScratch ts(*this);
+    const S* z = &ctx.z[std::size_t(t0 * N * k)];
+    const S inv_tau = S(1) / S(cfg_.tau);
+    const bool softmax = cfg_.normalize == Normalize::softmax;
+    for (index_t tb = 0; tb < n; tb += TB) {
+      const int nb = int(std::min<index_t>(TB, n - tb));
+      S mx[TB] = {}, sum[TB] = {};
+      for (index_t i = 0; i < N; ++i) {
+        detail::kernels::Block<S> b;
+        b.n = nb;
+        S dot[TB] = {};
+        for (int c = 0; c < nb; ++c) {
+          const index_t ti = (tb + c) * N + i;
+          b.hs[c] = &hs[std::size_t(ti * r)];
+          b.z[c] = z + ti * k;
+        }
+        for (const Tile& tl : W_.long_tiles) {
+          for (int c = 0; c < nb; ++c) {
+            b.ya[c] = ub.data() + c * dp + tl.a0;
+            b.yb[c] = ub.data() + c * dp + tl.b0;
+            b.wa[c] = K.ws + tl.a0;
+            b.wb[c] = K.ws + tl.b0;
+          }
+          detail::kernels::with_block_size(nb, [&](auto C) {
+            constexpr int Cn = decltype(C)::value;
+            if (tl.rot)
+              detail::kernels::rot_forward<S, Cn, Put::set, true>(K, tl, W_.bp(i), bias_row(i), b, ts.sc);
+            else
+              detail::kernels::pass_forward<S, Cn, Put::set, true>(K, tl, W_.bp(i), b);
+          });
+          for (int c = 0; c < nb; ++c) dot[c] += b.dot[c];
+        }
+        for (int c = 0; c < nb; ++c) {
+          S& lt = l[(tb + c) * N + i];
+          lt += dot[c];
+          const S x = lt * inv_tau;
+          S a = S(1), w = S(1);
+          if (softmax) {
+            if (i == 0) {
+              mx[c] = x;
+              sum[c] = S(1);
+            } else if (x > mx[c]) {
+              a = std::exp(mx[c] - x);
+              sum[c] = sum[c] * a + S(1);
+              mx[c] = x;
+            } else {
+              w = std::exp(x - mx[c]);
+              sum[c] += w;
+            }
+          } else {
+            w = cfg_.normalize == Normalize::sigmoid ? detail::sigmoid(x) : x;
+          }
+          if (i == 0) a = S(0);
+          detail::kernels::scale_add(acc.data() + c * dp, ub.data() + c * dp, dp, a, w);
+        }
+      }
+      for (int c = 0; c < nb; ++c) {
+        const S f = softmax ? S(1) / sum[c] : S(1);
+        S* yrow = Y.row(t0 + tb + c);
+        S* mrow = ctx.mix.empty() ? nullptr : &ctx.mix[std::size_t((t0 + tb + c) * d)];
+        const S* pa = acc.data() + c * dp;
+        for (index_t s = 0; s < dp; ++s) {
+          const index_t o = W_.coord[std::size_t(s)];
+          if (o < 0) continue;
+          const S v = pa[s] * f;
+          yrow[o] += v;
+          if (mrow) mrow[o] = v;
+        }
+      }
+    }
   }
 
   // ---- backward --------------------------------------------------------------------------------
@@ -545,8 +642,9 @@ class Layer<S, backend::cpu> {
               part.Cws[std::size_t(i * r + q)] += DL[t * N + i] * scale(i) * h[(t * N + i) * r + q];
     } else {
       const bool st = stretch();
-      // Pass 1 (stretch): dg_i = dy . u_i over all tiles, then dl.
-      if (st && need.dlogits) {
+      const bool one = st && need.dlogits && one_pass();
+      // Pass 1 (stretch, tile-major): dg_i = dy . u_i over all tiles, then dl.
+      if (st && need.dlogits && !one) {
         tiles_backward(ctx, b.DY, t0, t1, true, detail::kernels::BwdWant{}, nullptr, DL, nullptr, nullptr, part);
         normalize_back();
       }
@@ -564,7 +662,9 @@ class Layer<S, backend::cpu> {
       std::vector<S> e, dz;
       if (w.e) e.assign(std::size_t(n * Nr), S(0));
       if (w.dz) dz.assign(std::size_t(n * N * k), S(0));
-      if (w.dg || w.dpre || w.dws || w.dv)
+      if (one)
+        backward_one_pass(ctx, b, part, t0, t1, w, DL, w.e ? e.data() : nullptr, w.dz ? dz.data() : nullptr);
+      else if (w.dg || w.dpre || w.dws || w.dv)
         tiles_backward(ctx, b.DY, t0, t1, false, w, st ? DL : nullptr, w.dg ? DL : nullptr,
                        w.e ? e.data() : nullptr, w.dz ? dz.data() : nullptr, part);
       if (w.dg) normalize_back();
@@ -719,9 +819,9 @@ class Layer<S, backend::cpu> {
             constexpr int Cn = decltype(C)::value;
             if (dot_dy) {
               if (tl.rot)
-                detail::kernels::rot_forward<S, Cn, false, true>(K, tl, W_.bp(i), bias_row(i), b, ts.sc);
+                detail::kernels::rot_forward<S, Cn, detail::kernels::Put::none, true>(K, tl, W_.bp(i), bias_row(i), b, ts.sc);
               else
-                detail::kernels::pass_forward<S, Cn, false, true>(K, tl, W_.bp(i), b);
+                detail::kernels::pass_forward<S, Cn, detail::kernels::Put::none, true>(K, tl, W_.bp(i), b);
             } else {
               if (tl.rot)
                 detail::kernels::rot_backward<S, Cn>(K, tl, W_.bp(i), bias_row(i), b, w, o, ts.sc);
@@ -733,6 +833,137 @@ class Layer<S, backend::cpu> {
             for (int c = 0; c < b.n; ++c) dg[who[c]] += b.dot[c];
         }
       }
+  }
+
+  // Backward of the one-pass stretch path for tokens [t0, t1): per block of tokens, expert after
+  // expert, a first sweep over the tiles writes u_i, cos, sin and bound' of every plane into one
+  // row per token and gives dg_i = dy . u_i, so dl_i is known at once; a second sweep reads them
+  // back for the rest of the chain. Softmax needs dg_i - sum_j g_j dg_j = dy . (u_i - mix), and
+  // takes it as that dot product: the difference is formed before the sum, so an expert that
+  // carries most of the weight (u_i close to mix) loses no digits to cancellation.
+  void backward_one_pass(const Context& ctx, const Bwd& bw, Partial& part, index_t t0, index_t t1,
+                         const detail::kernels::BwdWant& w, S* DL, S* e, S* dz) const {
+    using detail::kernels::Put;
+    constexpr int TB = detail::kernels::max_block;
+    const index_t n = t1 - t0, N = D_.N, r = D_.r, k = D_.k, d = D_.d, dp = W_.dpad, Pp = W_.Ppad;
+    const index_t LT = W_.max_len;
+    const auto K = kargs();
+    const std::vector<S> hs = scaled_h(ctx, t0, t1);
+    const bool rest = w.dpre || w.dws || w.dv;
+    const bool centered = cfg_.normalize == Normalize::softmax;
+    avec<S> mxs(centered ? std::size_t(TB * dp) : 0);
+    avec<S> ub(std::size_t(TB * dp)), dys(std::size_t(TB * dp)), cb(std::size_t(TB * Pp)), sb(std::size_t(TB * Pp)),
+        db(std::size_t(TB * Pp)), dva(std::size_t(TB * LT)), dvb(std::size_t(TB * LT)), dpre(std::size_t(TB * LT));
+    const S* z = &ctx.z[std::size_t(t0 * N * k)];
+    const S* g = &ctx.g[std::size_t(t0 * N)];
+    const S inv_tau = S(1) / S(cfg_.tau);
+    const Normalize nz = cfg_.normalize;
+    detail::kernels::BwdOut<S> o;
+    o.dUP = part.dUP.empty() ? nullptr : part.dUP.data();
+    o.dws = part.dws.empty() ? nullptr : part.dws.data();
+    for (index_t tb = 0; tb < n; tb += TB) {
+      const int nb = int(std::min<index_t>(TB, n - tb));
+      for (int c = 0; c < nb; ++c) {
+        const S* row = bw.DY.row(t0 + tb + c);
+        const S* mrow = centered ? &ctx.mix[std::size_t((t0 + tb + c) * d)] : nullptr;
+        for (index_t s = 0; s < dp; ++s) {
+          const index_t oc = W_.coord[std::size_t(s)];
+          dys[std::size_t(c * dp + s)] = oc >= 0 ? row[oc] : S(0);
+          if (centered) mxs[std::size_t(c * dp + s)] = oc >= 0 ? mrow[oc] : S(0);
+        }
+      }
+      for (index_t i = 0; i < N; ++i) {
+        detail::kernels::Block<S> b;
+        b.n = nb;
+        S dg[TB] = {};
+        for (int c = 0; c < nb; ++c) {
+          const index_t ti = (tb + c) * N + i;
+          b.hs[c] = &hs[std::size_t(ti * r)];
+          b.z[c] = z + ti * k;
+          b.g[c] = g[ti];
+          b.e[c] = e ? e + ti * r : nullptr;
+          b.dz[c] = dz ? dz + ti * k : nullptr;
+        }
+        auto tile_scratch = [&](const Tile& tl) {
+          detail::kernels::Scratch<S> sc;
+          sc.stride = Pp;
+          sc.dstride = LT;
+          if (tl.rot) {
+            sc.cb = cb.data() + tl.a0;
+            sc.sb = sb.data() + tl.a0;
+            sc.db = db.data() + tl.a0;
+          }
+          sc.dva = dva.data();
+          sc.dvb = dvb.data();
+          sc.dpre = dpre.data();
+          return sc;
+        };
+        // sweep 1: u, cos, sin, bound', dg = dy . u
+        for (const Tile& tl : W_.long_tiles) {
+          for (int c = 0; c < nb; ++c) {
+            b.ya[c] = ub.data() + c * dp + tl.a0;
+            b.yb[c] = ub.data() + c * dp + tl.b0;
+            b.wa[c] = dys.data() + c * dp + tl.a0;
+            b.wb[c] = dys.data() + c * dp + tl.b0;
+            if (centered) {
+              b.ma[c] = mxs.data() + c * dp + tl.a0;
+              b.mb[c] = mxs.data() + c * dp + tl.b0;
+            }
+          }
+          const auto sc = tile_scratch(tl);
+          detail::kernels::with_block_size(nb, [&](auto C) {
+            constexpr int Cn = decltype(C)::value;
+            auto sweep = [&](auto deriv, auto ctr) {
+              constexpr bool Dv = decltype(deriv)::value, Ct = decltype(ctr)::value;
+              if (tl.rot)
+                detail::kernels::rot_forward<S, Cn, Put::set, true, Dv, Ct>(K, tl, W_.bp(i), bias_row(i), b, sc);
+              else
+                detail::kernels::pass_forward<S, Cn, Put::set, true, Ct>(K, tl, W_.bp(i), b);
+            };
+            using yes = std::true_type;
+            using no = std::false_type;
+            if (w.dpre)
+              centered ? sweep(yes{}, yes{}) : sweep(yes{}, no{});
+            else
+              centered ? sweep(no{}, yes{}) : sweep(no{}, no{});
+          });
+          for (int c = 0; c < nb; ++c) dg[c] += b.dot[c];
+        }
+        for (int c = 0; c < nb; ++c) {
+          const index_t ti = (tb + c) * N + i;
+          const S gi = g[ti];
+          S dl;
+          if (centered)
+            dl = gi * dg[c] * inv_tau;  // dg holds dy . (u_i - mix)
+          else if (nz == Normalize::sigmoid)
+            dl = gi * (S(1) - gi) * dg[c] * inv_tau;
+          else
+            dl = dg[c] * inv_tau;
+          DL[ti] = dl;
+          b.dl[c] = dl;
+        }
+        if (!rest) continue;
+        // sweep 2: the rest of the chain from the stored rows
+        o.dbias_i = part.dbias.empty() ? nullptr : &part.dbias[std::size_t(i * W_.Ppad)];
+        o.dBPi = part.dBP.empty() ? nullptr : &part.dBP[std::size_t(i * r * W_.dpad)];
+        for (const Tile& tl : W_.long_tiles) {
+          for (int c = 0; c < nb; ++c) {
+            b.ua[c] = ub.data() + c * dp + tl.a0;
+            b.ub[c] = ub.data() + c * dp + tl.b0;
+            b.dya[c] = dys.data() + c * dp + tl.a0;
+            b.dyb[c] = dys.data() + c * dp + tl.b0;
+          }
+          const auto sc = tile_scratch(tl);
+          detail::kernels::with_block_size(nb, [&](auto C) {
+            constexpr int Cn = decltype(C)::value;
+            if (tl.rot)
+              detail::kernels::rot_backward<S, Cn, true>(K, tl, W_.bp(i), bias_row(i), b, w, o, sc);
+            else
+              detail::kernels::pass_backward<S, Cn, true>(K, tl, W_.bp(i), b, w, o, sc);
+          });
+        }
+      }
+    }
   }
 
   // dx += sum_{i selected} A_i^T dh_i, grouped per expert.

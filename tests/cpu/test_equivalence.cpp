@@ -96,3 +96,32 @@ TEMPLATE_TEST_CASE("cpu backend computes any subset of the gradients", "[cpu]", 
     }
   }
 }
+
+TEMPLATE_TEST_CASE("cpu backend: the stretch gate with rotation under every normalisation", "[cpu]", float, double) {
+  // softmax, sigmoid and identity take the one-pass path (running softmax over the experts),
+  // topk_softmax the two-pass one. Softmax with tau = 0.01 makes the scaled logits differ by
+  // hundreds, so a running sum without the running maximum would overflow, and puts nearly all
+  // weight on one expert (dl then comes from a difference of nearly equal terms). The other
+  // normalisations use tau = 0.5: their float gradients scale with 1 / tau, and the reference's
+  // own float error at tau = 0.01 is already near the tolerance. Several token blocks and tiles.
+  for (Normalize nz : {Normalize::softmax, Normalize::sigmoid, Normalize::identity, Normalize::topk_softmax}) {
+    for (double tau : {1.0, nz == Normalize::softmax ? 0.01 : 0.5}) {
+      DYNAMIC_SECTION(to_string(nz) << " tau=" << tau) {
+        Case c;
+        c.cfg = LayerConfig::make(Variant::radargate);
+        c.cfg.normalize = nz;
+        c.cfg.topk = 3;
+        c.cfg.tau = tau;
+        c.D = Dims{37, 150, 7, 3, 4, 61};  // d_in, d, N, r, k, P
+        c.T = 11;
+        c.seed = 5;
+        check_against_reference<TestType>(c, 1, 0);
+        check_against_reference<TestType>(c, 2, tiny_tiles);
+        c.cfg.pairing = Pairing::half;
+        c.D.N = 1;
+        c.cfg.topk = 1;
+        check_against_reference<TestType>(c, 3, 0);
+      }
+    }
+  }
+}

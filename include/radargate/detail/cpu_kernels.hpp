@@ -12,8 +12,12 @@
 //              dz_q += U[., q] . dpre,  dU[., q] += z_q dpre,  dbias_i += dpre,  dws += dl u
 // Pass-through tile: the same with u = v and no angle.
 //
-// Nothing of size d outlives one tile: the expert outputs u are recomputed wherever they are
-// needed, never stored for the whole layer.
+// Two ways to use them. Tile-major (every gate but the one-pass stretch path): nothing of size d
+// outlives one tile and u is recomputed wherever it is needed. Expert-major (one-pass stretch
+// path, cpu.hpp): the forward kernels write u of one expert (Put::set) and, for backward, cos,
+// sin and bound' of its planes into buffers of one row per token, and the backward kernels read
+// them back (Stored) instead of recomputing them. Those buffers hold one expert of one block of
+// tokens, never the [T, N, d] tensor.
 //
 // Why blocks of tokens: for one token the work of a group of W planes is a chain of dependent
 // operations (k FMAs for pre, then tanh, then sin/cos) that is far longer than the time the
@@ -39,6 +43,9 @@ using simd::load;
 using simd::store;
 
 constexpr int max_block = 4;
+
+/// What a forward kernel does with u: nothing, y += g u, or store u.
+enum class Put { none, add, set };
 
 template <class S>
 struct Args {
@@ -68,13 +75,17 @@ struct Block {
   S* e[max_block] = {};         // backward: += B_i^T dv, [r]
   S* dz[max_block] = {};        // backward: += U^T dpre, [k]
   S* dg[max_block] = {};        // backward: += dy . u
+  const S* ua[max_block] = {};  // Stored backward: u on the a-slots (pass tile: its slots)
+  const S* ub[max_block] = {};  //                  and on the b-slots
+  const S* ma[max_block] = {};  // Centered dot: m on the a-slots (pass tile: its slots)
+  const S* mb[max_block] = {};  //               and on the b-slots
 };
 
-/// Per-thread scratch, [max_block][stride] each: cos, sin, dalpha/dpre of the tile's planes,
-/// and (backward) dv on the a- and b-slots and dpre.
+/// Per-thread scratch: cos, sin, dalpha/dpre of the tile's planes ([max_block][stride]), and
+/// (backward) dv on the a- and b-slots and dpre ([max_block][dstride]).
 template <class S>
 struct Scratch {
-  index_t stride = 0;
+  index_t stride = 0, dstride = 0;
   S* cb = nullptr;
   S* sb = nullptr;
   S* db = nullptr;
@@ -223,13 +234,15 @@ RG_INLINE void block_expand(const S* p, index_t r, const Block<S>& b, batch<S>* 
   }
 }
 
-/// Forward over a rotation tile. Out: ya, yb += g u. Dot: dot = wa . u_a + wb . u_b.
-template <class S, int C, bool Out, bool Dot>
+/// Forward over a rotation tile. Out: ya, yb += g u (Put::add) or = u (Put::set).
+/// Dot: dot = wa . u_a + wb . u_b, or with Centered wa . (u_a - ma) + wb . (u_b - mb).
+/// Deriv: also store bound'(pre) in sc.db.
+template <class S, int C, Put Out, bool Dot, bool Deriv = false, bool Centered = false>
 void rot_forward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_i, Block<S>& b,
                  const Scratch<S>& sc) {
   constexpr index_t W = simd::width<S>();
   const index_t r = K.r, L = sc.stride;
-  block_angles<S, C>(K, tl, bias_i, b, sc, false);
+  block_angles<S, C>(K, tl, bias_i, b, sc, Deriv);
   batch<S> acc[C];
   for (int u = 0; u < C; ++u) acc[u] = batch<S>(S(0));
   const S* p = BPi + rot_base(K, tl);
@@ -238,20 +251,41 @@ void rot_forward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_i
     block_expand<S, C, true>(p, r, b, va, vb);
     for (int u = 0; u < C; ++u) {
       rotate_pair(load(sc.cb + u * L + j), load(sc.sb + u * L + j), va[u], vb[u]);
-      if (Out) {
+      if (Out == Put::add) {
         const batch<S> g(b.g[u]);
         store(b.ya[u] + j, xsimd::fma(g, va[u], load(b.ya[u] + j)));
         store(b.yb[u] + j, xsimd::fma(g, vb[u], load(b.yb[u] + j)));
+      } else if (Out == Put::set) {
+        store(b.ya[u] + j, va[u]);
+        store(b.yb[u] + j, vb[u]);
       }
-      if (Dot) acc[u] = xsimd::fma(load(b.wa[u] + j), va[u], xsimd::fma(load(b.wb[u] + j), vb[u], acc[u]));
+      if (Dot && Centered)
+        acc[u] = xsimd::fma(load(b.wa[u] + j), va[u] - load(b.ma[u] + j),
+                            xsimd::fma(load(b.wb[u] + j), vb[u] - load(b.mb[u] + j), acc[u]));
+      else if (Dot)
+        acc[u] = xsimd::fma(load(b.wa[u] + j), va[u], xsimd::fma(load(b.wb[u] + j), vb[u], acc[u]));
     }
   }
   if (Dot)
     for (int u = 0; u < C; ++u) b.dot[u] = hsum(acc[u]);
 }
 
-/// Forward over a pass-through tile: y += g v and/or dot = w . v.
-template <class S, int C, bool Out, bool Dot>
+/// acc = a acc + w u over n values (n a multiple of the width); a = 0 does not read acc.
+template <class S>
+void scale_add(S* acc, const S* u, index_t n, S a, S w) {
+  constexpr index_t W = simd::width<S>();
+  const batch<S> av(a), wv(w);
+  if (a == S(0))
+    for (index_t j = 0; j < n; j += W) store(acc + j, wv * load(u + j));
+  else if (a == S(1))
+    for (index_t j = 0; j < n; j += W) store(acc + j, xsimd::fma(wv, load(u + j), load(acc + j)));
+  else
+    for (index_t j = 0; j < n; j += W) store(acc + j, xsimd::fma(av, load(acc + j), wv * load(u + j)));
+}
+
+/// Forward over a pass-through tile: y += g v (Put::add) or y = v (Put::set), and/or dot = w . v
+/// (Centered: w . (v - m)).
+template <class S, int C, Put Out, bool Dot, bool Centered = false>
 void pass_forward(const Args<S>& K, const Tile& tl, const S* BPi, Block<S>& b) {
   constexpr index_t W = simd::width<S>();
   const index_t r = K.r;
@@ -262,8 +296,12 @@ void pass_forward(const Args<S>& K, const Tile& tl, const S* BPi, Block<S>& b) {
     batch<S> v[C];
     block_expand<S, C, false>(p, r, b, v, nullptr);
     for (int u = 0; u < C; ++u) {
-      if (Out) store(b.ya[u] + j, xsimd::fma(batch<S>(b.g[u]), v[u], load(b.ya[u] + j)));
-      if (Dot) acc[u] = xsimd::fma(load(b.wa[u] + j), v[u], acc[u]);
+      if (Out == Put::add) store(b.ya[u] + j, xsimd::fma(batch<S>(b.g[u]), v[u], load(b.ya[u] + j)));
+      if (Out == Put::set) store(b.ya[u] + j, v[u]);
+      if (Dot && Centered)
+        acc[u] = xsimd::fma(load(b.wa[u] + j), v[u] - load(b.ma[u] + j), acc[u]);
+      else if (Dot)
+        acc[u] = xsimd::fma(load(b.wa[u] + j), v[u], acc[u]);
     }
   }
   if (Dot)
@@ -276,7 +314,7 @@ template <class S, int C, bool Two>
 void block_rank_update(const S* p0, S* dp0, index_t r, index_t len, const BwdWant& w, const Block<S>& b,
                        const Scratch<S>& sc) {
   constexpr index_t W = simd::width<S>();
-  const index_t L = sc.stride, step = (Two ? 2 : 1) * r * W;
+  const index_t L = sc.dstride, step = (Two ? 2 : 1) * r * W;
   for (index_t q = 0; q < r; ++q) {
     batch<S> acc[C], hq[C];
     for (int u = 0; u < C; ++u) {
@@ -311,13 +349,14 @@ void block_rank_update(const S* p0, S* dp0, index_t r, index_t len, const BwdWan
   }
 }
 
-/// Backward over a rotation tile for the block's tokens.
-template <class S, int C>
+/// Backward over a rotation tile for the block's tokens. Stored: u (b.ua, b.ub) and cos, sin and
+/// bound' (sc) were written by rot_forward<.., Put::set, .., true> and are read, not recomputed.
+template <class S, int C, bool Stored = false>
 void rot_backward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_i, const Block<S>& b,
                   const BwdWant& w, const BwdOut<S>& o, const Scratch<S>& sc) {
   constexpr index_t W = simd::width<S>();
-  const index_t r = K.r, k = K.k, L = sc.stride;
-  block_angles<S, C>(K, tl, bias_i, b, sc, w.dpre);
+  const index_t r = K.r, k = K.k, L = sc.stride, LD = sc.dstride;
+  if (!Stored) block_angles<S, C>(K, tl, bias_i, b, sc, w.dpre);
   batch<S> dgacc[C];
   for (int u = 0; u < C; ++u) dgacc[u] = batch<S>(S(0));
   const index_t base = rot_base(K, tl);
@@ -326,11 +365,18 @@ void rot_backward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_
   const S* wsb = K.ws + tl.b0;
   for (index_t j = 0; j < tl.len; j += W, p += 2 * r * W) {
     batch<S> ua[C], ub[C];
-    block_expand<S, C, true>(p, r, b, ua, ub);
+    if (Stored) {
+      for (int u = 0; u < C; ++u) {
+        ua[u] = load(b.ua[u] + j);
+        ub[u] = load(b.ub[u] + j);
+      }
+    } else {
+      block_expand<S, C, true>(p, r, b, ua, ub);
+    }
     batch<S> dws_a(S(0)), dws_b(S(0)), dbias(S(0));
     for (int u = 0; u < C; ++u) {
       const batch<S> c = load(sc.cb + u * L + j), s = load(sc.sb + u * L + j);
-      rotate_pair(c, s, ua[u], ub[u]);
+      if (!Stored) rotate_pair(c, s, ua[u], ub[u]);
       const batch<S> ya = load(b.dya[u] + j), yb = load(b.dyb[u] + j);
       if (w.dg) dgacc[u] = xsimd::fma(ya, ua[u], xsimd::fma(yb, ub[u], dgacc[u]));
       const batch<S> g(b.g[u]), dl(b.dl[u]);
@@ -338,7 +384,7 @@ void rot_backward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_
       batch<S> dub = xsimd::fma(dl, load(wsb + j), g * yb);
       if (w.dpre) {
         const batch<S> dpre = rotation_angle_grad(dua, dub, ua[u], ub[u]) * load(sc.db + u * L + j);
-        store(sc.dpre + u * L + j, dpre);
+        store(sc.dpre + u * LD + j, dpre);
         dbias += dpre;
       }
       if (w.dws) {
@@ -347,8 +393,8 @@ void rot_backward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_
       }
       if (w.dv) {
         rotate_pair_transpose(c, s, dua, dub);
-        store(sc.dva + u * L + j, dua);
-        store(sc.dvb + u * L + j, dub);
+        store(sc.dva + u * LD + j, dua);
+        store(sc.dvb + u * LD + j, dub);
       }
     }
     if (w.dbias) store(o.dbias_i + tl.a0 + j, load(o.dbias_i + tl.a0 + j) + dbias);
@@ -374,7 +420,7 @@ void rot_backward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_
         const batch<S> uq = load(up);
         batch<S> du = w.dU ? load(dup) : batch<S>(S(0));
         for (int u = 0; u < C; ++u) {
-          const batch<S> x = load(sc.dpre + u * L + j);
+          const batch<S> x = load(sc.dpre + u * LD + j);
           if (w.dz) acc[u] = xsimd::fma(uq, x, acc[u]);
           if (w.dU) du = xsimd::fma(zq[u], x, du);
         }
@@ -388,12 +434,12 @@ void rot_backward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_
     }
 }
 
-/// Backward over a pass-through tile for the block's tokens.
-template <class S, int C>
+/// Backward over a pass-through tile for the block's tokens (Stored: v read from b.ua).
+template <class S, int C, bool Stored = false>
 void pass_backward(const Args<S>& K, const Tile& tl, const S* BPi, const Block<S>& b, const BwdWant& w,
                    const BwdOut<S>& o, const Scratch<S>& sc) {
   constexpr index_t W = simd::width<S>();
-  const index_t r = K.r, L = sc.stride;
+  const index_t r = K.r, L = sc.dstride;
   batch<S> dgacc[C];
   for (int u = 0; u < C; ++u) dgacc[u] = batch<S>(S(0));
   const index_t base = pass_base(K, tl);
@@ -402,7 +448,12 @@ void pass_backward(const Args<S>& K, const Tile& tl, const S* BPi, const Block<S
   const bool need_v = w.dg || w.dws;
   for (index_t j = 0; j < tl.len; j += W, p += r * W) {
     batch<S> v[C] = {};
-    if (need_v) block_expand<S, C, false>(p, r, b, v, nullptr);
+    if (need_v) {
+      if (Stored)
+        for (int u = 0; u < C; ++u) v[u] = load(b.ua[u] + j);
+      else
+        block_expand<S, C, false>(p, r, b, v, nullptr);
+    }
     batch<S> dws(S(0));
     for (int u = 0; u < C; ++u) {
       const batch<S> y = load(b.dya[u] + j), dl(b.dl[u]);
