@@ -39,6 +39,16 @@ namespace kernels {
 
 using simd::batch;
 using simd::hsum;
+
+/// A value that C tokens of a block use, pinned to a register when C > 1 (simd::in_register);
+/// a value used once is left to be folded into its FMA.
+template <int C, class S>
+RG_INLINE batch<S> shared(const batch<S>& v) {
+  if constexpr (C > 1)
+    return simd::in_register(v);
+  else
+    return v;
+}
 using simd::load;
 using simd::store;
 
@@ -170,7 +180,8 @@ RG_INLINE index_t block_angles_steps(const Args<S>& K, const Tile& tl, const S* 
     index_t q = 0;
     for (; q + 1 < k; q += 2)
       for (int g = 0; g < G; ++g) {
-        const batch<S> u0 = load(up + g * k * W + q * W), u1 = load(up + g * k * W + (q + 1) * W);
+        const batch<S> u0 = shared<C>(load(up + g * k * W + q * W));
+        const batch<S> u1 = shared<C>(load(up + g * k * W + (q + 1) * W));
         for (int u = 0; u < C; ++u) {
           pre.v[g * C + u] = xsimd::fma(u0, batch<S>(b.z[u][q]), pre.v[g * C + u]);
           odd[g * C + u] = xsimd::fma(u1, batch<S>(b.z[u][q + 1]), odd[g * C + u]);
@@ -220,9 +231,9 @@ RG_INLINE void block_expand(const S* p, index_t r, const Block<S>& b, batch<S>* 
     if (Two) vb[u] = batch<S>(S(0));
   }
   for (index_t q = 0; q < r; ++q) {
-    const batch<S> a = load(p + q * W);
+    const batch<S> a = shared<C>(load(p + q * W));
     if (Two) {
-      const batch<S> bq = load(p + (r + q) * W);
+      const batch<S> bq = shared<C>(load(p + (r + q) * W));
       for (int u = 0; u < C; ++u) {
         const batch<S> hq(b.hs[u][q]);
         va[u] = xsimd::fma(a, hq, va[u]);
@@ -324,7 +335,7 @@ void block_rank_update(const S* p0, S* dp0, index_t r, index_t len, const BwdWan
     const S* p = p0 + q * W;
     S* dp = dp0 ? dp0 + q * W : nullptr;
     for (index_t j = 0; j < len; j += W, p += step) {
-      const batch<S> a = load(p);
+      const batch<S> a = shared<C>(load(p));
       batch<S> da = w.dB ? load(dp) : batch<S>(S(0));
       for (int u = 0; u < C; ++u) {
         const batch<S> x = load(sc.dva + u * L + j);
@@ -333,7 +344,7 @@ void block_rank_update(const S* p0, S* dp0, index_t r, index_t len, const BwdWan
       }
       if (w.dB) store(dp, da);
       if (Two) {
-        const batch<S> bq = load(p + r * W);
+        const batch<S> bq = shared<C>(load(p + r * W));
         batch<S> db = w.dB ? load(dp + r * W) : batch<S>(S(0));
         for (int u = 0; u < C; ++u) {
           const batch<S> y = load(sc.dvb + u * L + j);
@@ -417,7 +428,7 @@ void rot_backward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_
       const S* up = K.UP + tl.a0 * k + q * W;
       S* dup = o.dUP ? o.dUP + tl.a0 * k + q * W : nullptr;
       for (index_t j = 0; j < tl.len; j += W, up += k * W) {
-        const batch<S> uq = load(up);
+        const batch<S> uq = shared<C>(load(up));
         batch<S> du = w.dU ? load(dup) : batch<S>(S(0));
         for (int u = 0; u < C; ++u) {
           const batch<S> x = load(sc.dpre + u * LD + j);

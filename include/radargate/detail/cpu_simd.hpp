@@ -38,6 +38,20 @@ template <class S>
 RG_INLINE void store(S* p, const batch<S>& v) {
   v.store_aligned(p);
 }
+/// v, pinned to a register. A value loaded once and used by several FMAs of a token block would
+/// otherwise be folded by GCC into each FMA as a memory operand, one load per use, and the
+/// kernels would be bound by the load ports instead of the FMA units.
+template <class S>
+RG_INLINE batch<S> in_register(batch<S> v) {
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__)) && defined(__SSE2__)
+  typename batch<S>::register_type r = v;
+  __asm__("" : "+x"(r));
+  return batch<S>(r);
+#else
+  return v;
+#endif
+}
+
 template <class S>
 RG_INLINE S hsum(const batch<S>& v) {
   return xsimd::hadd(v);
