@@ -835,10 +835,12 @@ class Layer<S, backend::cpu> {
       }
   }
 
-  // Backward of the one-pass stretch path for tokens [t0, t1): per block of tokens, expert after
-  // expert, a first sweep over the tiles writes u_i, cos, sin and bound' of every plane into one
-  // row per token and gives dg_i = dy . u_i, so dl_i is known at once; a second sweep reads them
-  // back for the rest of the chain. Softmax needs dg_i - sum_j g_j dg_j = dy . (u_i - mix), and
+  // Backward of the one-pass stretch path for tokens [t0, t1): expert after expert, and per
+  // expert block after block of tokens, a first sweep over the tiles writes u_i, cos, sin and
+  // bound' of every plane into one row per token and gives dg_i = dy . u_i, so dl_i is known at
+  // once; a second sweep reads them back for the rest of the chain. Experts outermost keep one
+  // expert's packed B and its partial dB in cache across the token blocks; dy (and the mixture)
+  // are gathered into slot space once, [n, dpad] each. Softmax needs dg_i - sum_j g_j dg_j = dy . (u_i - mix), and
   // takes it as that dot product: the difference is formed before the sum, so an expert that
   // carries most of the weight (u_i close to mix) loses no digits to cancellation.
   void backward_one_pass(const Context& ctx, const Bwd& bw, Partial& part, index_t t0, index_t t1,
@@ -851,8 +853,8 @@ class Layer<S, backend::cpu> {
     const std::vector<S> hs = scaled_h(ctx, t0, t1);
     const bool rest = w.dpre || w.dws || w.dv;
     const bool centered = cfg_.normalize == Normalize::softmax;
-    avec<S> mxs(centered ? std::size_t(TB * dp) : 0);
-    avec<S> ub(std::size_t(TB * dp)), dys(std::size_t(TB * dp)), cb(std::size_t(TB * Pp)), sb(std::size_t(TB * Pp)),
+    avec<S> mxs(centered ? std::size_t(n * dp) : 0), dys(std::size_t(n * dp));
+    avec<S> ub(std::size_t(TB * dp)), cb(std::size_t(TB * Pp)), sb(std::size_t(TB * Pp)),
         db(std::size_t(TB * Pp)), dva(std::size_t(TB * LT)), dvb(std::size_t(TB * LT)), dpre(std::size_t(TB * LT));
     const S* z = &ctx.z[std::size_t(t0 * N * k)];
     const S* g = &ctx.g[std::size_t(t0 * N)];
@@ -861,18 +863,22 @@ class Layer<S, backend::cpu> {
     detail::kernels::BwdOut<S> o;
     o.dUP = part.dUP.empty() ? nullptr : part.dUP.data();
     o.dws = part.dws.empty() ? nullptr : part.dws.data();
-    for (index_t tb = 0; tb < n; tb += TB) {
-      const int nb = int(std::min<index_t>(TB, n - tb));
-      for (int c = 0; c < nb; ++c) {
-        const S* row = bw.DY.row(t0 + tb + c);
-        const S* mrow = centered ? &ctx.mix[std::size_t((t0 + tb + c) * d)] : nullptr;
-        for (index_t s = 0; s < dp; ++s) {
-          const index_t oc = W_.coord[std::size_t(s)];
-          dys[std::size_t(c * dp + s)] = oc >= 0 ? row[oc] : S(0);
-          if (centered) mxs[std::size_t(c * dp + s)] = oc >= 0 ? mrow[oc] : S(0);
-        }
+    for (index_t t = 0; t < n; ++t) {
+      const S* row = bw.DY.row(t0 + t);
+      const S* mrow = centered ? &ctx.mix[std::size_t((t0 + t) * d)] : nullptr;
+      for (index_t s = 0; s < dp; ++s) {
+        const index_t oc = W_.coord[std::size_t(s)];
+        dys[std::size_t(t * dp + s)] = oc >= 0 ? row[oc] : S(0);
+        if (centered) mxs[std::size_t(t * dp + s)] = oc >= 0 ? mrow[oc] : S(0);
       }
-      for (index_t i = 0; i < N; ++i) {
+    }
+    for (index_t i = 0; i < N; ++i) {
+      o.dbias_i = part.dbias.empty() ? nullptr : &part.dbias[std::size_t(i * W_.Ppad)];
+      o.dBPi = part.dBP.empty() ? nullptr : &part.dBP[std::size_t(i * r * W_.dpad)];
+      for (index_t tb = 0; tb < n; tb += TB) {
+        const int nb = int(std::min<index_t>(TB, n - tb));
+        const S* dyb0 = dys.data() + tb * dp;
+        const S* mxb0 = centered ? mxs.data() + tb * dp : nullptr;
         detail::kernels::Block<S> b;
         b.n = nb;
         S dg[TB] = {};
@@ -903,11 +909,11 @@ class Layer<S, backend::cpu> {
           for (int c = 0; c < nb; ++c) {
             b.ya[c] = ub.data() + c * dp + tl.a0;
             b.yb[c] = ub.data() + c * dp + tl.b0;
-            b.wa[c] = dys.data() + c * dp + tl.a0;
-            b.wb[c] = dys.data() + c * dp + tl.b0;
+            b.wa[c] = dyb0 + c * dp + tl.a0;
+            b.wb[c] = dyb0 + c * dp + tl.b0;
             if (centered) {
-              b.ma[c] = mxs.data() + c * dp + tl.a0;
-              b.mb[c] = mxs.data() + c * dp + tl.b0;
+              b.ma[c] = mxb0 + c * dp + tl.a0;
+              b.mb[c] = mxb0 + c * dp + tl.b0;
             }
           }
           const auto sc = tile_scratch(tl);
@@ -944,14 +950,12 @@ class Layer<S, backend::cpu> {
         }
         if (!rest) continue;
         // sweep 2: the rest of the chain from the stored rows
-        o.dbias_i = part.dbias.empty() ? nullptr : &part.dbias[std::size_t(i * W_.Ppad)];
-        o.dBPi = part.dBP.empty() ? nullptr : &part.dBP[std::size_t(i * r * W_.dpad)];
         for (const Tile& tl : W_.long_tiles) {
           for (int c = 0; c < nb; ++c) {
             b.ua[c] = ub.data() + c * dp + tl.a0;
             b.ub[c] = ub.data() + c * dp + tl.b0;
-            b.dya[c] = dys.data() + c * dp + tl.a0;
-            b.dyb[c] = dys.data() + c * dp + tl.b0;
+            b.dya[c] = dyb0 + c * dp + tl.a0;
+            b.dyb[c] = dyb0 + c * dp + tl.b0;
           }
           const auto sc = tile_scratch(tl);
           detail::kernels::with_block_size(nb, [&](auto C) {
