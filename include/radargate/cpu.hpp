@@ -349,31 +349,27 @@ class Layer<S, backend::cpu> {
     }
   }
 
-  // z_i = Wx x + s_i (Wv B_i) h_i + sum_j m_ij s_j (Wc B_j) h_j, for tokens [t0, t1).
+  // z_i = Wx x + s_i (Wv B_i) h_i + sum_j m_ij s_j (Wc B_j) h_j, for tokens [t0, t1), as matrix
+  // products over all the tokens at once:
+  //   V_i [n, k] = s_i H_i (Wv B_i)^T,  Q_j [n, k] = s_j H_j (Wc B_j)^T   (H_i = h of expert i)
+  //   C = M Q, with Q stacked as [N, n k]                                (the map, one GEMM)
+  //   z_i = Wx x + V_i + C_i
   void angle_inputs(const detail::MatRef<S>& X, index_t t0, index_t t1, const S* h, S* z) const {
-    const index_t n = t1 - t0, N = D_.N, r = D_.r, k = D_.k;
-    std::vector<S> wx(static_cast<std::size_t>(n * k), S(0)), qv(static_cast<std::size_t>(N * k));
-    if (W_.Wx.present())
-      detail::MMap<S>(wx.data(), n, k, Eigen::OuterStride<>(k)).noalias() = X.rows_of(t0, n) * W_.Wx.map().transpose();
-    for (index_t t = 0; t < n; ++t) {
-      const S* ht = h + t * N * r;
-      for (index_t j = 0; j < N; ++j)
-        for (index_t a = 0; a < k; ++a) {
-          const S* w = &W_.WcB[std::size_t((j * k + a) * r)];
-          S acc = S(0);
-          for (index_t q = 0; q < r; ++q) acc += w[q] * ht[j * r + q];
-          qv[std::size_t(j * k + a)] = scale(j) * acc;
-        }
-      for (index_t i = 0; i < N; ++i)
-        for (index_t a = 0; a < k; ++a) {
-          const S* w = &W_.WvB[std::size_t((i * k + a) * r)];
-          S acc = S(0);
-          for (index_t q = 0; q < r; ++q) acc += w[q] * ht[i * r + q];
-          acc = wx[std::size_t(t * k + a)] + scale(i) * acc;
-          for (index_t j = 0; j < N; ++j) acc += W_.m[std::size_t(i * N + j)] * qv[std::size_t(j * k + a)];
-          z[(t * N + i) * k + a] = acc;
-        }
+    const index_t n = t1 - t0, N = D_.N, r = D_.r, k = D_.k, nk = n * k;
+    detail::RowMat<S> wx = detail::RowMat<S>::Zero(n, k);
+    if (W_.Wx.present()) wx.noalias() = X.rows_of(t0, n) * W_.Wx.map().transpose();
+    detail::RowMat<S> V(N, nk), Q(N, nk);
+    for (index_t i = 0; i < N; ++i) {
+      const detail::CMap<S> Hi(h + i * r, n, r, Eigen::OuterStride<>(N * r));
+      detail::MMap<S>(V.data() + i * nk, n, k, Eigen::OuterStride<>(k)).noalias() =
+          scale(i) * Hi * detail::CMap<S>(&W_.WvB[std::size_t(i * k * r)], k, r, Eigen::OuterStride<>(r)).transpose();
+      detail::MMap<S>(Q.data() + i * nk, n, k, Eigen::OuterStride<>(k)).noalias() =
+          scale(i) * Hi * detail::CMap<S>(&W_.WcB[std::size_t(i * k * r)], k, r, Eigen::OuterStride<>(r)).transpose();
     }
+    V.noalias() += detail::CMap<S>(W_.m.data(), N, N, Eigen::OuterStride<>(N)) * Q;
+    for (index_t t = 0; t < n; ++t)
+      for (index_t i = 0; i < N; ++i)
+        for (index_t a = 0; a < k; ++a) z[(t * N + i) * k + a] = wx(t, a) + V(i, t * k + a);
   }
 
   // Scratch of one thread for the tile kernels.
