@@ -6,15 +6,18 @@
 //   H = X A^T                           shrink: one GEMM over the stacked A [N*r, d_in]
 //   z_i = Wx x + s_i (Wv B_i) h_i + sum_j m_ij s_j (Wc B_j) h_j      rank space, O(N r k + N^2 k)
 //   per tile of output slots, per block of up to 4 tokens, per expert:
-//     v = s_i B_i h_i, alpha = bound(U z_i + bias_i), u = R(alpha) v, then
-//     pass 1 (stretch gate only): l_i += ws . u       pass 2: y += g_i u
+//     v = s_i B_i h_i, alpha = bound(U z_i + bias_i), u = R(alpha) v, then y += g_i u
+//   stretch gate with rotation (not top-k): per block of tokens, per expert, u_i over every tile
+//     into one row per token, l_i += ws . u_i, then a running (online) softmax sum of the u_i:
+//     one pass over the experts, each angle evaluated once (forward_one_pass)
 //
 // Variants without rotation and with a dense gate are two GEMMs (Y += (g s h) B^T, and the
 // stretch logit ws . v_i = s_i (B_i^T ws) . h_i in rank space). A top-k gate without rotation
 // computes only the selected experts (grouped GEMMs for the shrink, tiles for the expand).
 //
-// Backward recomputes u per tile in the same way and reduces the parameter gradients per
-// thread, then across threads in a fixed order; see docs/CPU_BACKEND.md.
+// Backward recomputes u per tile in the same way (the one-pass stretch path stores u, cos, sin
+// of one expert and token block between its two sweeps instead) and reduces the parameter
+// gradients per thread, then across threads in a fixed order; see docs/CPU_BACKEND.md.
 //
 // Threads: tokens are split into `threads` contiguous blocks, one per thread. For a fixed thread
 // count every result is bit-identical run to run. The rank-space caches are built from the
