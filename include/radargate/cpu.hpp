@@ -834,12 +834,13 @@ class Layer<S, backend::cpu> {
       }
   }
 
-  // Backward of the one-pass stretch path for tokens [t0, t1): expert after expert, and per
-  // expert block after block of tokens, a first sweep over the tiles writes u_i, cos, sin and
-  // bound' of every plane into one row per token and gives dg_i = dy . u_i, so dl_i is known at
-  // once; a second sweep reads them back for the rest of the chain. Experts outermost keep one
-  // expert's packed B and its partial dB in cache across the token blocks; dy (and the mixture)
-  // are gathered into slot space once, [n, dpad] each. Softmax needs dg_i - sum_j g_j dg_j = dy . (u_i - mix), and
+  // Backward of the one-pass stretch path for tokens [t0, t1), in groups of tokens: per group,
+  // expert after expert, and per expert block after block of tokens, a first sweep over the
+  // tiles writes u_i, cos, sin and bound' of every plane into one row per token and gives
+  // dg_i = dy . u_i, so dl_i is known at once; a second sweep reads them back for the rest of the
+  // chain. Experts outside the blocks keep one expert's packed B and its partial dB in cache
+  // across the blocks of a group; dy (and the mixture) of a group, gathered into slot space
+  // (about 1 MiB), stay in cache across its experts. Softmax needs dg_i - sum_j g_j dg_j = dy . (u_i - mix), and
   // takes it as that dot product: the difference is formed before the sum, so an expert that
   // carries most of the weight (u_i close to mix) loses no digits to cancellation.
   void backward_one_pass(const Context& ctx, const Bwd& bw, Partial& part, index_t t0, index_t t1,
@@ -852,7 +853,10 @@ class Layer<S, backend::cpu> {
     const std::vector<S> hs = scaled_h(ctx, t0, t1);
     const bool rest = w.dpre || w.dws || w.dv;
     const bool centered = cfg_.normalize == Normalize::softmax;
-    avec<S> mxs(centered ? std::size_t(n * dp) : 0), dys(std::size_t(n * dp));
+    // tokens per group: dy and the mixture of a group in about 1 MiB, a whole number of blocks
+    const index_t group_bytes = 2 * dp * index_t(sizeof(S));
+    const index_t SG = std::min<index_t>(n, std::max<index_t>(TB, (index_t(1) << 20) / group_bytes / TB * TB));
+    avec<S> mxs(centered ? std::size_t(SG * dp) : 0), dys(std::size_t(SG * dp));
     avec<S> ub(std::size_t(TB * dp)), cb(std::size_t(TB * Pp)), sb(std::size_t(TB * Pp)),
         db(std::size_t(TB * Pp)), dva(std::size_t(TB * LT)), dvb(std::size_t(TB * LT)), dpre(std::size_t(TB * LT));
     const S* z = &ctx.z[std::size_t(t0 * N * k)];
@@ -862,108 +866,111 @@ class Layer<S, backend::cpu> {
     detail::kernels::BwdOut<S> o;
     o.dUP = part.dUP.empty() ? nullptr : part.dUP.data();
     o.dws = part.dws.empty() ? nullptr : part.dws.data();
-    for (index_t t = 0; t < n; ++t) {
-      const S* row = bw.DY.row(t0 + t);
-      const S* mrow = centered ? &ctx.mix[std::size_t((t0 + t) * d)] : nullptr;
-      for (index_t s = 0; s < dp; ++s) {
-        const index_t oc = W_.coord[std::size_t(s)];
-        dys[std::size_t(t * dp + s)] = oc >= 0 ? row[oc] : S(0);
-        if (centered) mxs[std::size_t(t * dp + s)] = oc >= 0 ? mrow[oc] : S(0);
+    for (index_t g0 = 0; g0 < n; g0 += SG) {
+      const index_t g1 = std::min(n, g0 + SG);
+      for (index_t t = g0; t < g1; ++t) {
+        const S* row = bw.DY.row(t0 + t);
+        const S* mrow = centered ? &ctx.mix[std::size_t((t0 + t) * d)] : nullptr;
+        for (index_t s = 0; s < dp; ++s) {
+          const index_t oc = W_.coord[std::size_t(s)];
+          dys[std::size_t((t - g0) * dp + s)] = oc >= 0 ? row[oc] : S(0);
+          if (centered) mxs[std::size_t((t - g0) * dp + s)] = oc >= 0 ? mrow[oc] : S(0);
+        }
       }
-    }
-    for (index_t i = 0; i < N; ++i) {
-      o.dbias_i = part.dbias.empty() ? nullptr : &part.dbias[std::size_t(i * W_.Ppad)];
-      o.dBPi = part.dBP.empty() ? nullptr : &part.dBP[std::size_t(i * r * W_.dpad)];
-      for (index_t tb = 0; tb < n; tb += TB) {
-        const int nb = int(std::min<index_t>(TB, n - tb));
-        const S* dyb0 = dys.data() + tb * dp;
-        const S* mxb0 = centered ? mxs.data() + tb * dp : nullptr;
-        detail::kernels::Block<S> b;
-        b.n = nb;
-        S dg[TB] = {};
-        for (int c = 0; c < nb; ++c) {
-          const index_t ti = (tb + c) * N + i;
-          b.hs[c] = &hs[std::size_t(ti * r)];
-          b.z[c] = z + ti * k;
-          b.g[c] = g[ti];
-          b.e[c] = e ? e + ti * r : nullptr;
-          b.dz[c] = dz ? dz + ti * k : nullptr;
-        }
-        auto tile_scratch = [&](const Tile& tl) {
-          detail::kernels::Scratch<S> sc;
-          sc.stride = Pp;
-          sc.dstride = LT;
-          if (tl.rot) {
-            sc.cb = cb.data() + tl.a0;
-            sc.sb = sb.data() + tl.a0;
-            sc.db = db.data() + tl.a0;
-          }
-          sc.dva = dva.data();
-          sc.dvb = dvb.data();
-          sc.dpre = dpre.data();
-          return sc;
-        };
-        // sweep 1: u, cos, sin, bound', dg = dy . u
-        for (const Tile& tl : W_.long_tiles) {
+      for (index_t i = 0; i < N; ++i) {
+        o.dbias_i = part.dbias.empty() ? nullptr : &part.dbias[std::size_t(i * W_.Ppad)];
+        o.dBPi = part.dBP.empty() ? nullptr : &part.dBP[std::size_t(i * r * W_.dpad)];
+        for (index_t tb = g0; tb < g1; tb += TB) {
+          const int nb = int(std::min<index_t>(TB, g1 - tb));
+          const S* dyb0 = dys.data() + (tb - g0) * dp;
+          const S* mxb0 = centered ? mxs.data() + (tb - g0) * dp : nullptr;
+          detail::kernels::Block<S> b;
+          b.n = nb;
+          S dg[TB] = {};
           for (int c = 0; c < nb; ++c) {
-            b.ya[c] = ub.data() + c * dp + tl.a0;
-            b.yb[c] = ub.data() + c * dp + tl.b0;
-            b.wa[c] = dyb0 + c * dp + tl.a0;
-            b.wb[c] = dyb0 + c * dp + tl.b0;
-            if (centered) {
-              b.ma[c] = mxb0 + c * dp + tl.a0;
-              b.mb[c] = mxb0 + c * dp + tl.b0;
+            const index_t ti = (tb + c) * N + i;
+            b.hs[c] = &hs[std::size_t(ti * r)];
+            b.z[c] = z + ti * k;
+            b.g[c] = g[ti];
+            b.e[c] = e ? e + ti * r : nullptr;
+            b.dz[c] = dz ? dz + ti * k : nullptr;
+          }
+          auto tile_scratch = [&](const Tile& tl) {
+            detail::kernels::Scratch<S> sc;
+            sc.stride = Pp;
+            sc.dstride = LT;
+            if (tl.rot) {
+              sc.cb = cb.data() + tl.a0;
+              sc.sb = sb.data() + tl.a0;
+              sc.db = db.data() + tl.a0;
             }
-          }
-          const auto sc = tile_scratch(tl);
-          detail::kernels::with_block_size(nb, [&](auto C) {
-            constexpr int Cn = decltype(C)::value;
-            auto sweep = [&](auto deriv, auto ctr) {
-              constexpr bool Dv = decltype(deriv)::value, Ct = decltype(ctr)::value;
-              if (tl.rot)
-                detail::kernels::rot_forward<S, Cn, Put::set, true, Dv, Ct>(K, tl, W_.bp(i), bias_row(i), b, sc);
+            sc.dva = dva.data();
+            sc.dvb = dvb.data();
+            sc.dpre = dpre.data();
+            return sc;
+          };
+          // sweep 1: u, cos, sin, bound', dg = dy . u
+          for (const Tile& tl : W_.long_tiles) {
+            for (int c = 0; c < nb; ++c) {
+              b.ya[c] = ub.data() + c * dp + tl.a0;
+              b.yb[c] = ub.data() + c * dp + tl.b0;
+              b.wa[c] = dyb0 + c * dp + tl.a0;
+              b.wb[c] = dyb0 + c * dp + tl.b0;
+              if (centered) {
+                b.ma[c] = mxb0 + c * dp + tl.a0;
+                b.mb[c] = mxb0 + c * dp + tl.b0;
+              }
+            }
+            const auto sc = tile_scratch(tl);
+            detail::kernels::with_block_size(nb, [&](auto C) {
+              constexpr int Cn = decltype(C)::value;
+              auto sweep = [&](auto deriv, auto ctr) {
+                constexpr bool Dv = decltype(deriv)::value, Ct = decltype(ctr)::value;
+                if (tl.rot)
+                  detail::kernels::rot_forward<S, Cn, Put::set, true, Dv, Ct>(K, tl, W_.bp(i), bias_row(i), b, sc);
+                else
+                  detail::kernels::pass_forward<S, Cn, Put::set, true, Ct>(K, tl, W_.bp(i), b);
+              };
+              using yes = std::true_type;
+              using no = std::false_type;
+              if (w.dpre)
+                centered ? sweep(yes{}, yes{}) : sweep(yes{}, no{});
               else
-                detail::kernels::pass_forward<S, Cn, Put::set, true, Ct>(K, tl, W_.bp(i), b);
-            };
-            using yes = std::true_type;
-            using no = std::false_type;
-            if (w.dpre)
-              centered ? sweep(yes{}, yes{}) : sweep(yes{}, no{});
-            else
-              centered ? sweep(no{}, yes{}) : sweep(no{}, no{});
-          });
-          for (int c = 0; c < nb; ++c) dg[c] += b.dot[c];
-        }
-        for (int c = 0; c < nb; ++c) {
-          const index_t ti = (tb + c) * N + i;
-          const S gi = g[ti];
-          S dl;
-          if (centered)
-            dl = gi * dg[c] * inv_tau;  // dg holds dy . (u_i - mix)
-          else if (nz == Normalize::sigmoid)
-            dl = gi * (S(1) - gi) * dg[c] * inv_tau;
-          else
-            dl = dg[c] * inv_tau;
-          DL[ti] = dl;
-          b.dl[c] = dl;
-        }
-        if (!rest) continue;
-        // sweep 2: the rest of the chain from the stored rows
-        for (const Tile& tl : W_.long_tiles) {
-          for (int c = 0; c < nb; ++c) {
-            b.ua[c] = ub.data() + c * dp + tl.a0;
-            b.ub[c] = ub.data() + c * dp + tl.b0;
-            b.dya[c] = dyb0 + c * dp + tl.a0;
-            b.dyb[c] = dyb0 + c * dp + tl.b0;
+                centered ? sweep(no{}, yes{}) : sweep(no{}, no{});
+            });
+            for (int c = 0; c < nb; ++c) dg[c] += b.dot[c];
           }
-          const auto sc = tile_scratch(tl);
-          detail::kernels::with_block_size(nb, [&](auto C) {
-            constexpr int Cn = decltype(C)::value;
-            if (tl.rot)
-              detail::kernels::rot_backward<S, Cn, true>(K, tl, W_.bp(i), bias_row(i), b, w, o, sc);
+          for (int c = 0; c < nb; ++c) {
+            const index_t ti = (tb + c) * N + i;
+            const S gi = g[ti];
+            S dl;
+            if (centered)
+              dl = gi * dg[c] * inv_tau;  // dg holds dy . (u_i - mix)
+            else if (nz == Normalize::sigmoid)
+              dl = gi * (S(1) - gi) * dg[c] * inv_tau;
             else
-              detail::kernels::pass_backward<S, Cn, true>(K, tl, W_.bp(i), b, w, o, sc);
-          });
+              dl = dg[c] * inv_tau;
+            DL[ti] = dl;
+            b.dl[c] = dl;
+          }
+          if (!rest) continue;
+          // sweep 2: the rest of the chain from the stored rows
+          for (const Tile& tl : W_.long_tiles) {
+            for (int c = 0; c < nb; ++c) {
+              b.ua[c] = ub.data() + c * dp + tl.a0;
+              b.ub[c] = ub.data() + c * dp + tl.b0;
+              b.dya[c] = dyb0 + c * dp + tl.a0;
+              b.dyb[c] = dyb0 + c * dp + tl.b0;
+            }
+            const auto sc = tile_scratch(tl);
+            detail::kernels::with_block_size(nb, [&](auto C) {
+              constexpr int Cn = decltype(C)::value;
+              if (tl.rot)
+                detail::kernels::rot_backward<S, Cn, true>(K, tl, W_.bp(i), bias_row(i), b, w, o, sc);
+              else
+                detail::kernels::pass_backward<S, Cn, true>(K, tl, W_.bp(i), b, w, o, sc);
+            });
+          }
         }
       }
     }

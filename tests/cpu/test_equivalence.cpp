@@ -125,3 +125,18 @@ TEMPLATE_TEST_CASE("cpu backend: the stretch gate with rotation under every norm
     }
   }
 }
+
+TEMPLATE_TEST_CASE("cpu backend: the one-pass stretch backward over several groups of tokens", "[cpu]", float,
+                   double) {
+  // Backward gathers dy and the mixture for groups of about 1 MiB of slot-space rows (64 tokens
+  // at d = 2048 in float, 32 in double); 70 and 150 tokens make several groups and a ragged last one.
+  Case c;
+  c.cfg = LayerConfig::make(Variant::radargate);
+  c.D = Dims{9, 2048, 3, 2, 2, 700};  // d_in, d, N, r, k, P
+  c.seed = 11;
+  c.T = 70;
+  check_against_reference<TestType>(c, 1, 0);
+  c.T = 150;
+  c.cfg.pairing = Pairing::half;
+  check_against_reference<TestType>(c, 2, 0);
+}
