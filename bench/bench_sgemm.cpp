@@ -1,10 +1,13 @@
 // The FLOP ceiling: single-core SGEMM (and DGEMM) of OpenBLAS, one thread, C = A B with square
 // and with the shapes of the layer's own products; Eigen's GEMM (used by the cpu backend for the
 // shrink) on the same shapes for comparison. Counter FLOPS = 2 M N K per second.
+// The byte ceiling: one core reading a float buffer of 1 to 64 MiB over and over (the sum of its
+// values), bytes_per_second. A decode step (T = 1) reads every weight once, so this bounds it.
 #include <benchmark/benchmark.h>
 #include <cblas.h>
 
 #include <Eigen/Core>
+#include <cstdint>
 #include <random>
 #include <vector>
 
@@ -49,6 +52,16 @@ void BM_eigen_gemm(benchmark::State& state) {
   state.counters["FLOPS"] = benchmark::Counter(2.0 * M * N * K, benchmark::Counter::kIsIterationInvariantRate);
 }
 
+void BM_read(benchmark::State& state) {
+  const long n = state.range(0) * (1 << 20) / long(sizeof(float));
+  const Eigen::VectorXf v = Eigen::VectorXf::Random(n);
+  for (auto _ : state) {
+    float s = v.sum();
+    benchmark::DoNotOptimize(s);
+  }
+  state.SetBytesProcessed(std::int64_t(state.iterations()) * n * std::int64_t(sizeof(float)));
+}
+
 // square, and the layer's shrink (T x d_in times d_in x N r) at the target shape
 void shapes(benchmark::internal::Benchmark* b) {
   b->ArgNames({"M", "N", "K"});
@@ -63,5 +76,7 @@ BENCHMARK_TEMPLATE(BM_openblas_gemm, float)->Apply(shapes);
 BENCHMARK_TEMPLATE(BM_eigen_gemm, float)->Apply(shapes);
 BENCHMARK_TEMPLATE(BM_openblas_gemm, double)->Apply(shapes);
 BENCHMARK_TEMPLATE(BM_eigen_gemm, double)->Apply(shapes);
+
+BENCHMARK(BM_read)->ArgName("MiB")->Arg(1)->Arg(4)->Arg(10)->Arg(16)->Arg(64)->Unit(benchmark::kMicrosecond)->UseRealTime();
 
 BENCHMARK_MAIN();

@@ -49,8 +49,10 @@ def main():
         print(f"- run {i}: load before `{before}`, after `{after}`")
     print()
 
-    gemm = best_by([b for r in runs for b in load(os.path.join(r, "gemm.json"))["benchmarks"]],
-                   lambda b: b["name"], lambda b: -b["FLOPS"])
+    ceil_rows = [b for r in runs for b in load(os.path.join(r, "gemm.json"))["benchmarks"]]
+    gemm = best_by([b for b in ceil_rows if "FLOPS" in b], lambda b: b["name"], lambda b: -b["FLOPS"])
+    reads = best_by([b for b in ceil_rows if b["name"].startswith("BM_read")], lambda b: b["name"],
+                    lambda b: -b["bytes_per_second"])
     print("## GEMM ceiling (one thread)\n")
     print("| benchmark | time | GFLOP/s |")
     print("|---|---:|---:|")
@@ -61,6 +63,14 @@ def main():
             ceiling = max(ceiling, g)
         print(f"| {name.replace('/real_time', '')} | {b['real_time']:.2f} {b['time_unit']} | {g:.1f} |")
     print(f"\nSGEMM ceiling (best OpenBLAS float rate above): **{ceiling:.1f} GFLOP/s**\n")
+    if reads:
+        print("## Read bandwidth (one thread, sum of a float buffer)\n")
+        print("| buffer | time | GB/s |")
+        print("|---|---:|---:|")
+        for name, b in reads.items():
+            print(f"| {name.replace('BM_read/', '').replace('/real_time', '')} | {b['real_time']:.1f} "
+                  f"{b['time_unit']} | {b['bytes_per_second'] * 1e-9:.1f} |")
+        print()
 
     layer = best_by([b for r in runs for b in load(os.path.join(r, "layer.json"))["benchmarks"]],
                     lambda b: b["name"], lambda b: b["real_time"])
