@@ -834,31 +834,35 @@ class Layer<S, backend::cpu> {
       }
   }
 
-  // Backward of the one-pass stretch path for tokens [t0, t1), in groups of tokens: per group,
-  // expert after expert, and per expert block after block of tokens, a first sweep over the
-  // tiles writes u_i, cos, sin and bound' of every plane into one row per token and gives
-  // dg_i = dy . u_i, so dl_i is known at once; a second sweep reads them back for the rest of the
-  // chain. Experts outside the blocks keep one expert's packed B and its partial dB in cache
-  // across the blocks of a group; dy (and the mixture) of a group, gathered into slot space
-  // (about 1 MiB), stay in cache across its experts. Softmax needs dg_i - sum_j g_j dg_j = dy . (u_i - mix), and
-  // takes it as that dot product: the difference is formed before the sum, so an expert that
-  // carries most of the weight (u_i close to mix) loses no digits to cancellation.
+  // Backward of the one-pass stretch path for tokens [t0, t1), in groups of 32 tokens (8 blocks):
+  // per group, expert after expert, a first sweep writes u_i, cos, sin and bound' of every plane
+  // into one row per token and gives dg_i = dy . u_i, so dl_i is known at once; a second sweep
+  // reads them back for the rest of the chain. Both sweeps are tile-major (W_.expert_tiles):
+  // every block of the group passes over one short tile before the next tile, so the expert's
+  // packed B and partial dB for that tile (16 KiB together) are read from L1 by all 32 tokens.
+  // Softmax needs dg_i - sum_j g_j dg_j = dy . (u_i - mix), and takes it as that dot product:
+  // the difference is formed before the sum, so an expert that carries most of the weight
+  // (u_i close to mix) loses no digits to cancellation.
   void backward_one_pass(const Context& ctx, const Bwd& bw, Partial& part, index_t t0, index_t t1,
                          const detail::kernels::BwdWant& w, S* DL, S* e, S* dz) const {
     using detail::kernels::Put;
     constexpr int TB = detail::kernels::max_block;
     const index_t n = t1 - t0, N = D_.N, r = D_.r, k = D_.k, d = D_.d, dp = W_.dpad, Pp = W_.Ppad;
+    const auto& tiles = W_.expert_tiles;
     const index_t LT = W_.max_len;
     const auto K = kargs();
     const std::vector<S> hs = scaled_h(ctx, t0, t1);
     const bool rest = w.dpre || w.dws || w.dv;
     const bool centered = cfg_.normalize == Normalize::softmax;
-    // tokens per group: dy and the mixture of a group in about 1 MiB, a whole number of blocks
-    const index_t group_bytes = 2 * dp * index_t(sizeof(S));
-    const index_t SG = std::min<index_t>(n, std::max<index_t>(TB, (index_t(1) << 20) / group_bytes / TB * TB));
+    // tokens per group: 8 blocks, so each tile of one expert's B and dB is reused by 32 tokens
+    // from L1; the group's rows (dy, mixture, u, cos, sin, bound': about 2 MiB at d = 4096)
+    // stay in L3 between the two sweeps
+    constexpr index_t NBk = 8;
+    const index_t SG = std::min<index_t>(n, NBk * TB);
     avec<S> mxs(centered ? std::size_t(SG * dp) : 0), dys(std::size_t(SG * dp));
-    avec<S> ub(std::size_t(TB * dp)), cb(std::size_t(TB * Pp)), sb(std::size_t(TB * Pp)),
-        db(std::size_t(TB * Pp)), dva(std::size_t(TB * LT)), dvb(std::size_t(TB * LT)), dpre(std::size_t(TB * LT));
+    avec<S> ub(std::size_t(SG * dp)), cb(std::size_t(SG * Pp)), sb(std::size_t(SG * Pp)),
+        db(std::size_t(SG * Pp)), dva(std::size_t(TB * LT)), dvb(std::size_t(TB * LT)), dpre(std::size_t(TB * LT));
+    std::vector<S> dg(static_cast<std::size_t>(SG));
     const S* z = &ctx.z[std::size_t(t0 * N * k)];
     const S* g = &ctx.g[std::size_t(t0 * N)];
     const S inv_tau = S(1) / S(cfg_.tau);
@@ -866,6 +870,7 @@ class Layer<S, backend::cpu> {
     detail::kernels::BwdOut<S> o;
     o.dUP = part.dUP.empty() ? nullptr : part.dUP.data();
     o.dws = part.dws.empty() ? nullptr : part.dws.data();
+    std::vector<detail::kernels::Block<S>> blocks(std::size_t((SG + TB - 1) / TB));
     for (index_t g0 = 0; g0 < n; g0 += SG) {
       const index_t g1 = std::min(n, g0 + SG);
       for (index_t t = g0; t < g1; ++t) {
@@ -877,17 +882,16 @@ class Layer<S, backend::cpu> {
           if (centered) mxs[std::size_t((t - g0) * dp + s)] = oc >= 0 ? mrow[oc] : S(0);
         }
       }
+      const index_t nblk = (g1 - g0 + TB - 1) / TB;
       for (index_t i = 0; i < N; ++i) {
         o.dbias_i = part.dbias.empty() ? nullptr : &part.dbias[std::size_t(i * W_.Ppad)];
         o.dBPi = part.dBP.empty() ? nullptr : &part.dBP[std::size_t(i * r * W_.dpad)];
-        for (index_t tb = g0; tb < g1; tb += TB) {
-          const int nb = int(std::min<index_t>(TB, g1 - tb));
-          const S* dyb0 = dys.data() + (tb - g0) * dp;
-          const S* mxb0 = centered ? mxs.data() + (tb - g0) * dp : nullptr;
-          detail::kernels::Block<S> b;
-          b.n = nb;
-          S dg[TB] = {};
-          for (int c = 0; c < nb; ++c) {
+        for (index_t bi = 0; bi < nblk; ++bi) {
+          const index_t tb = g0 + bi * TB;
+          auto& b = blocks[std::size_t(bi)];
+          b = detail::kernels::Block<S>{};
+          b.n = int(std::min<index_t>(TB, g1 - tb));
+          for (int c = 0; c < b.n; ++c) {
             const index_t ti = (tb + c) * N + i;
             b.hs[c] = &hs[std::size_t(ti * r)];
             b.z[c] = z + ti * k;
@@ -895,34 +899,41 @@ class Layer<S, backend::cpu> {
             b.e[c] = e ? e + ti * r : nullptr;
             b.dz[c] = dz ? dz + ti * k : nullptr;
           }
-          auto tile_scratch = [&](const Tile& tl) {
-            detail::kernels::Scratch<S> sc;
-            sc.stride = Pp;
-            sc.dstride = LT;
-            if (tl.rot) {
-              sc.cb = cb.data() + tl.a0;
-              sc.sb = sb.data() + tl.a0;
-              sc.db = db.data() + tl.a0;
-            }
-            sc.dva = dva.data();
-            sc.dvb = dvb.data();
-            sc.dpre = dpre.data();
-            return sc;
-          };
-          // sweep 1: u, cos, sin, bound', dg = dy . u
-          for (const Tile& tl : W_.long_tiles) {
-            for (int c = 0; c < nb; ++c) {
-              b.ya[c] = ub.data() + c * dp + tl.a0;
-              b.yb[c] = ub.data() + c * dp + tl.b0;
-              b.wa[c] = dyb0 + c * dp + tl.a0;
-              b.wb[c] = dyb0 + c * dp + tl.b0;
+        }
+        auto tile_scratch = [&](const Tile& tl, index_t bi) {
+          detail::kernels::Scratch<S> sc;
+          sc.stride = Pp;
+          sc.dstride = LT;
+          if (tl.rot) {
+            const index_t off = bi * TB * Pp + tl.a0;
+            sc.cb = cb.data() + off;
+            sc.sb = sb.data() + off;
+            sc.db = db.data() + off;
+          }
+          sc.dva = dva.data();
+          sc.dvb = dvb.data();
+          sc.dpre = dpre.data();
+          return sc;
+        };
+        // sweep 1, tile-major over the group's blocks: u, cos, sin, bound', dg = dy . u
+        std::fill(dg.begin(), dg.end(), S(0));
+        for (const Tile& tl : tiles)
+          for (index_t bi = 0; bi < nblk; ++bi) {
+            auto& b = blocks[std::size_t(bi)];
+            const index_t row0 = bi * TB;
+            for (int c = 0; c < b.n; ++c) {
+              const index_t ro = (row0 + c) * dp;
+              b.ya[c] = ub.data() + ro + tl.a0;
+              b.yb[c] = ub.data() + ro + tl.b0;
+              b.wa[c] = dys.data() + ro + tl.a0;
+              b.wb[c] = dys.data() + ro + tl.b0;
               if (centered) {
-                b.ma[c] = mxb0 + c * dp + tl.a0;
-                b.mb[c] = mxb0 + c * dp + tl.b0;
+                b.ma[c] = mxs.data() + ro + tl.a0;
+                b.mb[c] = mxs.data() + ro + tl.b0;
               }
             }
-            const auto sc = tile_scratch(tl);
-            detail::kernels::with_block_size(nb, [&](auto C) {
+            const auto sc = tile_scratch(tl, bi);
+            detail::kernels::with_block_size(b.n, [&](auto C) {
               constexpr int Cn = decltype(C)::value;
               auto sweep = [&](auto deriv, auto ctr) {
                 constexpr bool Dv = decltype(deriv)::value, Ct = decltype(ctr)::value;
@@ -938,32 +949,38 @@ class Layer<S, backend::cpu> {
               else
                 centered ? sweep(no{}, yes{}) : sweep(no{}, no{});
             });
-            for (int c = 0; c < nb; ++c) dg[c] += b.dot[c];
+            for (int c = 0; c < b.n; ++c) dg[std::size_t(row0 + c)] += b.dot[c];
           }
-          for (int c = 0; c < nb; ++c) {
-            const index_t ti = (tb + c) * N + i;
-            const S gi = g[ti];
+        for (index_t bi = 0; bi < nblk; ++bi) {
+          auto& b = blocks[std::size_t(bi)];
+          for (int c = 0; c < b.n; ++c) {
+            const index_t t = g0 + bi * TB + c, ti = t * N + i;
+            const S gi = g[ti], dgt = dg[std::size_t(t - g0)];
             S dl;
             if (centered)
-              dl = gi * dg[c] * inv_tau;  // dg holds dy . (u_i - mix)
+              dl = gi * dgt * inv_tau;  // dg holds dy . (u_i - mix)
             else if (nz == Normalize::sigmoid)
-              dl = gi * (S(1) - gi) * dg[c] * inv_tau;
+              dl = gi * (S(1) - gi) * dgt * inv_tau;
             else
-              dl = dg[c] * inv_tau;
+              dl = dgt * inv_tau;
             DL[ti] = dl;
             b.dl[c] = dl;
           }
-          if (!rest) continue;
-          // sweep 2: the rest of the chain from the stored rows
-          for (const Tile& tl : W_.long_tiles) {
-            for (int c = 0; c < nb; ++c) {
-              b.ua[c] = ub.data() + c * dp + tl.a0;
-              b.ub[c] = ub.data() + c * dp + tl.b0;
-              b.dya[c] = dyb0 + c * dp + tl.a0;
-              b.dyb[c] = dyb0 + c * dp + tl.b0;
+        }
+        if (!rest) continue;
+        // sweep 2, tile-major: the rest of the chain from the stored rows
+        for (const Tile& tl : tiles)
+          for (index_t bi = 0; bi < nblk; ++bi) {
+            auto& b = blocks[std::size_t(bi)];
+            for (int c = 0; c < b.n; ++c) {
+              const index_t ro = (bi * TB + c) * dp;
+              b.ua[c] = ub.data() + ro + tl.a0;
+              b.ub[c] = ub.data() + ro + tl.b0;
+              b.dya[c] = dys.data() + ro + tl.a0;
+              b.dyb[c] = dys.data() + ro + tl.b0;
             }
-            const auto sc = tile_scratch(tl);
-            detail::kernels::with_block_size(nb, [&](auto C) {
+            const auto sc = tile_scratch(tl, bi);
+            detail::kernels::with_block_size(b.n, [&](auto C) {
               constexpr int Cn = decltype(C)::value;
               if (tl.rot)
                 detail::kernels::rot_backward<S, Cn, true>(K, tl, W_.bp(i), bias_row(i), b, w, o, sc);
@@ -971,7 +988,6 @@ class Layer<S, backend::cpu> {
                 detail::kernels::pass_backward<S, Cn, true>(K, tl, W_.bp(i), b, w, o, sc);
             });
           }
-        }
       }
     }
   }

@@ -128,8 +128,10 @@ TEMPLATE_TEST_CASE("cpu backend: the stretch gate with rotation under every norm
 
 TEMPLATE_TEST_CASE("cpu backend: the one-pass stretch backward over several groups of tokens", "[cpu]", float,
                    double) {
-  // Backward gathers dy and the mixture for groups of about 1 MiB of slot-space rows (64 tokens
-  // at d = 2048 in float, 32 in double); 70 and 150 tokens make several groups and a ragged last one.
+  // Backward works in groups of 32 tokens, each swept tile by tile (512 planes per tile for r = 2
+  // in float, 256 in double, so P = 700 makes two or three rotation tiles and a pass-through
+  // one); 70 tokens, and 150 over 2 threads (75 each), make several groups, a ragged last group
+  // and a ragged last block.
   Case c;
   c.cfg = LayerConfig::make(Variant::radargate);
   c.D = Dims{9, 2048, 3, 2, 2, 700};  // d_in, d, N, r, k, P

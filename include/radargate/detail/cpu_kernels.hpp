@@ -226,7 +226,9 @@ RG_INLINE void block_angles(const Args<S>& K, const Tile& tl, const S* bias_i, c
 template <class S, int C, bool Two>
 RG_INLINE void block_expand(const S* p, index_t r, const Block<S>& b, batch<S>* va, batch<S>* vb) {
   constexpr index_t W = simd::width<S>();
+  const S* hs[C];
   for (int u = 0; u < C; ++u) {
+    hs[u] = b.hs[u];
     va[u] = batch<S>(S(0));
     if (Two) vb[u] = batch<S>(S(0));
   }
@@ -235,12 +237,12 @@ RG_INLINE void block_expand(const S* p, index_t r, const Block<S>& b, batch<S>* 
     if (Two) {
       const batch<S> bq = shared<C>(load(p + (r + q) * W));
       for (int u = 0; u < C; ++u) {
-        const batch<S> hq(b.hs[u][q]);
+        const batch<S> hq(hs[u][q]);
         va[u] = xsimd::fma(a, hq, va[u]);
         vb[u] = xsimd::fma(bq, hq, vb[u]);
       }
     } else {
-      for (int u = 0; u < C; ++u) va[u] = xsimd::fma(a, batch<S>(b.hs[u][q]), va[u]);
+      for (int u = 0; u < C; ++u) va[u] = xsimd::fma(a, batch<S>(hs[u][q]), va[u]);
     }
   }
 }
@@ -253,28 +255,42 @@ void rot_forward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_i
                  const Scratch<S>& sc) {
   constexpr index_t W = simd::width<S>();
   const index_t r = K.r, L = sc.stride;
-  block_angles<S, C>(K, tl, bias_i, b, sc, Deriv);
+  // locals: a vector store may alias any memory, so reads through b would follow every store
+  S *ya[C], *yb[C];
+  const S *wa[C], *wb[C], *ma[C], *mb[C];
+  S gv[C];
+  for (int u = 0; u < C; ++u) {
+    ya[u] = b.ya[u];
+    yb[u] = b.yb[u];
+    wa[u] = b.wa[u];
+    wb[u] = b.wb[u];
+    ma[u] = b.ma[u];
+    mb[u] = b.mb[u];
+    gv[u] = b.g[u];
+  }
+  const S *cb = sc.cb, *sb = sc.sb;
   batch<S> acc[C];
   for (int u = 0; u < C; ++u) acc[u] = batch<S>(S(0));
   const S* p = BPi + rot_base(K, tl);
+  block_angles<S, C>(K, tl, bias_i, b, sc, Deriv);
   for (index_t j = 0; j < tl.len; j += W, p += 2 * r * W) {
     batch<S> va[C], vb[C];
     block_expand<S, C, true>(p, r, b, va, vb);
     for (int u = 0; u < C; ++u) {
-      rotate_pair(load(sc.cb + u * L + j), load(sc.sb + u * L + j), va[u], vb[u]);
+      rotate_pair(load(cb + u * L + j), load(sb + u * L + j), va[u], vb[u]);
       if (Out == Put::add) {
-        const batch<S> g(b.g[u]);
-        store(b.ya[u] + j, xsimd::fma(g, va[u], load(b.ya[u] + j)));
-        store(b.yb[u] + j, xsimd::fma(g, vb[u], load(b.yb[u] + j)));
+        const batch<S> g(gv[u]);
+        store(ya[u] + j, xsimd::fma(g, va[u], load(ya[u] + j)));
+        store(yb[u] + j, xsimd::fma(g, vb[u], load(yb[u] + j)));
       } else if (Out == Put::set) {
-        store(b.ya[u] + j, va[u]);
-        store(b.yb[u] + j, vb[u]);
+        store(ya[u] + j, va[u]);
+        store(yb[u] + j, vb[u]);
       }
       if (Dot && Centered)
-        acc[u] = xsimd::fma(load(b.wa[u] + j), va[u] - load(b.ma[u] + j),
-                            xsimd::fma(load(b.wb[u] + j), vb[u] - load(b.mb[u] + j), acc[u]));
+        acc[u] = xsimd::fma(load(wa[u] + j), va[u] - load(ma[u] + j),
+                            xsimd::fma(load(wb[u] + j), vb[u] - load(mb[u] + j), acc[u]));
       else if (Dot)
-        acc[u] = xsimd::fma(load(b.wa[u] + j), va[u], xsimd::fma(load(b.wb[u] + j), vb[u], acc[u]));
+        acc[u] = xsimd::fma(load(wa[u] + j), va[u], xsimd::fma(load(wb[u] + j), vb[u], acc[u]));
     }
   }
   if (Dot)
@@ -326,6 +342,8 @@ void block_rank_update(const S* p0, S* dp0, index_t r, index_t len, const BwdWan
                        const Scratch<S>& sc) {
   constexpr index_t W = simd::width<S>();
   const index_t L = sc.dstride, step = (Two ? 2 : 1) * r * W;
+  const bool want_e = w.e, want_dB = w.dB;  // locals: see rot_forward
+  const S *dva = sc.dva, *dvb = sc.dvb;
   for (index_t q = 0; q < r; ++q) {
     batch<S> acc[C], hq[C];
     for (int u = 0; u < C; ++u) {
@@ -336,26 +354,26 @@ void block_rank_update(const S* p0, S* dp0, index_t r, index_t len, const BwdWan
     S* dp = dp0 ? dp0 + q * W : nullptr;
     for (index_t j = 0; j < len; j += W, p += step) {
       const batch<S> a = shared<C>(load(p));
-      batch<S> da = w.dB ? load(dp) : batch<S>(S(0));
+      batch<S> da = want_dB ? load(dp) : batch<S>(S(0));
       for (int u = 0; u < C; ++u) {
-        const batch<S> x = load(sc.dva + u * L + j);
-        if (w.e) acc[u] = xsimd::fma(a, x, acc[u]);
-        if (w.dB) da = xsimd::fma(hq[u], x, da);
+        const batch<S> x = load(dva + u * L + j);
+        if (want_e) acc[u] = xsimd::fma(a, x, acc[u]);
+        if (want_dB) da = xsimd::fma(hq[u], x, da);
       }
-      if (w.dB) store(dp, da);
+      if (want_dB) store(dp, da);
       if (Two) {
         const batch<S> bq = shared<C>(load(p + r * W));
-        batch<S> db = w.dB ? load(dp + r * W) : batch<S>(S(0));
+        batch<S> db = want_dB ? load(dp + r * W) : batch<S>(S(0));
         for (int u = 0; u < C; ++u) {
-          const batch<S> y = load(sc.dvb + u * L + j);
-          if (w.e) acc[u] = xsimd::fma(bq, y, acc[u]);
-          if (w.dB) db = xsimd::fma(hq[u], y, db);
+          const batch<S> y = load(dvb + u * L + j);
+          if (want_e) acc[u] = xsimd::fma(bq, y, acc[u]);
+          if (want_dB) db = xsimd::fma(hq[u], y, db);
         }
-        if (w.dB) store(dp + r * W, db);
+        if (want_dB) store(dp + r * W, db);
       }
       if (dp) dp += step;
     }
-    if (w.e)
+    if (want_e)
       for (int u = 0; u < C; ++u) b.e[u][q] += hsum(acc[u]);
   }
 }
@@ -368,6 +386,24 @@ void rot_backward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_
   constexpr index_t W = simd::width<S>();
   const index_t r = K.r, k = K.k, L = sc.stride, LD = sc.dstride;
   if (!Stored) block_angles<S, C>(K, tl, bias_i, b, sc, w.dpre);
+  // Locals, not reads through b, w and sc: a vector store may alias any memory, so values read
+  // through a reference would be reloaded after every store of the loop.
+  const bool want_dg = w.dg, want_dpre = w.dpre, want_dws = w.dws, want_dv = w.dv, want_dbias = w.dbias;
+  const S *ua_p[C], *ub_p[C], *dya_p[C], *dyb_p[C];
+  S gv[C], dlv[C];
+  for (int u = 0; u < C; ++u) {
+    ua_p[u] = b.ua[u];
+    ub_p[u] = b.ub[u];
+    dya_p[u] = b.dya[u];
+    dyb_p[u] = b.dyb[u];
+    gv[u] = b.g[u];
+    dlv[u] = b.dl[u];
+  }
+  const S *cb = sc.cb, *sb = sc.sb, *db = sc.db;
+  S *dva = sc.dva, *dvb = sc.dvb, *dpre_p = sc.dpre;
+  S* dbias_p = o.dbias_i ? o.dbias_i + tl.a0 : nullptr;
+  S* dws_pa = o.dws ? o.dws + tl.a0 : nullptr;
+  S* dws_pb = o.dws ? o.dws + tl.b0 : nullptr;
   batch<S> dgacc[C];
   for (int u = 0; u < C; ++u) dgacc[u] = batch<S>(S(0));
   const index_t base = rot_base(K, tl);
@@ -378,47 +414,49 @@ void rot_backward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_
     batch<S> ua[C], ub[C];
     if (Stored) {
       for (int u = 0; u < C; ++u) {
-        ua[u] = load(b.ua[u] + j);
-        ub[u] = load(b.ub[u] + j);
+        ua[u] = load(ua_p[u] + j);
+        ub[u] = load(ub_p[u] + j);
       }
     } else {
       block_expand<S, C, true>(p, r, b, ua, ub);
     }
     batch<S> dws_a(S(0)), dws_b(S(0)), dbias(S(0));
+    const batch<S> wa = load(wsa + j), wb = load(wsb + j);
     for (int u = 0; u < C; ++u) {
-      const batch<S> c = load(sc.cb + u * L + j), s = load(sc.sb + u * L + j);
+      const batch<S> c = load(cb + u * L + j), s = load(sb + u * L + j);
       if (!Stored) rotate_pair(c, s, ua[u], ub[u]);
-      const batch<S> ya = load(b.dya[u] + j), yb = load(b.dyb[u] + j);
-      if (w.dg) dgacc[u] = xsimd::fma(ya, ua[u], xsimd::fma(yb, ub[u], dgacc[u]));
-      const batch<S> g(b.g[u]), dl(b.dl[u]);
-      batch<S> dua = xsimd::fma(dl, load(wsa + j), g * ya);
-      batch<S> dub = xsimd::fma(dl, load(wsb + j), g * yb);
-      if (w.dpre) {
-        const batch<S> dpre = rotation_angle_grad(dua, dub, ua[u], ub[u]) * load(sc.db + u * L + j);
-        store(sc.dpre + u * LD + j, dpre);
+      const batch<S> ya = load(dya_p[u] + j), yb = load(dyb_p[u] + j);
+      if (want_dg) dgacc[u] = xsimd::fma(ya, ua[u], xsimd::fma(yb, ub[u], dgacc[u]));
+      const batch<S> g(gv[u]), dl(dlv[u]);
+      batch<S> dua = xsimd::fma(dl, wa, g * ya);
+      batch<S> dub = xsimd::fma(dl, wb, g * yb);
+      if (want_dpre) {
+        const batch<S> dpre = rotation_angle_grad(dua, dub, ua[u], ub[u]) * load(db + u * L + j);
+        store(dpre_p + u * LD + j, dpre);
         dbias += dpre;
       }
-      if (w.dws) {
+      if (want_dws) {
         dws_a = xsimd::fma(dl, ua[u], dws_a);
         dws_b = xsimd::fma(dl, ub[u], dws_b);
       }
-      if (w.dv) {
+      if (want_dv) {
         rotate_pair_transpose(c, s, dua, dub);
-        store(sc.dva + u * LD + j, dua);
-        store(sc.dvb + u * LD + j, dub);
+        store(dva + u * LD + j, dua);
+        store(dvb + u * LD + j, dub);
       }
     }
-    if (w.dbias) store(o.dbias_i + tl.a0 + j, load(o.dbias_i + tl.a0 + j) + dbias);
-    if (w.dws) {
-      store(o.dws + tl.a0 + j, load(o.dws + tl.a0 + j) + dws_a);
-      store(o.dws + tl.b0 + j, load(o.dws + tl.b0 + j) + dws_b);
+    if (want_dbias) store(dbias_p + j, load(dbias_p + j) + dbias);
+    if (want_dws) {
+      store(dws_pa + j, load(dws_pa + j) + dws_a);
+      store(dws_pb + j, load(dws_pb + j) + dws_b);
     }
   }
-  if (w.dg)
+  if (want_dg)
     for (int u = 0; u < C; ++u) *b.dg[u] += hsum(dgacc[u]);
-  if (w.dv) block_rank_update<S, C, true>(BPi + base, o.dBPi ? o.dBPi + base : nullptr, r, tl.len, w, b, sc);
+  if (want_dv) block_rank_update<S, C, true>(BPi + base, o.dBPi ? o.dBPi + base : nullptr, r, tl.len, w, b, sc);
   // dz_u += U^T dpre_u and dU += sum_u z_u dpre_u, one row q of the packed U at a time
-  if (w.dz || w.dU)
+  const bool want_dz = w.dz, want_dU = w.dU;
+  if (want_dz || want_dU)
     for (index_t q = 0; q < k; ++q) {
       batch<S> acc[C], zq[C];
       for (int u = 0; u < C; ++u) {
@@ -429,18 +467,18 @@ void rot_backward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_
       S* dup = o.dUP ? o.dUP + tl.a0 * k + q * W : nullptr;
       for (index_t j = 0; j < tl.len; j += W, up += k * W) {
         const batch<S> uq = shared<C>(load(up));
-        batch<S> du = w.dU ? load(dup) : batch<S>(S(0));
+        batch<S> du = want_dU ? load(dup) : batch<S>(S(0));
         for (int u = 0; u < C; ++u) {
-          const batch<S> x = load(sc.dpre + u * LD + j);
-          if (w.dz) acc[u] = xsimd::fma(uq, x, acc[u]);
-          if (w.dU) du = xsimd::fma(zq[u], x, du);
+          const batch<S> x = load(dpre_p + u * LD + j);
+          if (want_dz) acc[u] = xsimd::fma(uq, x, acc[u]);
+          if (want_dU) du = xsimd::fma(zq[u], x, du);
         }
-        if (w.dU) {
+        if (want_dU) {
           store(dup, du);
           dup += k * W;
         }
       }
-      if (w.dz)
+      if (want_dz)
         for (int u = 0; u < C; ++u) b.dz[u][q] += hsum(acc[u]);
     }
 }

@@ -54,6 +54,7 @@ struct CpuWeights {
   std::vector<S> A_store, Wg_store, Wx_store, W0_store, Wv_store, Wc_store;
   std::vector<Tile> tiles;       // sized for reuse of each tile's weights across many tokens
   std::vector<Tile> long_tiles;  // for fewer tokens than a block: nothing to reuse, longer loops
+  std::vector<Tile> expert_tiles;  // backward of the one-pass stretch path: one expert's B and dB in L1
   index_t max_len = 0;           // longest tile of either list
   std::uint64_t generation = 0;
 
@@ -170,8 +171,10 @@ struct CpuWeights {
     };
     tiles = make_tiles(tp);
     long_tiles = make_tiles(std::max<index_t>(tp, 512));
+    // one expert's packed expand weights and their gradient for a tile: 16 KiB, half of L1
+    expert_tiles = make_tiles(std::min<index_t>(512, std::max<index_t>(W, 16 * 1024 / (4 * r * index_t(sizeof(S))) / W * W)));
     max_len = 0;
-    for (const auto* list : {&tiles, &long_tiles})
+    for (const auto* list : {&tiles, &long_tiles, &expert_tiles})
       for (const Tile& t : *list) max_len = std::max(max_len, t.len);
     ++generation;
   }
