@@ -316,6 +316,15 @@ template <class S, int C, Put Out, bool Dot, bool Centered = false>
 void pass_forward(const Args<S>& K, const Tile& tl, const S* BPi, Block<S>& b) {
   constexpr index_t W = simd::width<S>();
   const index_t r = K.r;
+  S* ya[C];  // locals: see rot_forward
+  const S *wa[C], *ma[C];
+  S gv[C];
+  for (int u = 0; u < C; ++u) {
+    ya[u] = b.ya[u];
+    wa[u] = b.wa[u];
+    ma[u] = b.ma[u];
+    gv[u] = b.g[u];
+  }
   batch<S> acc[C];
   for (int u = 0; u < C; ++u) acc[u] = batch<S>(S(0));
   const S* p = BPi + pass_base(K, tl);
@@ -323,12 +332,12 @@ void pass_forward(const Args<S>& K, const Tile& tl, const S* BPi, Block<S>& b) {
     batch<S> v[C];
     block_expand<S, C, false>(p, r, b, v, nullptr);
     for (int u = 0; u < C; ++u) {
-      if (Out == Put::add) store(b.ya[u] + j, xsimd::fma(batch<S>(b.g[u]), v[u], load(b.ya[u] + j)));
-      if (Out == Put::set) store(b.ya[u] + j, v[u]);
+      if (Out == Put::add) store(ya[u] + j, xsimd::fma(batch<S>(gv[u]), v[u], load(ya[u] + j)));
+      if (Out == Put::set) store(ya[u] + j, v[u]);
       if (Dot && Centered)
-        acc[u] = xsimd::fma(load(b.wa[u] + j), v[u] - load(b.ma[u] + j), acc[u]);
+        acc[u] = xsimd::fma(load(wa[u] + j), v[u] - load(ma[u] + j), acc[u]);
       else if (Dot)
-        acc[u] = xsimd::fma(load(b.wa[u] + j), v[u], acc[u]);
+        acc[u] = xsimd::fma(load(wa[u] + j), v[u], acc[u]);
     }
   }
   if (Dot)
@@ -489,30 +498,41 @@ void pass_backward(const Args<S>& K, const Tile& tl, const S* BPi, const Block<S
                    const BwdOut<S>& o, const Scratch<S>& sc) {
   constexpr index_t W = simd::width<S>();
   const index_t r = K.r, L = sc.dstride;
+  const bool want_dg = w.dg, want_dws = w.dws, want_dv = w.dv;  // locals: see rot_forward
+  const S *ua[C], *dya[C];
+  S gv[C], dlv[C];
+  for (int u = 0; u < C; ++u) {
+    ua[u] = b.ua[u];
+    dya[u] = b.dya[u];
+    gv[u] = b.g[u];
+    dlv[u] = b.dl[u];
+  }
+  S* dva = sc.dva;
+  S* dws_p = o.dws ? o.dws + tl.a0 : nullptr;
   batch<S> dgacc[C];
   for (int u = 0; u < C; ++u) dgacc[u] = batch<S>(S(0));
   const index_t base = pass_base(K, tl);
   const S* p = BPi + base;
   const S* ws = K.ws + tl.a0;
-  const bool need_v = w.dg || w.dws;
+  const bool need_v = want_dg || want_dws;
   for (index_t j = 0; j < tl.len; j += W, p += r * W) {
     batch<S> v[C] = {};
     if (need_v) {
       if (Stored)
-        for (int u = 0; u < C; ++u) v[u] = load(b.ua[u] + j);
+        for (int u = 0; u < C; ++u) v[u] = load(ua[u] + j);
       else
         block_expand<S, C, false>(p, r, b, v, nullptr);
     }
     batch<S> dws(S(0));
     for (int u = 0; u < C; ++u) {
-      const batch<S> y = load(b.dya[u] + j), dl(b.dl[u]);
-      if (w.dg) dgacc[u] = xsimd::fma(y, v[u], dgacc[u]);
-      if (w.dws) dws = xsimd::fma(dl, v[u], dws);
-      if (w.dv) store(sc.dva + u * L + j, xsimd::fma(dl, load(ws + j), batch<S>(b.g[u]) * y));
+      const batch<S> y = load(dya[u] + j), dl(dlv[u]);
+      if (want_dg) dgacc[u] = xsimd::fma(y, v[u], dgacc[u]);
+      if (want_dws) dws = xsimd::fma(dl, v[u], dws);
+      if (want_dv) store(dva + u * L + j, xsimd::fma(dl, load(ws + j), batch<S>(gv[u]) * y));
     }
-    if (w.dws) store(o.dws + tl.a0 + j, load(o.dws + tl.a0 + j) + dws);
+    if (want_dws) store(dws_p + j, load(dws_p + j) + dws);
   }
-  if (w.dg)
+  if (want_dg)
     for (int u = 0; u < C; ++u) *b.dg[u] += hsum(dgacc[u]);
   if (w.dv) block_rank_update<S, C, false>(BPi + base, o.dBPi ? o.dBPi + base : nullptr, r, tl.len, w, b, sc);
 }
