@@ -419,45 +419,87 @@ void rot_backward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_
   const S* p = BPi + base;
   const S* wsa = K.ws + tl.a0;
   const S* wsb = K.ws + tl.b0;
-  for (index_t j = 0; j < tl.len; j += W, p += 2 * r * W) {
-    batch<S> ua[C], ub[C];
-    if (Stored) {
-      for (int u = 0; u < C; ++u) {
-        ua[u] = load(ua_p[u] + j);
-        ub[u] = load(ub_p[u] + j);
-      }
-    } else {
-      block_expand<S, C, true>(p, r, b, ua, ub);
-    }
-    batch<S> dws_a(S(0)), dws_b(S(0)), dbias(S(0));
-    const batch<S> wa = load(wsa + j), wb = load(wsb + j);
+  if constexpr (Stored) {
+    // The element-wise part shares no load between tokens, so it runs one token at a time
+    // (fewer live pointers than the whole block's); dbias and dws then sum the block's rows.
     for (int u = 0; u < C; ++u) {
-      const batch<S> c = load(cb + u * L + j), s = load(sb + u * L + j);
-      if (!Stored) rotate_pair(c, s, ua[u], ub[u]);
-      const batch<S> ya = load(dya_p[u] + j), yb = load(dyb_p[u] + j);
-      if (want_dg) dgacc[u] = xsimd::fma(ya, ua[u], xsimd::fma(yb, ub[u], dgacc[u]));
+      const S *pua = ua_p[u], *pub = ub_p[u], *pya = dya_p[u], *pyb = dyb_p[u];
+      const S *pc = cb + u * L, *ps = sb + u * L, *pd = db + u * L;
+      S *pdp = dpre_p + u * LD, *pva = dva + u * LD, *pvb = dvb + u * LD;
       const batch<S> g(gv[u]), dl(dlv[u]);
-      batch<S> dua = xsimd::fma(dl, wa, g * ya);
-      batch<S> dub = xsimd::fma(dl, wb, g * yb);
-      if (want_dpre) {
-        const batch<S> dpre = rotation_angle_grad(dua, dub, ua[u], ub[u]) * load(db + u * L + j);
-        store(dpre_p + u * LD + j, dpre);
-        dbias += dpre;
+      batch<S> dga(S(0));
+      for (index_t j = 0; j < tl.len; j += W) {
+        const batch<S> a = load(pua + j), bb = load(pub + j), ya = load(pya + j), yb = load(pyb + j);
+        if (want_dg) dga = xsimd::fma(ya, a, xsimd::fma(yb, bb, dga));
+        batch<S> dua = xsimd::fma(dl, load(wsa + j), g * ya);
+        batch<S> dub = xsimd::fma(dl, load(wsb + j), g * yb);
+        if (want_dpre) store(pdp + j, rotation_angle_grad(dua, dub, a, bb) * load(pd + j));
+        if (want_dv) {
+          rotate_pair_transpose(load(pc + j), load(ps + j), dua, dub);
+          store(pva + j, dua);
+          store(pvb + j, dub);
+        }
       }
-      if (want_dws) {
-        dws_a = xsimd::fma(dl, ua[u], dws_a);
-        dws_b = xsimd::fma(dl, ub[u], dws_b);
-      }
-      if (want_dv) {
-        rotate_pair_transpose(c, s, dua, dub);
-        store(dva + u * LD + j, dua);
-        store(dvb + u * LD + j, dub);
-      }
+      dgacc[u] = dga;
     }
-    if (want_dbias) store(dbias_p + j, load(dbias_p + j) + dbias);
-    if (want_dws) {
-      store(dws_pa + j, load(dws_pa + j) + dws_a);
-      store(dws_pb + j, load(dws_pb + j) + dws_b);
+    if (want_dbias || want_dws)
+      for (index_t j = 0; j < tl.len; j += W) {
+        batch<S> dws_a(S(0)), dws_b(S(0)), dbias(S(0));
+        for (int u = 0; u < C; ++u) {
+          if (want_dbias) dbias += load(dpre_p + u * LD + j);
+          if (want_dws) {
+            const batch<S> dl(dlv[u]);
+            dws_a = xsimd::fma(dl, load(ua_p[u] + j), dws_a);
+            dws_b = xsimd::fma(dl, load(ub_p[u] + j), dws_b);
+          }
+        }
+        if (want_dbias) store(dbias_p + j, load(dbias_p + j) + dbias);
+        if (want_dws) {
+          store(dws_pa + j, load(dws_pa + j) + dws_a);
+          store(dws_pb + j, load(dws_pb + j) + dws_b);
+        }
+      }
+  } else {
+    for (index_t j = 0; j < tl.len; j += W, p += 2 * r * W) {
+      batch<S> ua[C], ub[C];
+      if (Stored) {
+        for (int u = 0; u < C; ++u) {
+          ua[u] = load(ua_p[u] + j);
+          ub[u] = load(ub_p[u] + j);
+        }
+      } else {
+        block_expand<S, C, true>(p, r, b, ua, ub);
+      }
+      batch<S> dws_a(S(0)), dws_b(S(0)), dbias(S(0));
+      const batch<S> wa = load(wsa + j), wb = load(wsb + j);
+      for (int u = 0; u < C; ++u) {
+        const batch<S> c = load(cb + u * L + j), s = load(sb + u * L + j);
+        if (!Stored) rotate_pair(c, s, ua[u], ub[u]);
+        const batch<S> ya = load(dya_p[u] + j), yb = load(dyb_p[u] + j);
+        if (want_dg) dgacc[u] = xsimd::fma(ya, ua[u], xsimd::fma(yb, ub[u], dgacc[u]));
+        const batch<S> g(gv[u]), dl(dlv[u]);
+        batch<S> dua = xsimd::fma(dl, wa, g * ya);
+        batch<S> dub = xsimd::fma(dl, wb, g * yb);
+        if (want_dpre) {
+          const batch<S> dpre = rotation_angle_grad(dua, dub, ua[u], ub[u]) * load(db + u * L + j);
+          store(dpre_p + u * LD + j, dpre);
+          dbias += dpre;
+        }
+        if (want_dws) {
+          dws_a = xsimd::fma(dl, ua[u], dws_a);
+          dws_b = xsimd::fma(dl, ub[u], dws_b);
+        }
+        if (want_dv) {
+          rotate_pair_transpose(c, s, dua, dub);
+          store(dva + u * LD + j, dua);
+          store(dvb + u * LD + j, dub);
+        }
+      }
+      if (want_dbias) store(dbias_p + j, load(dbias_p + j) + dbias);
+      if (want_dws) {
+        store(dws_pa + j, load(dws_pa + j) + dws_a);
+        store(dws_pb + j, load(dws_pb + j) + dws_b);
+      }
     }
   }
   if (want_dg)
