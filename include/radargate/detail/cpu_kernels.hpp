@@ -126,6 +126,14 @@ struct BwdWant {
   bool dB = false;     // lora.B
 };
 
+/// Copies the first C entries of a block's per-token array into a local array. The kernels read
+/// pointers, scalars and flags from locals: a vector store may alias any memory, so a value read
+/// through a reference inside a loop would be reloaded after every store.
+template <int C, class T>
+RG_INLINE void take(T (&dst)[C], const T (&src)[max_block]) {
+  for (int u = 0; u < C; ++u) dst[u] = src[u];
+}
+
 /// Calls f(std::integral_constant<int, n>{}) for n in 1..max_block.
 template <class F>
 RG_INLINE void with_block_size(int n, F&& f) {
@@ -227,8 +235,8 @@ template <class S, int C, bool Two>
 RG_INLINE void block_expand(const S* p, index_t r, const Block<S>& b, batch<S>* va, batch<S>* vb) {
   constexpr index_t W = simd::width<S>();
   const S* hs[C];
+  take<C>(hs, b.hs);
   for (int u = 0; u < C; ++u) {
-    hs[u] = b.hs[u];
     va[u] = batch<S>(S(0));
     if (Two) vb[u] = batch<S>(S(0));
   }
@@ -255,19 +263,11 @@ void rot_forward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_i
                  const Scratch<S>& sc) {
   constexpr index_t W = simd::width<S>();
   const index_t r = K.r, L = sc.stride;
-  // locals: a vector store may alias any memory, so reads through b would follow every store
-  S *ya[C], *yb[C];
+  S *ya[C], *yb[C];  // locals (see take)
   const S *wa[C], *wb[C], *ma[C], *mb[C];
   S gv[C];
-  for (int u = 0; u < C; ++u) {
-    ya[u] = b.ya[u];
-    yb[u] = b.yb[u];
-    wa[u] = b.wa[u];
-    wb[u] = b.wb[u];
-    ma[u] = b.ma[u];
-    mb[u] = b.mb[u];
-    gv[u] = b.g[u];
-  }
+  take<C>(ya, b.ya), take<C>(yb, b.yb), take<C>(wa, b.wa), take<C>(wb, b.wb);
+  take<C>(ma, b.ma), take<C>(mb, b.mb), take<C>(gv, b.g);
   const S *cb = sc.cb, *sb = sc.sb;
   batch<S> acc[C];
   for (int u = 0; u < C; ++u) acc[u] = batch<S>(S(0));
@@ -316,15 +316,10 @@ template <class S, int C, Put Out, bool Dot, bool Centered = false>
 void pass_forward(const Args<S>& K, const Tile& tl, const S* BPi, Block<S>& b) {
   constexpr index_t W = simd::width<S>();
   const index_t r = K.r;
-  S* ya[C];  // locals: see rot_forward
+  S* ya[C];  // locals (see take)
   const S *wa[C], *ma[C];
   S gv[C];
-  for (int u = 0; u < C; ++u) {
-    ya[u] = b.ya[u];
-    wa[u] = b.wa[u];
-    ma[u] = b.ma[u];
-    gv[u] = b.g[u];
-  }
+  take<C>(ya, b.ya), take<C>(wa, b.wa), take<C>(ma, b.ma), take<C>(gv, b.g);
   batch<S> acc[C];
   for (int u = 0; u < C; ++u) acc[u] = batch<S>(S(0));
   const S* p = BPi + pass_base(K, tl);
@@ -351,7 +346,7 @@ void block_rank_update(const S* p0, S* dp0, index_t r, index_t len, const BwdWan
                        const Scratch<S>& sc) {
   constexpr index_t W = simd::width<S>();
   const index_t L = sc.dstride, step = (Two ? 2 : 1) * r * W;
-  const bool want_e = w.e, want_dB = w.dB;  // locals: see rot_forward
+  const bool want_e = w.e, want_dB = w.dB;  // locals (see take)
   const S *dva = sc.dva, *dvb = sc.dvb;
   for (index_t q = 0; q < r; ++q) {
     batch<S> acc[C], hq[C];
@@ -395,19 +390,12 @@ void rot_backward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_
   constexpr index_t W = simd::width<S>();
   const index_t r = K.r, k = K.k, L = sc.stride, LD = sc.dstride;
   if (!Stored) block_angles<S, C>(K, tl, bias_i, b, sc, w.dpre);
-  // Locals, not reads through b, w and sc: a vector store may alias any memory, so values read
-  // through a reference would be reloaded after every store of the loop.
+  // locals (see take)
   const bool want_dg = w.dg, want_dpre = w.dpre, want_dws = w.dws, want_dv = w.dv, want_dbias = w.dbias;
   const S *ua_p[C], *ub_p[C], *dya_p[C], *dyb_p[C];
   S gv[C], dlv[C];
-  for (int u = 0; u < C; ++u) {
-    ua_p[u] = b.ua[u];
-    ub_p[u] = b.ub[u];
-    dya_p[u] = b.dya[u];
-    dyb_p[u] = b.dyb[u];
-    gv[u] = b.g[u];
-    dlv[u] = b.dl[u];
-  }
+  take<C>(ua_p, b.ua), take<C>(ub_p, b.ub), take<C>(dya_p, b.dya), take<C>(dyb_p, b.dyb);
+  take<C>(gv, b.g), take<C>(dlv, b.dl);
   const S *cb = sc.cb, *sb = sc.sb, *db = sc.db;
   S *dva = sc.dva, *dvb = sc.dvb, *dpre_p = sc.dpre;
   S* dbias_p = o.dbias_i ? o.dbias_i + tl.a0 : nullptr;
@@ -540,15 +528,10 @@ void pass_backward(const Args<S>& K, const Tile& tl, const S* BPi, const Block<S
                    const BwdOut<S>& o, const Scratch<S>& sc) {
   constexpr index_t W = simd::width<S>();
   const index_t r = K.r, L = sc.dstride;
-  const bool want_dg = w.dg, want_dws = w.dws, want_dv = w.dv;  // locals: see rot_forward
+  const bool want_dg = w.dg, want_dws = w.dws, want_dv = w.dv;  // locals (see take)
   const S *ua[C], *dya[C];
   S gv[C], dlv[C];
-  for (int u = 0; u < C; ++u) {
-    ua[u] = b.ua[u];
-    dya[u] = b.dya[u];
-    gv[u] = b.g[u];
-    dlv[u] = b.dl[u];
-  }
+  take<C>(ua, b.ua), take<C>(dya, b.dya), take<C>(gv, b.g), take<C>(dlv, b.dl);
   S* dva = sc.dva;
   S* dws_p = o.dws ? o.dws + tl.a0 : nullptr;
   batch<S> dgacc[C];
