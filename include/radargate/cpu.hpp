@@ -847,6 +847,7 @@ class Layer<S, backend::cpu> {
                          const detail::kernels::BwdWant& w, S* DL, S* e, S* dz) const {
     using detail::kernels::Put;
     constexpr int TB = detail::kernels::max_block;
+    constexpr index_t SW = detail::simd::width<S>();
     const index_t n = t1 - t0, N = D_.N, r = D_.r, k = D_.k, d = D_.d, dp = W_.dpad, Pp = W_.Ppad;
     const auto& tiles = W_.expert_tiles;
     const index_t LT = W_.max_len;
@@ -859,8 +860,11 @@ class Layer<S, backend::cpu> {
     // stay in L3 between the two sweeps
     constexpr index_t NBk = 8;
     const index_t SG = std::min<index_t>(n, NBk * TB);
-    avec<S> mxs(centered ? std::size_t(SG * dp) : 0), dys(std::size_t(SG * dp));
-    avec<S> ub(std::size_t(SG * dp)), cb(std::size_t(SG * Pp)), sb(std::size_t(SG * Pp)),
+    // dy, the mixture and u of a group are stored interleaved (kernels::at): the four tokens of
+    // a block alternate every W slots
+    const index_t GR = (SG + TB - 1) / TB * TB;  // rows, a whole number of blocks
+    avec<S> mxs(centered ? std::size_t(GR * dp) : 0), dys(std::size_t(GR * dp));
+    avec<S> ub(std::size_t(GR * dp)), cb(std::size_t(SG * Pp)), sb(std::size_t(SG * Pp)),
         db(std::size_t(SG * Pp)), dva(std::size_t(TB * LT)), dvb(std::size_t(TB * LT)), dpre(std::size_t(TB * LT));
     std::vector<S> dg(static_cast<std::size_t>(SG));
     const S* z = &ctx.z[std::size_t(t0 * N * k)];
@@ -876,10 +880,13 @@ class Layer<S, backend::cpu> {
       for (index_t t = g0; t < g1; ++t) {
         const S* row = bw.DY.row(t0 + t);
         const S* mrow = centered ? &ctx.mix[std::size_t((t0 + t) * d)] : nullptr;
+        const index_t tg = t - g0;
+        const index_t base = tg / TB * TB * dp + tg % TB * SW;
         for (index_t s = 0; s < dp; ++s) {
           const index_t oc = W_.coord[std::size_t(s)];
-          dys[std::size_t((t - g0) * dp + s)] = oc >= 0 ? row[oc] : S(0);
-          if (centered) mxs[std::size_t((t - g0) * dp + s)] = oc >= 0 ? mrow[oc] : S(0);
+          const std::size_t at = std::size_t(base + s / SW * TB * SW + s % SW);
+          dys[at] = oc >= 0 ? row[oc] : S(0);
+          if (centered) mxs[at] = oc >= 0 ? mrow[oc] : S(0);
         }
       }
       const index_t nblk = (g1 - g0 + TB - 1) / TB;
@@ -922,14 +929,14 @@ class Layer<S, backend::cpu> {
             auto& b = blocks[std::size_t(bi)];
             const index_t row0 = bi * TB;
             for (int c = 0; c < b.n; ++c) {
-              const index_t ro = (row0 + c) * dp;
-              b.ya[c] = ub.data() + ro + tl.a0;
-              b.yb[c] = ub.data() + ro + tl.b0;
-              b.wa[c] = dys.data() + ro + tl.a0;
-              b.wb[c] = dys.data() + ro + tl.b0;
+              const index_t oa = row0 * dp + tl.a0 * TB + c * SW, ob = row0 * dp + tl.b0 * TB + c * SW;
+              b.ya[c] = ub.data() + oa;
+              b.yb[c] = ub.data() + ob;
+              b.wa[c] = dys.data() + oa;
+              b.wb[c] = dys.data() + ob;
               if (centered) {
-                b.ma[c] = mxs.data() + ro + tl.a0;
-                b.mb[c] = mxs.data() + ro + tl.b0;
+                b.ma[c] = mxs.data() + oa;
+                b.mb[c] = mxs.data() + ob;
               }
             }
             const auto sc = tile_scratch(tl, bi);
@@ -938,9 +945,9 @@ class Layer<S, backend::cpu> {
               auto sweep = [&](auto deriv, auto ctr) {
                 constexpr bool Dv = decltype(deriv)::value, Ct = decltype(ctr)::value;
                 if (tl.rot)
-                  detail::kernels::rot_forward<S, Cn, Put::set, true, Dv, Ct>(K, tl, W_.bp(i), bias_row(i), b, sc);
+                  detail::kernels::rot_forward<S, Cn, Put::set, true, Dv, Ct, true>(K, tl, W_.bp(i), bias_row(i), b, sc);
                 else
-                  detail::kernels::pass_forward<S, Cn, Put::set, true, Ct>(K, tl, W_.bp(i), b);
+                  detail::kernels::pass_forward<S, Cn, Put::set, true, Ct, true>(K, tl, W_.bp(i), b);
               };
               using yes = std::true_type;
               using no = std::false_type;
@@ -973,19 +980,19 @@ class Layer<S, backend::cpu> {
           for (index_t bi = 0; bi < nblk; ++bi) {
             auto& b = blocks[std::size_t(bi)];
             for (int c = 0; c < b.n; ++c) {
-              const index_t ro = (bi * TB + c) * dp;
-              b.ua[c] = ub.data() + ro + tl.a0;
-              b.ub[c] = ub.data() + ro + tl.b0;
-              b.dya[c] = dys.data() + ro + tl.a0;
-              b.dyb[c] = dys.data() + ro + tl.b0;
+              const index_t oa = bi * TB * dp + tl.a0 * TB + c * SW, ob = bi * TB * dp + tl.b0 * TB + c * SW;
+              b.ua[c] = ub.data() + oa;
+              b.ub[c] = ub.data() + ob;
+              b.dya[c] = dys.data() + oa;
+              b.dyb[c] = dys.data() + ob;
             }
             const auto sc = tile_scratch(tl, bi);
             detail::kernels::with_block_size(b.n, [&](auto C) {
               constexpr int Cn = decltype(C)::value;
               if (tl.rot)
-                detail::kernels::rot_backward<S, Cn, true>(K, tl, W_.bp(i), bias_row(i), b, w, o, sc);
+                detail::kernels::rot_backward<S, Cn, true, true>(K, tl, W_.bp(i), bias_row(i), b, w, o, sc);
               else
-                detail::kernels::pass_backward<S, Cn, true>(K, tl, W_.bp(i), b, w, o, sc);
+                detail::kernels::pass_backward<S, Cn, true, true>(K, tl, W_.bp(i), b, w, o, sc);
             });
           }
       }

@@ -134,6 +134,19 @@ RG_INLINE void take(T (&dst)[C], const T (&src)[max_block]) {
   for (int u = 0; u < C; ++u) dst[u] = src[u];
 }
 
+/// Where token u's value at tile offset j is. Plain rows: p[u] + j. Interleaved rows (Il: the
+/// rows that the one-pass backward stores between its sweeps): the block's tokens alternate
+/// every W values, so token u is at p[0] + u W + j max_block, one pointer for the whole block
+/// (four pointers per array would not fit the registers of a block's loop).
+template <bool Il, int C, class T>
+RG_INLINE T* at(T* const (&p)[C], int u, index_t j) {
+  constexpr index_t W = simd::width<typename std::remove_const<T>::type>();
+  if constexpr (Il)
+    return p[0] + u * W + j * max_block;
+  else
+    return p[u] + j;
+}
+
 /// Calls f(std::integral_constant<int, n>{}) for n in 1..max_block.
 template <class F>
 RG_INLINE void with_block_size(int n, F&& f) {
@@ -258,7 +271,7 @@ RG_INLINE void block_expand(const S* p, index_t r, const Block<S>& b, batch<S>* 
 /// Forward over a rotation tile. Out: ya, yb += g u (Put::add) or = u (Put::set).
 /// Dot: dot = wa . u_a + wb . u_b, or with Centered wa . (u_a - ma) + wb . (u_b - mb).
 /// Deriv: also store bound'(pre) in sc.db.
-template <class S, int C, Put Out, bool Dot, bool Deriv = false, bool Centered = false>
+template <class S, int C, Put Out, bool Dot, bool Deriv = false, bool Centered = false, bool Il = false>
 void rot_forward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_i, Block<S>& b,
                  const Scratch<S>& sc) {
   constexpr index_t W = simd::width<S>();
@@ -280,17 +293,17 @@ void rot_forward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_i
       rotate_pair(load(cb + u * L + j), load(sb + u * L + j), va[u], vb[u]);
       if (Out == Put::add) {
         const batch<S> g(gv[u]);
-        store(ya[u] + j, xsimd::fma(g, va[u], load(ya[u] + j)));
-        store(yb[u] + j, xsimd::fma(g, vb[u], load(yb[u] + j)));
+        store(at<Il>(ya, u, j), xsimd::fma(g, va[u], load(at<Il>(ya, u, j))));
+        store(at<Il>(yb, u, j), xsimd::fma(g, vb[u], load(at<Il>(yb, u, j))));
       } else if (Out == Put::set) {
-        store(ya[u] + j, va[u]);
-        store(yb[u] + j, vb[u]);
+        store(at<Il>(ya, u, j), va[u]);
+        store(at<Il>(yb, u, j), vb[u]);
       }
       if (Dot && Centered)
-        acc[u] = xsimd::fma(load(wa[u] + j), va[u] - load(ma[u] + j),
-                            xsimd::fma(load(wb[u] + j), vb[u] - load(mb[u] + j), acc[u]));
+        acc[u] = xsimd::fma(load(at<Il>(wa, u, j)), va[u] - load(at<Il>(ma, u, j)),
+                            xsimd::fma(load(at<Il>(wb, u, j)), vb[u] - load(at<Il>(mb, u, j)), acc[u]));
       else if (Dot)
-        acc[u] = xsimd::fma(load(wa[u] + j), va[u], xsimd::fma(load(wb[u] + j), vb[u], acc[u]));
+        acc[u] = xsimd::fma(load(at<Il>(wa, u, j)), va[u], xsimd::fma(load(at<Il>(wb, u, j)), vb[u], acc[u]));
     }
   }
   if (Dot)
@@ -312,7 +325,7 @@ void scale_add(S* acc, const S* u, index_t n, S a, S w) {
 
 /// Forward over a pass-through tile: y += g v (Put::add) or y = v (Put::set), and/or dot = w . v
 /// (Centered: w . (v - m)).
-template <class S, int C, Put Out, bool Dot, bool Centered = false>
+template <class S, int C, Put Out, bool Dot, bool Centered = false, bool Il = false>
 void pass_forward(const Args<S>& K, const Tile& tl, const S* BPi, Block<S>& b) {
   constexpr index_t W = simd::width<S>();
   const index_t r = K.r;
@@ -327,12 +340,12 @@ void pass_forward(const Args<S>& K, const Tile& tl, const S* BPi, Block<S>& b) {
     batch<S> v[C];
     block_expand<S, C, false>(p, r, b, v, nullptr);
     for (int u = 0; u < C; ++u) {
-      if (Out == Put::add) store(ya[u] + j, xsimd::fma(batch<S>(gv[u]), v[u], load(ya[u] + j)));
-      if (Out == Put::set) store(ya[u] + j, v[u]);
+      if (Out == Put::add) store(at<Il>(ya, u, j), xsimd::fma(batch<S>(gv[u]), v[u], load(at<Il>(ya, u, j))));
+      if (Out == Put::set) store(at<Il>(ya, u, j), v[u]);
       if (Dot && Centered)
-        acc[u] = xsimd::fma(load(wa[u] + j), v[u] - load(ma[u] + j), acc[u]);
+        acc[u] = xsimd::fma(load(at<Il>(wa, u, j)), v[u] - load(at<Il>(ma, u, j)), acc[u]);
       else if (Dot)
-        acc[u] = xsimd::fma(load(wa[u] + j), v[u], acc[u]);
+        acc[u] = xsimd::fma(load(at<Il>(wa, u, j)), v[u], acc[u]);
     }
   }
   if (Dot)
@@ -384,7 +397,7 @@ void block_rank_update(const S* p0, S* dp0, index_t r, index_t len, const BwdWan
 
 /// Backward over a rotation tile for the block's tokens. Stored: u (b.ua, b.ub) and cos, sin and
 /// bound' (sc) were written by rot_forward<.., Put::set, .., true> and are read, not recomputed.
-template <class S, int C, bool Stored = false>
+template <class S, int C, bool Stored = false, bool Il = false>
 void rot_backward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_i, const Block<S>& b,
                   const BwdWant& w, const BwdOut<S>& o, const Scratch<S>& sc) {
   constexpr index_t W = simd::width<S>();
@@ -410,14 +423,17 @@ void rot_backward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_
   if constexpr (Stored) {
     // The element-wise part shares no load between tokens, so it runs one token at a time
     // (fewer live pointers than the whole block's); dbias and dws then sum the block's rows.
+    constexpr index_t JS = Il ? max_block : 1;  // step of j in the stored rows
     for (int u = 0; u < C; ++u) {
-      const S *pua = ua_p[u], *pub = ub_p[u], *pya = dya_p[u], *pyb = dyb_p[u];
+      const S *pua = at<Il>(ua_p, u, 0), *pub = at<Il>(ub_p, u, 0), *pya = at<Il>(dya_p, u, 0),
+              *pyb = at<Il>(dyb_p, u, 0);
       const S *pc = cb + u * L, *ps = sb + u * L, *pd = db + u * L;
       S *pdp = dpre_p + u * LD, *pva = dva + u * LD, *pvb = dvb + u * LD;
       const batch<S> g(gv[u]), dl(dlv[u]);
       batch<S> dga(S(0));
       for (index_t j = 0; j < tl.len; j += W) {
-        const batch<S> a = load(pua + j), bb = load(pub + j), ya = load(pya + j), yb = load(pyb + j);
+        const batch<S> a = load(pua + j * JS), bb = load(pub + j * JS), ya = load(pya + j * JS),
+                       yb = load(pyb + j * JS);
         if (want_dg) dga = xsimd::fma(ya, a, xsimd::fma(yb, bb, dga));
         batch<S> dua = xsimd::fma(dl, load(wsa + j), g * ya);
         batch<S> dub = xsimd::fma(dl, load(wsb + j), g * yb);
@@ -437,8 +453,8 @@ void rot_backward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_
           if (want_dbias) dbias += load(dpre_p + u * LD + j);
           if (want_dws) {
             const batch<S> dl(dlv[u]);
-            dws_a = xsimd::fma(dl, load(ua_p[u] + j), dws_a);
-            dws_b = xsimd::fma(dl, load(ub_p[u] + j), dws_b);
+            dws_a = xsimd::fma(dl, load(at<Il>(ua_p, u, j)), dws_a);
+            dws_b = xsimd::fma(dl, load(at<Il>(ub_p, u, j)), dws_b);
           }
         }
         if (want_dbias) store(dbias_p + j, load(dbias_p + j) + dbias);
@@ -523,7 +539,7 @@ void rot_backward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_
 }
 
 /// Backward over a pass-through tile for the block's tokens (Stored: v read from b.ua).
-template <class S, int C, bool Stored = false>
+template <class S, int C, bool Stored = false, bool Il = false>
 void pass_backward(const Args<S>& K, const Tile& tl, const S* BPi, const Block<S>& b, const BwdWant& w,
                    const BwdOut<S>& o, const Scratch<S>& sc) {
   constexpr index_t W = simd::width<S>();
@@ -544,13 +560,13 @@ void pass_backward(const Args<S>& K, const Tile& tl, const S* BPi, const Block<S
     batch<S> v[C] = {};
     if (need_v) {
       if (Stored)
-        for (int u = 0; u < C; ++u) v[u] = load(ua[u] + j);
+        for (int u = 0; u < C; ++u) v[u] = load(at<Il>(ua, u, j));
       else
         block_expand<S, C, false>(p, r, b, v, nullptr);
     }
     batch<S> dws(S(0));
     for (int u = 0; u < C; ++u) {
-      const batch<S> y = load(dya[u] + j), dl(dlv[u]);
+      const batch<S> y = load(at<Il>(dya, u, j)), dl(dlv[u]);
       if (want_dg) dgacc[u] = xsimd::fma(y, v[u], dgacc[u]);
       if (want_dws) dws = xsimd::fma(dl, v[u], dws);
       if (want_dv) store(dva + u * L + j, xsimd::fma(dl, load(ws + j), batch<S>(gv[u]) * y));
