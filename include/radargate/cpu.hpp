@@ -383,7 +383,7 @@ class Layer<S, backend::cpu> {
       constexpr index_t TB = detail::kernels::max_block;
       const std::size_t L = std::size_t(TB * l.W_.max_len);
       for (avec<S>* v : {&cb, &sb, &db, &dva, &dvb, &dpre}) v->assign(L, S(0));
-      sc.stride = sc.dstride = l.W_.max_len;
+      sc.dstride = l.W_.max_len;
       sc.cb = cb.data();
       sc.sb = sb.data();
       sc.db = db.data();
@@ -864,8 +864,8 @@ class Layer<S, backend::cpu> {
     // a block alternate every W slots
     const index_t GR = (SG + TB - 1) / TB * TB;  // rows, a whole number of blocks
     avec<S> mxs(centered ? std::size_t(GR * dp) : 0), dys(std::size_t(GR * dp));
-    avec<S> ub(std::size_t(GR * dp)), cb(std::size_t(SG * Pp)), sb(std::size_t(SG * Pp)),
-        db(std::size_t(SG * Pp)), dva(std::size_t(TB * LT)), dvb(std::size_t(TB * LT)), dpre(std::size_t(TB * LT));
+    avec<S> ub(std::size_t(GR * dp)), cb(std::size_t(GR * Pp)), sb(std::size_t(GR * Pp)),
+        db(std::size_t(GR * Pp)), dva(std::size_t(TB * LT)), dvb(std::size_t(TB * LT)), dpre(std::size_t(TB * LT));
     std::vector<S> dg(static_cast<std::size_t>(SG));
     const S* z = &ctx.z[std::size_t(t0 * N * k)];
     const S* g = &ctx.g[std::size_t(t0 * N)];
@@ -909,10 +909,9 @@ class Layer<S, backend::cpu> {
         }
         auto tile_scratch = [&](const Tile& tl, index_t bi) {
           detail::kernels::Scratch<S> sc;
-          sc.stride = Pp;
           sc.dstride = LT;
           if (tl.rot) {
-            const index_t off = bi * TB * Pp + tl.a0;
+            const index_t off = bi * TB * Pp + tl.a0 * TB;  // interleaved (kernels::Scratch)
             sc.cb = cb.data() + off;
             sc.sb = sb.data() + off;
             sc.db = db.data() + off;

@@ -15,9 +15,9 @@
 // Two ways to use them. Tile-major (every gate but the one-pass stretch path): nothing of size d
 // outlives one tile and u is recomputed wherever it is needed. Expert-major (one-pass stretch
 // path, cpu.hpp): the forward kernels write u of one expert (Put::set) and, for backward, cos,
-// sin and bound' of its planes into buffers of one row per token, and the backward kernels read
-// them back (Stored) instead of recomputing them. Those buffers hold one expert of one block of
-// tokens, never the [T, N, d] tensor.
+// sin and bound' of its planes into buffers of a few rows per token, and the backward kernels
+// read them back (Stored) instead of recomputing them. Those buffers hold one expert of one
+// group of tokens (Il: interleaved rows, see at), never the [T, N, d] tensor.
 //
 // Why blocks of tokens: for one token the work of a group of W planes is a chain of dependent
 // operations (k FMAs for pre, then tanh, then sin/cos) that is far longer than the time the
@@ -91,11 +91,12 @@ struct Block {
   const S* mb[max_block] = {};  //               and on the b-slots
 };
 
-/// Per-thread scratch: cos, sin, dalpha/dpre of the tile's planes ([max_block][stride]), and
-/// (backward) dv on the a- and b-slots and dpre ([max_block][dstride]).
+/// Per-thread scratch: cos, sin, dalpha/dpre of the tile's planes, interleaved like kernels::at
+/// (plane j of token u at j max_block + u W: [len / W][max_block][W]), and (backward) dv on the
+/// a- and b-slots and dpre, one row per token ([max_block][dstride]).
 template <class S>
 struct Scratch {
-  index_t stride = 0, dstride = 0;
+  index_t dstride = 0;
   S* cb = nullptr;
   S* sb = nullptr;
   S* db = nullptr;
@@ -186,7 +187,7 @@ RG_INLINE index_t block_angles_steps(const Args<S>& K, const Tile& tl, const S* 
                                      const Scratch<S>& sc, bool deriv, index_t j) {
   constexpr index_t W = simd::width<S>();
   constexpr int U = C * G;  // lane u = g * C + token
-  const index_t k = K.k, L = sc.stride;
+  const index_t k = K.k;
   for (; j + G * W <= tl.len; j += G * W) {
     const S* up = K.UP + (tl.a0 + j) * k;
     simd::Lanes<batch<S>, U> pre, c, s, d;
@@ -217,7 +218,7 @@ RG_INLINE index_t block_angles_steps(const Args<S>& K, const Tile& tl, const S* 
     lanes_angles<S, U, Bd>(pre, c, s, d);
     for (int g = 0; g < G; ++g)
       for (int u = 0; u < C; ++u) {
-        const index_t at = u * L + j + g * W;
+        const index_t at = (j + g * W) * max_block + u * W;  // interleaved (see Scratch)
         store(sc.cb + at, c.v[g * C + u]);
         store(sc.sb + at, s.v[g * C + u]);
         if (deriv) store(sc.db + at, d.v[g * C + u]);
@@ -275,7 +276,7 @@ template <class S, int C, Put Out, bool Dot, bool Deriv = false, bool Centered =
 void rot_forward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_i, Block<S>& b,
                  const Scratch<S>& sc) {
   constexpr index_t W = simd::width<S>();
-  const index_t r = K.r, L = sc.stride;
+  const index_t r = K.r;
   S *ya[C], *yb[C];  // locals (see take)
   const S *wa[C], *wb[C], *ma[C], *mb[C];
   S gv[C];
@@ -290,7 +291,7 @@ void rot_forward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_i
     batch<S> va[C], vb[C];
     block_expand<S, C, true>(p, r, b, va, vb);
     for (int u = 0; u < C; ++u) {
-      rotate_pair(load(cb + u * L + j), load(sb + u * L + j), va[u], vb[u]);
+      rotate_pair(load(cb + j * max_block + u * W), load(sb + j * max_block + u * W), va[u], vb[u]);
       if (Out == Put::add) {
         const batch<S> g(gv[u]);
         store(at<Il>(ya, u, j), xsimd::fma(g, va[u], load(at<Il>(ya, u, j))));
@@ -401,7 +402,7 @@ template <class S, int C, bool Stored = false, bool Il = false>
 void rot_backward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_i, const Block<S>& b,
                   const BwdWant& w, const BwdOut<S>& o, const Scratch<S>& sc) {
   constexpr index_t W = simd::width<S>();
-  const index_t r = K.r, k = K.k, L = sc.stride, LD = sc.dstride;
+  const index_t r = K.r, k = K.k, LD = sc.dstride;
   if (!Stored) block_angles<S, C>(K, tl, bias_i, b, sc, w.dpre);
   // locals (see take)
   const bool want_dg = w.dg, want_dpre = w.dpre, want_dws = w.dws, want_dv = w.dv, want_dbias = w.dbias;
@@ -427,7 +428,7 @@ void rot_backward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_
     for (int u = 0; u < C; ++u) {
       const S *pua = at<Il>(ua_p, u, 0), *pub = at<Il>(ub_p, u, 0), *pya = at<Il>(dya_p, u, 0),
               *pyb = at<Il>(dyb_p, u, 0);
-      const S *pc = cb + u * L, *ps = sb + u * L, *pd = db + u * L;
+      const S *pc = cb + u * W, *ps = sb + u * W, *pd = db + u * W;
       S *pdp = dpre_p + u * LD, *pva = dva + u * LD, *pvb = dvb + u * LD;
       const batch<S> g(gv[u]), dl(dlv[u]);
       batch<S> dga(S(0));
@@ -437,9 +438,9 @@ void rot_backward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_
         if (want_dg) dga = xsimd::fma(ya, a, xsimd::fma(yb, bb, dga));
         batch<S> dua = xsimd::fma(dl, load(wsa + j), g * ya);
         batch<S> dub = xsimd::fma(dl, load(wsb + j), g * yb);
-        if (want_dpre) store(pdp + j, rotation_angle_grad(dua, dub, a, bb) * load(pd + j));
+        if (want_dpre) store(pdp + j, rotation_angle_grad(dua, dub, a, bb) * load(pd + j * max_block));
         if (want_dv) {
-          rotate_pair_transpose(load(pc + j), load(ps + j), dua, dub);
+          rotate_pair_transpose(load(pc + j * max_block), load(ps + j * max_block), dua, dub);
           store(pva + j, dua);
           store(pvb + j, dub);
         }
@@ -477,7 +478,7 @@ void rot_backward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_
       batch<S> dws_a(S(0)), dws_b(S(0)), dbias(S(0));
       const batch<S> wa = load(wsa + j), wb = load(wsb + j);
       for (int u = 0; u < C; ++u) {
-        const batch<S> c = load(cb + u * L + j), s = load(sb + u * L + j);
+        const batch<S> c = load(cb + j * max_block + u * W), s = load(sb + j * max_block + u * W);
         if (!Stored) rotate_pair(c, s, ua[u], ub[u]);
         const batch<S> ya = load(dya_p[u] + j), yb = load(dyb_p[u] + j);
         if (want_dg) dgacc[u] = xsimd::fma(ya, ua[u], xsimd::fma(yb, ub[u], dgacc[u]));
@@ -485,7 +486,7 @@ void rot_backward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_
         batch<S> dua = xsimd::fma(dl, wa, g * ya);
         batch<S> dub = xsimd::fma(dl, wb, g * yb);
         if (want_dpre) {
-          const batch<S> dpre = rotation_angle_grad(dua, dub, ua[u], ub[u]) * load(db + u * L + j);
+          const batch<S> dpre = rotation_angle_grad(dua, dub, ua[u], ub[u]) * load(db + j * max_block + u * W);
           store(dpre_p + u * LD + j, dpre);
           dbias += dpre;
         }
