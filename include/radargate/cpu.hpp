@@ -874,7 +874,9 @@ class Layer<S, backend::cpu> {
     detail::kernels::BwdOut<S> o;
     o.dUP = part.dUP.empty() ? nullptr : part.dUP.data();
     o.dws = part.dws.empty() ? nullptr : part.dws.data();
-    std::vector<detail::kernels::Block<S>> blocks(std::size_t((SG + TB - 1) / TB));
+    std::vector<detail::kernels::Block<S>> blocks(std::size_t(GR / TB));
+    // offset of token c of block bi at slot s0 in the interleaved rows (a multiple of SW)
+    auto il = [&](index_t bi, int c, index_t s0) { return bi * TB * dp + s0 * TB + c * SW; };
     for (index_t g0 = 0; g0 < n; g0 += SG) {
       const index_t g1 = std::min(n, g0 + SG);
       for (index_t t = g0; t < g1; ++t) {
@@ -928,7 +930,7 @@ class Layer<S, backend::cpu> {
             auto& b = blocks[std::size_t(bi)];
             const index_t row0 = bi * TB;
             for (int c = 0; c < b.n; ++c) {
-              const index_t oa = row0 * dp + tl.a0 * TB + c * SW, ob = row0 * dp + tl.b0 * TB + c * SW;
+              const index_t oa = il(bi, c, tl.a0), ob = il(bi, c, tl.b0);
               b.ya[c] = ub.data() + oa;
               b.yb[c] = ub.data() + ob;
               b.wa[c] = dys.data() + oa;
@@ -979,7 +981,7 @@ class Layer<S, backend::cpu> {
           for (index_t bi = 0; bi < nblk; ++bi) {
             auto& b = blocks[std::size_t(bi)];
             for (int c = 0; c < b.n; ++c) {
-              const index_t oa = bi * TB * dp + tl.a0 * TB + c * SW, ob = bi * TB * dp + tl.b0 * TB + c * SW;
+              const index_t oa = il(bi, c, tl.a0), ob = il(bi, c, tl.b0);
               b.ua[c] = ub.data() + oa;
               b.ub[c] = ub.data() + ob;
               b.dya[c] = dys.data() + oa;
