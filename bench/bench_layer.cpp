@@ -106,6 +106,8 @@ void register_all(const char* scalar) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  use_single_threaded_blas();  // the backend's threads are the only ones (RADARGATE_USE_BLAS)
+  benchmark::AddCustomContext("radargate_gemm", cpu_gemm_route());
   register_all<float>("f32");
   register_all<double>("f64");
   benchmark::Initialize(&argc, argv);

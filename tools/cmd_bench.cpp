@@ -100,21 +100,22 @@ int bench_layer(const BenchArgs& a, const Model<S>& m, L& layer) {
   const double peak = peak_rss_mb();
   const char* backend = a.reference ? "reference" : "cpu";
   const char* dtype = a.f64 ? "f64" : "f32";
+  const char* gemm = a.reference ? "none" : cpu_gemm_route();
   if (a.json) {
     std::printf(
-        "{\"variant\": \"%s\", \"backend\": \"%s\", \"dtype\": \"%s\", \"tokens\": %lld, \"experts\": %lld, "
+        "{\"variant\": \"%s\", \"backend\": \"%s\", \"gemm\": \"%s\", \"dtype\": \"%s\", \"tokens\": %lld, \"experts\": %lld, "
         "\"d_in\": %lld, \"d\": %lld, \"rank\": %lld, \"angle_rank\": %lld, \"planes\": %lld, \"base\": %s, "
         "\"backward\": %s, \"threads\": %d, \"repeat\": %d, \"median_s\": %.9g, \"min_s\": %.9g, "
         "\"median_forward_s\": %.9g, \"median_backward_s\": %.9g, \"flops\": %.9g, \"gflops\": %.6g, "
         "\"bytes\": %.9g, \"peak_rss_mb\": %.3f, \"base_rss_mb\": %.3f, \"checksum\": %.9g}\n",
-        to_string(a.cfg.variant), backend, dtype, (long long)T, (long long)a.D.N, (long long)din, (long long)d,
+        to_string(a.cfg.variant), backend, gemm, dtype, (long long)T, (long long)a.D.N, (long long)din, (long long)d,
         (long long)a.D.r, (long long)a.D.k, (long long)a.D.P, a.base ? "true" : "false", a.backward ? "true" : "false",
         a.threads, a.repeat, med, *std::min_element(total.begin(), total.end()), median(fwd),
         a.backward ? median(bwd) : 0.0, w.flops, gflops, w.elements * double(sizeof(S)), peak, base_rss, checksum);
   } else {
-    std::printf("radargate bench: variant %s, backend %s, %s, T=%lld N=%lld d_in=%lld d=%lld r=%lld k=%lld P=%lld%s, "
+    std::printf("radargate bench: variant %s, backend %s (GEMM: %s), %s, T=%lld N=%lld d_in=%lld d=%lld r=%lld k=%lld P=%lld%s, "
                 "%d thread%s\n",
-                to_string(a.cfg.variant), backend, dtype, (long long)T, (long long)a.D.N, (long long)din, (long long)d,
+                to_string(a.cfg.variant), backend, gemm, dtype, (long long)T, (long long)a.D.N, (long long)din, (long long)d,
                 (long long)a.D.r, (long long)a.D.k, (long long)a.D.P, a.base ? ", base" : "", a.threads,
                 a.threads == 1 ? "" : "s");
     std::printf("  %s: median %.6f s over %d runs (min %.6f s)", a.backward ? "forward + backward" : "forward", med,

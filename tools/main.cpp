@@ -6,6 +6,7 @@
 
 #include "cli.hpp"
 #include "cli_common.hpp"
+#include "radargate/cpu.hpp"
 
 namespace {
 struct Command {
@@ -31,6 +32,9 @@ void usage(std::FILE* out) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // A BLAS the cpu backend's products run through (RADARGATE_USE_BLAS) runs each call on the thread
+  // that makes it; the backend's own --threads are the only ones.
+  radargate::use_single_threaded_blas();
   if (argc < 2) {
     usage(stderr);
     return 2;

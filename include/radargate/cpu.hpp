@@ -45,7 +45,42 @@
 #include "reference.hpp"
 #include "view.hpp"
 
+// With RADARGATE_USE_BLAS (CMake option of the same name) Eigen hands the backend's matrix products
+// to the linked BLAS (EIGEN_USE_BLAS). OpenBLAS's thread control is declared weak so that a
+// program without OpenBLAS still links; see use_single_threaded_blas().
+#if defined(EIGEN_USE_BLAS) && defined(__ELF__) && (defined(__GNUC__) || defined(__clang__))
+extern "C" void openblas_set_num_threads(int) __attribute__((weak));
+#define RADARGATE_DETAIL_OPENBLAS_WEAK 1
+#endif
+
 namespace radargate {
+
+/// How the cpu backend runs its matrix products: "blas" when compiled with EIGEN_USE_BLAS (the
+/// CMake option RADARGATE_USE_BLAS), else "eigen" (Eigen's own GEMM). Everything else is the same.
+constexpr const char* cpu_gemm_route() noexcept {
+#ifdef EIGEN_USE_BLAS
+  return "blas";
+#else
+  return "eigen";
+#endif
+}
+
+/// The cpu backend calls the BLAS from each of its own threads (CpuOptions::threads), so the
+/// BLAS should run each call on the thread that makes it; a BLAS that starts threads of its own
+/// oversubscribes the cores. When an OpenBLAS is linked into the program this asks it to
+/// (openblas_set_num_threads(1)) and returns true. Otherwise it changes nothing and returns
+/// false: set the BLAS's own control before the program starts (OPENBLAS_NUM_THREADS=1,
+/// MKL_NUM_THREADS=1, OMP_NUM_THREADS=1). It is a process-wide setting of the BLAS, so the
+/// backend never makes it by itself; the radargate tool and benchmarks call this at start.
+inline bool use_single_threaded_blas() noexcept {
+#ifdef RADARGATE_DETAIL_OPENBLAS_WEAK
+  if (&openblas_set_num_threads != nullptr) {
+    openblas_set_num_threads(1);
+    return true;
+  }
+#endif
+  return false;
+}
 
 /// Options of the cpu backend.
 struct CpuOptions {

@@ -93,6 +93,24 @@ def main():
         if (p, 1) in by and (p, 2) in by:
             print(f"\n{p}: 2 threads are {by[(p, 1)]['median_s'] / by[(p, 2)]['median_s']:.2f}x faster than 1.")
 
+    route_files = [os.path.join(r, "gemm_route.jsonl") for r in runs]
+    route_rows = [json.loads(l) for f in route_files if os.path.exists(f) for l in open(f) if l.strip()]
+    if route_rows:
+        rb = best_by(route_rows, lambda r: (r["tokens"], r["backward"], r["gemm"]), lambda r: r["median_s"])
+        print("\n## GEMM route (radargate bench, 1 thread, the two builds alternating)\n")
+        print("The matrix products through OpenBLAS (`-DRADARGATE_USE_BLAS=ON`, every other figure of this "
+              "report) and through Eigen's own GEMM (the default build).\n")
+        print("| T | pass | OpenBLAS route | Eigen route | Eigen / OpenBLAS | OpenBLAS route of SGEMM | "
+              "Eigen route of SGEMM |")
+        print("|---:|---|---:|---:|---:|---:|---:|")
+        for t, bwd in sorted({(k[0], k[1]) for k in rb}, key=lambda k: (-k[0], k[1])):
+            b, e = rb.get((t, bwd, "blas")), rb.get((t, bwd, "eigen"))
+            if not b or not e:
+                continue
+            print(f"| {t} | {'fwd+bwd' if bwd else 'fwd'} | {fmt_time(b['median_s'])} | {fmt_time(e['median_s'])} | "
+                  f"{e['median_s'] / b['median_s']:.2f}x | {100 * b['gflops'] / ceiling:.0f}% | "
+                  f"{100 * e['gflops'] / ceiling:.0f}% |")
+
     peers = [load(os.path.join(r, "peer.json")) for r in runs]
     prow = [row for pj in peers for row in pj["rows"]]
     key = lambda row: (row["tokens"], row["backward"])  # noqa: E731

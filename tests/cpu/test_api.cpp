@@ -1,6 +1,6 @@
 // The cpu backend's interface beyond the numbers: caches follow weights_changed(), a stale
 // context is rejected, strided views work, a top-k gate computes only the selected experts,
-// options are validated, and an empty batch is handled.
+// options are validated, an empty batch is handled, and the GEMM route is the one built.
 #include "cpu/cpu_test_util.hpp"
 
 using namespace rgtest;
@@ -182,4 +182,15 @@ TEST_CASE("cpu options and shapes are validated; an empty batch is handled", "[c
   CHECK(g.g.tensors["lora.B"].data == before);
   cpu.backward(ctx0, make_view(y.data(), 0, 8), g.views(0, 5, all_grads), GradMode::overwrite);
   for (S e : g.g.tensors["lora.B"].data) CHECK(e == S(0));
+}
+
+TEST_CASE("the GEMM route is the one the build asked for", "[cpu]") {
+  // RADARGATE_USE_BLAS=ON links OpenBLAS (the default vendor) and defines RADARGATE_USE_BLAS.
+#ifdef RADARGATE_USE_BLAS
+  CHECK(std::string(cpu_gemm_route()) == "blas");
+  CHECK(use_single_threaded_blas());
+#else
+  CHECK(std::string(cpu_gemm_route()) == "eigen");
+  CHECK_FALSE(use_single_threaded_blas());
+#endif
 }
