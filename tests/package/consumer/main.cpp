@@ -1,6 +1,11 @@
 #include <radargate.hpp>
+#ifdef CONSUMER_HAS_CPU
+#include <radargate/cpu.hpp>
+#endif
 
+#include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <vector>
 
 int main() {
@@ -11,5 +16,19 @@ int main() {
   std::vector<float> x(8, 1.0f), y(8);
   layer.forward(make_view(static_cast<const float*>(x.data()), 1, 8), make_view(y.data(), 1, 8));
   std::printf("consumer: y[0] = %g\n", double(y[0]));
-  return y[0] == y[0] ? 0 : 1;
+  if (!(y[0] == y[0])) return 1;
+#ifdef CONSUMER_HAS_CPU
+  // The cpu backend through the installed target, with the GEMM route it was built with.
+  use_single_threaded_blas();
+  Layer<float, backend::cpu> fast(m.config, m.params());
+  std::vector<float> yc(8);
+  fast.forward(make_view(static_cast<const float*>(x.data()), 1, 8), make_view(yc.data(), 1, 8));
+  std::printf("consumer: cpu backend (GEMM route %s): y[0] = %g\n", cpu_gemm_route(), double(yc[0]));
+  for (int j = 0; j < 8; ++j)
+    if (std::fabs(yc[std::size_t(j)] - y[std::size_t(j)]) > 1e-5f * (1.0f + std::fabs(y[std::size_t(j)]))) return 1;
+#ifdef CONSUMER_EXPECT_ROUTE
+  if (std::strcmp(cpu_gemm_route(), CONSUMER_EXPECT_ROUTE) != 0) return 1;
+#endif
+#endif
+  return 0;
 }
