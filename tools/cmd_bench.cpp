@@ -148,7 +148,9 @@ int cmd_bench(int argc, char** argv) {
   OptionParser o("bench",
                  "Times one call of a layer (forward, or forward + backward of every gradient) on a random model and\n"
                  "random inputs, with no file I/O, and prints the median time, the essential GFLOP/s (FLOP count in\n"
-                 "docs/PERFORMANCE.md) and the peak resident memory of the process.");
+                 "docs/PERFORMANCE.md) and the peak resident memory of the process. For the cpu backend it\n"
+                 "also names how its matrix products run: 'eigen', or 'blas' in a build with\n"
+                 "-DRADARGATE_USE_BLAS=ON (--json: \"gemm\").");
   o.required("--variant", "NAME", "sum | uniform | static | softmax | topk | stretch_only | rotation_only | radargate");
   o.required("--tokens", "T", "tokens per call");
   o.required("--experts", "N", "number of LoRA experts");

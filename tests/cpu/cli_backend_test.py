@@ -66,6 +66,7 @@ def case_bench(a):
             for key in ("median_s", "gflops", "peak_rss_mb", "flops", "median_forward_s", "median_backward_s"):
                 assert key in j and j[key] > 0, (key, j)
             assert j["backend"] == backend and j["variant"] == variant and j["backward"] is True, j
+            assert j["gemm"] in (("none",) if backend == "reference" else ("eigen", "blas")), j
             res[backend] = j
         c_ref, c_cpu = res["reference"]["checksum"], res["cpu"]["checksum"]
         assert abs(c_ref - c_cpu) <= 1e-9 * max(1.0, abs(c_ref)), (variant, c_ref, c_cpu)
