@@ -425,28 +425,50 @@ void rot_backward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_
     // The element-wise part shares no load between tokens, so it runs one token at a time
     // (fewer live pointers than the whole block's); dbias and dws then sum the block's rows.
     constexpr index_t JS = Il ? max_block : 1;  // step of j in the stored rows
-    for (int u = 0; u < C; ++u) {
-      const S *pua = at<Il>(ua_p, u, 0), *pub = at<Il>(ub_p, u, 0), *pya = at<Il>(dya_p, u, 0),
-              *pyb = at<Il>(dyb_p, u, 0);
-      const S *pc = cb + u * W, *ps = sb + u * W, *pd = db + u * W;
-      S *pdp = dpre_p + u * LD, *pva = dva + u * LD, *pvb = dvb + u * LD;
-      const batch<S> g(gv[u]), dl(dlv[u]);
-      batch<S> dga(S(0));
-      for (index_t j = 0; j < tl.len; j += W) {
-        const batch<S> a = load(pua + j * JS), bb = load(pub + j * JS), ya = load(pya + j * JS),
-                       yb = load(pyb + j * JS);
-        if (want_dg) dga = xsimd::fma(ya, a, xsimd::fma(yb, bb, dga));
-        batch<S> dua = xsimd::fma(dl, load(wsa + j), g * ya);
-        batch<S> dub = xsimd::fma(dl, load(wsb + j), g * yb);
-        if (want_dpre) store(pdp + j, rotation_angle_grad(dua, dub, a, bb) * load(pd + j * max_block));
-        if (want_dv) {
-          rotate_pair_transpose(load(pc + j * max_block), load(ps + j * max_block), dua, dub);
-          store(pva + j, dua);
-          store(pvb + j, dub);
+    // What is wanted is a template argument here: as run-time flags they held three of the
+    // general-purpose registers, and the loop's pointers were spilled and reloaded every step.
+    auto elementwise = [&](auto dg_t, auto dpre_t, auto dv_t) {
+      constexpr bool Dg = decltype(dg_t)::value, Dp = decltype(dpre_t)::value, Dv = decltype(dv_t)::value;
+      const index_t len = tl.len;
+      for (int u = 0; u < C; ++u) {
+        const S *pua = at<Il>(ua_p, u, 0), *pub = at<Il>(ub_p, u, 0), *pya = at<Il>(dya_p, u, 0),
+                *pyb = at<Il>(dyb_p, u, 0);
+        const S *pc = cb + u * W, *ps = sb + u * W, *pd = db + u * W;
+        S *pdp = dpre_p + u * LD, *pva = dva + u * LD, *pvb = dvb + u * LD;
+        const batch<S> g(gv[u]), dl(dlv[u]);
+        batch<S> dga(S(0));
+        for (index_t j = 0; j < len; j += W) {
+          const batch<S> a = load(pua + j * JS), bb = load(pub + j * JS), ya = load(pya + j * JS),
+                         yb = load(pyb + j * JS);
+          if constexpr (Dg) dga = xsimd::fma(ya, a, xsimd::fma(yb, bb, dga));
+          batch<S> dua = xsimd::fma(dl, load(wsa + j), g * ya);
+          batch<S> dub = xsimd::fma(dl, load(wsb + j), g * yb);
+          if constexpr (Dp) store(pdp + j, rotation_angle_grad(dua, dub, a, bb) * load(pd + j * max_block));
+          if constexpr (Dv) {
+            rotate_pair_transpose(load(pc + j * max_block), load(ps + j * max_block), dua, dub);
+            store(pva + j, dua);
+            store(pvb + j, dub);
+          }
         }
+        dgacc[u] = dga;
       }
-      dgacc[u] = dga;
-    }
+    };
+    auto with_dv = [&](auto dg_t, auto dpre_t) {
+      if (want_dv)
+        elementwise(dg_t, dpre_t, std::true_type{});
+      else
+        elementwise(dg_t, dpre_t, std::false_type{});
+    };
+    auto with_dpre = [&](auto dg_t) {
+      if (want_dpre)
+        with_dv(dg_t, std::true_type{});
+      else
+        with_dv(dg_t, std::false_type{});
+    };
+    if (want_dg)
+      with_dpre(std::true_type{});
+    else
+      with_dpre(std::false_type{});
     if (want_dbias || want_dws)
       for (index_t j = 0; j < tl.len; j += W) {
         batch<S> dws_a(S(0)), dws_b(S(0)), dbias(S(0));
