@@ -985,12 +985,7 @@ class Layer<S, backend::cpu> {
                 else
                   detail::kernels::pass_forward<S, Cn, Put::set, true, Ct, true>(K, tl, W_.bp(i), b);
               };
-              using yes = std::true_type;
-              using no = std::false_type;
-              if (w.dpre)
-                centered ? sweep(yes{}, yes{}) : sweep(yes{}, no{});
-              else
-                centered ? sweep(no{}, yes{}) : sweep(no{}, no{});
+              detail::kernels::with_flags(sweep, w.dpre, centered);
             });
             for (int c = 0; c < b.n; ++c) dg[std::size_t(row0 + c)] += b.dot[c];
           }

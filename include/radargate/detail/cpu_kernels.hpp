@@ -159,6 +159,23 @@ RG_INLINE void with_block_size(int n, F&& f) {
   }
 }
 
+/// f(std::bool_constant<b>...) for run-time flags b...: a kernel loop's options as template
+/// arguments, so the loop holds no flag registers and no branches.
+template <class F>
+RG_INLINE void with_flags(F&& f) {
+  f();
+}
+template <class F, class... Rest>
+RG_INLINE void with_flags(F&& f, bool first, Rest... rest) {
+  auto bind = [&](auto b) {
+    with_flags([&](auto... more) { f(b, more...); }, rest...);
+  };
+  if (first)
+    bind(std::true_type{});
+  else
+    bind(std::false_type{});
+}
+
 /// First packed group of a rotation tile / a pass-through tile, inside an expert's block.
 template <class S>
 RG_INLINE index_t rot_base(const Args<S>& K, const Tile& tl) {
@@ -453,22 +470,7 @@ void rot_backward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_
         dgacc[u] = dga;
       }
     };
-    auto with_dv = [&](auto dg_t, auto dpre_t) {
-      if (want_dv)
-        elementwise(dg_t, dpre_t, std::true_type{});
-      else
-        elementwise(dg_t, dpre_t, std::false_type{});
-    };
-    auto with_dpre = [&](auto dg_t) {
-      if (want_dpre)
-        with_dv(dg_t, std::true_type{});
-      else
-        with_dv(dg_t, std::false_type{});
-    };
-    if (want_dg)
-      with_dpre(std::true_type{});
-    else
-      with_dpre(std::false_type{});
+    with_flags(elementwise, want_dg, want_dpre, want_dv);
     if (want_dbias || want_dws)
       for (index_t j = 0; j < tl.len; j += W) {
         batch<S> dws_a(S(0)), dws_b(S(0)), dbias(S(0));
