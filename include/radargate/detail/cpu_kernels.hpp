@@ -490,20 +490,13 @@ void rot_backward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_
       }
   } else {
     for (index_t j = 0; j < tl.len; j += W, p += 2 * r * W) {
-      batch<S> ua[C], ub[C];
-      if (Stored) {
-        for (int u = 0; u < C; ++u) {
-          ua[u] = load(ua_p[u] + j);
-          ub[u] = load(ub_p[u] + j);
-        }
-      } else {
-        block_expand<S, C, true>(p, r, b, ua, ub);
-      }
+      batch<S> ua[C], ub[C];  // recomputed: u = R v, v = B hs
+      block_expand<S, C, true>(p, r, b, ua, ub);
       batch<S> dws_a(S(0)), dws_b(S(0)), dbias(S(0));
       const batch<S> wa = load(wsa + j), wb = load(wsb + j);
       for (int u = 0; u < C; ++u) {
         const batch<S> c = load(cb + j * max_block + u * W), s = load(sb + j * max_block + u * W);
-        if (!Stored) rotate_pair(c, s, ua[u], ub[u]);
+        rotate_pair(c, s, ua[u], ub[u]);
         const batch<S> ya = load(dya_p[u] + j), yb = load(dyb_p[u] + j);
         if (want_dg) dgacc[u] = xsimd::fma(ya, ua[u], xsimd::fma(yb, ub[u], dgacc[u]));
         const batch<S> g(gv[u]), dl(dlv[u]);
