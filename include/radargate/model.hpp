@@ -65,27 +65,20 @@ Tensor<S> make_tensor(std::vector<index_t> shape, S fill = S(0)) {
 
 /// The expected shape of every named parameter, for the given dimensions.
 inline std::vector<index_t> param_shape(const std::string& name, const Dims& D) {
-  if (name == "lora.A") return {D.N, D.r, D.d_in};
-  if (name == "lora.B") return {D.N, D.d, D.r};
-  if (name == "lora.scale") return {D.N};
-  if (name == "map.M") return {D.N, D.N};
-  if (name == "angle.Wx") return {D.k, D.d_in};
-  if (name == "angle.Wv" || name == "angle.Wc") return {D.k, D.d};
-  if (name == "angle.U") return {D.P, D.k};
-  if (name == "angle.bias") return {D.N, D.P};
-  if (name == "stretch.Wg") return {D.N, D.d_in};
-  if (name == "stretch.bg") return {D.N};
-  if (name == "stretch.ws") return {D.d};
-  if (name == "base.W0") return {D.d, D.d_in};
-  if (name == "base.b0") return {D.d};
-  detail::fail("unknown parameter name '", name, "'");
+  const ParamInfo* info = find_param(name);
+  if (!info) detail::fail("unknown parameter name '", name, "'");
+  std::vector<index_t> shape;
+  for (int i = 0; i < info->rank; ++i) shape.push_back(dim_value(info->shape[i], D));
+  return shape;
 }
 
 /// Every parameter name, in file order.
 inline const std::vector<std::string>& param_names() {
-  static const std::vector<std::string> names = {
-      "lora.A",   "lora.B",   "lora.scale", "map.M",      "angle.Wx",   "angle.Wv",   "angle.Wc",
-      "angle.U",  "angle.bias", "stretch.Wg", "stretch.bg", "stretch.ws", "base.W0",    "base.b0"};
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> v;
+    for (const ParamInfo& info : param_table) v.push_back(info.name);
+    return v;
+  }();
   return names;
 }
 
@@ -132,25 +125,25 @@ Model<S> random_model(const LayerConfig& cfg, const Dims& D, std::uint64_t seed,
   std::normal_distribution<double> normal(0.0, 1.0);
   Model<S> m;
   m.config = cfg;
-  for (const std::string& name : param_names()) {
-    const Need need = param_need(cfg, name);
+  for (const ParamInfo& info : param_table) {
+    const std::string name = info.name;
+    const Need need = param_need(cfg, info);
     if (need == Need::unused) continue;
     const bool is_base = name.rfind("base.", 0) == 0;
     if (need == Need::optional && (!opt.optional_tensors || (is_base && !opt.base))) continue;
     Tensor<S> t = make_tensor<S>(param_shape(name, D));
     double sd = 1.0;
-    if (name == "lora.A" || name == "stretch.Wg" || name == "angle.Wx" || name == "base.W0")
-      sd = 1.0 / std::sqrt(double(D.d_in));
-    else if (name == "lora.B")
-      sd = 1.0 / std::sqrt(double(D.r));
-    else if (name == "angle.Wv" || name == "angle.Wc" || name == "stretch.ws")
-      sd = 1.0 / std::sqrt(double(D.d));
-    else if (name == "angle.U")
-      sd = opt.angle_scale / std::sqrt(double(D.k));
-    else if (name == "angle.bias")
-      sd = 0.5;
+    switch (info.init) {
+      case Init::inv_sqrt_d_in: sd = 1.0 / std::sqrt(double(D.d_in)); break;
+      case Init::inv_sqrt_r: sd = 1.0 / std::sqrt(double(D.r)); break;
+      case Init::inv_sqrt_d: sd = 1.0 / std::sqrt(double(D.d)); break;
+      case Init::angle: sd = opt.angle_scale / std::sqrt(double(D.k)); break;
+      case Init::half: sd = 0.5; break;
+      case Init::unit: case Init::around_one: sd = 1.0; break;
+    }
     for (S& e : t.data) e = S(sd * normal(rng));
-    if (name == "lora.scale")
+    // A positive scale; drawn after the normal draws above, so every seed keeps its model.
+    if (info.init == Init::around_one)
       for (S& e : t.data) e = S(0.5 + std::abs(normal(rng)) * 0.5);
     m.tensors.emplace(name, std::move(t));
   }

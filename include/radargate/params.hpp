@@ -11,11 +11,13 @@
 // or off (base.W0, base.b0).
 #pragma once
 
+#include <array>
 #include <cmath>
 #include <string>
 
 #include "error.hpp"
 #include "layer_config.hpp"
+#include "param_table.hpp"
 #include "view.hpp"
 
 namespace radargate {
@@ -51,24 +53,13 @@ struct Gradients {
 /// accumulate: dL/dparam is added to what the buffer already holds.
 enum class GradMode { overwrite, accumulate };
 
-/// Calls f(name, member) for every parameter slot, in file order. Works for Params and Gradients
-/// (the x slot of Gradients is not visited).
+/// Calls f(name, member) for every parameter slot, in file order (param_table.hpp). Works for
+/// Params and Gradients (the x slot of Gradients is not visited).
 template <class P, class F>
 void for_each_param(P& p, F&& f) {
-  f("lora.A", p.lora_A);
-  f("lora.B", p.lora_B);
-  f("lora.scale", p.lora_scale);
-  f("map.M", p.map_M);
-  f("angle.Wx", p.angle_Wx);
-  f("angle.Wv", p.angle_Wv);
-  f("angle.Wc", p.angle_Wc);
-  f("angle.U", p.angle_U);
-  f("angle.bias", p.angle_bias);
-  f("stretch.Wg", p.stretch_Wg);
-  f("stretch.bg", p.stretch_bg);
-  f("stretch.ws", p.stretch_ws);
-  f("base.W0", p.base_W0);
-  f("base.b0", p.base_b0);
+#define RADARGATE_VISIT_(member, name, rank, shape, reader, init) f(name, p.member);
+  RADARGATE_PARAMETERS(RADARGATE_VISIT_)
+#undef RADARGATE_VISIT_
 }
 
 /// The layer's dimensions, read off the parameters.
@@ -76,21 +67,58 @@ struct Dims {
   index_t d_in = 0, d = 0, N = 0, r = 0, k = 0, P = 0;
 };
 
+/// The value of one dimension.
+inline index_t dim_value(Dim e, const Dims& D) {
+  switch (e) {
+    case Dim::N: return D.N;
+    case Dim::r: return D.r;
+    case Dim::d_in: return D.d_in;
+    case Dim::d: return D.d;
+    case Dim::k: return D.k;
+    case Dim::P: return D.P;
+  }
+  return 0;
+}
+
+/// A parameter's extents for the given dimensions (its table row's shape).
+template <int R>
+std::array<index_t, R> param_extents(const ParamInfo& info, const Dims& D) {
+  std::array<index_t, R> e{};
+  for (int i = 0; i < R; ++i) e[i] = dim_value(info.shape[i], D);
+  return e;
+}
+
 enum class Need { required, optional, unused };
+
+/// The row of param_table with this file name, or null.
+inline const ParamInfo* find_param(const std::string& name) {
+  for (const ParamInfo& info : param_table)
+    if (name == info.name) return &info;
+  return nullptr;
+}
 
 /// Which parameters a configuration reads. Passing a tensor the configuration does not read is an
 /// error, so a mistaken variant never silently ignores trained weights.
+inline Need param_need(const LayerConfig& c, const ParamInfo& info) {
+  const Need rotating = c.rotation ? Need::optional : Need::unused;
+  switch (info.reader) {
+    case Reader::experts: return Need::required;
+    case Reader::always: return Need::optional;
+    case Reader::learned_map: return c.rotation && c.map == MapMode::learned ? Need::required : Need::unused;
+    case Reader::rotation: return c.rotation ? Need::required : Need::unused;
+    case Reader::rotation_optional: return rotating;
+    case Reader::logits: return c.has_logits() ? Need::optional : Need::unused;
+    case Reader::gate_weights:
+      return c.gate == GateKind::linear || c.gate == GateKind::stretch ? Need::optional : Need::unused;
+    case Reader::stretch: return c.gate == GateKind::stretch ? Need::optional : Need::unused;
+  }
+  return Need::unused;
+}
+
 inline Need param_need(const LayerConfig& c, const std::string& name) {
-  if (name == "lora.A" || name == "lora.B") return Need::required;
-  if (name == "lora.scale" || name == "base.W0" || name == "base.b0") return Need::optional;
-  if (name == "map.M") return c.rotation && c.map == MapMode::learned ? Need::required : Need::unused;
-  if (name == "angle.U") return c.rotation ? Need::required : Need::unused;
-  if (name.rfind("angle.", 0) == 0) return c.rotation ? Need::optional : Need::unused;
-  if (name == "stretch.bg") return c.has_logits() ? Need::optional : Need::unused;
-  if (name == "stretch.Wg")
-    return c.gate == GateKind::linear || c.gate == GateKind::stretch ? Need::optional : Need::unused;
-  if (name == "stretch.ws") return c.gate == GateKind::stretch ? Need::optional : Need::unused;
-  detail::fail("unknown parameter name '", name, "'");
+  const ParamInfo* info = find_param(name);
+  if (!info) detail::fail("unknown parameter name '", name, "'");
+  return param_need(c, *info);
 }
 
 namespace detail {
@@ -106,6 +134,16 @@ std::string shape_string(const index_t (&e)[R]) {
   std::string s = "[";
   for (int i = 0; i < R; ++i) s += (i ? ", " : "") + std::to_string(e[i]);
   return s + "]";
+}
+
+template <class V, int R>
+void check_shape(const std::string& name, const V& v, const index_t (&expect)[R]);
+
+template <class V, std::size_t R>
+void check_shape(const std::string& name, const V& v, const std::array<index_t, R>& expect) {
+  index_t e[R];
+  for (std::size_t i = 0; i < R; ++i) e[i] = expect[i];
+  check_shape(name, v, e);
 }
 
 template <class V, int R>
@@ -143,24 +181,20 @@ Dims validate(const LayerConfig& c, const Params<T>& p) {
   if (D.d_in < 1) detail::fail("tensor 'lora.A': expected d_in >= 1, found d_in = ", D.d_in);
   if (D.d < 1) detail::fail("tensor 'lora.B': expected d >= 1, found d = ", D.d);
   detail::check_shape("lora.B", p.lora_B, {D.N, D.d, D.r});
-  if (p.lora_scale.present()) detail::check_shape("lora.scale", p.lora_scale, {D.N});
   if (c.rotation) {
     D.P = p.angle_U.shape[0];
     D.k = p.angle_U.shape[1];
     if (D.P < 1 || D.P > D.d / 2)
       detail::fail("tensor 'angle.U': expected P (rows) in 1..floor(d/2) = 1..", D.d / 2, ", found ", D.P);
     if (D.k < 1) detail::fail("tensor 'angle.U': expected angle rank k (columns) >= 1, found ", D.k);
-    if (p.map_M.present()) detail::check_shape("map.M", p.map_M, {D.N, D.N});
-    if (p.angle_Wx.present()) detail::check_shape("angle.Wx", p.angle_Wx, {D.k, D.d_in});
-    if (p.angle_Wv.present()) detail::check_shape("angle.Wv", p.angle_Wv, {D.k, D.d});
-    if (p.angle_Wc.present()) detail::check_shape("angle.Wc", p.angle_Wc, {D.k, D.d});
-    if (p.angle_bias.present()) detail::check_shape("angle.bias", p.angle_bias, {D.N, D.P});
   }
-  if (p.stretch_Wg.present()) detail::check_shape("stretch.Wg", p.stretch_Wg, {D.N, D.d_in});
-  if (p.stretch_bg.present()) detail::check_shape("stretch.bg", p.stretch_bg, {D.N});
-  if (p.stretch_ws.present()) detail::check_shape("stretch.ws", p.stretch_ws, {D.d});
-  if (p.base_W0.present()) detail::check_shape("base.W0", p.base_W0, {D.d, D.d_in});
-  if (p.base_b0.present()) detail::check_shape("base.b0", p.base_b0, {D.d});
+  // lora.A and angle.U define the dimensions; every other present tensor has its table shape.
+  int row = 0;
+  for_each_param(p, [&](const char* name, const auto& v) {
+    const ParamInfo& info = param_table[row++];
+    if (v.present() && info.reader != Reader::experts && info.reader != Reader::rotation)
+      detail::check_shape(name, v, param_extents<std::decay_t<decltype(v)>::rank>(info, D));
+  });
   c.validate(D.N);
   return D;
 }
@@ -179,20 +213,9 @@ void validate_gradients(const Dims& D, index_t T_tokens, const Params<T>& p, con
         detail::fail("gradient 'grad.", name, "': expected shape ", detail::shape_string(pv), ", found ",
                      detail::shape_string(gv));
   };
-  check("lora.A", p.lora_A, g.lora_A);
-  check("lora.B", p.lora_B, g.lora_B);
-  check("lora.scale", p.lora_scale, g.lora_scale);
-  check("map.M", p.map_M, g.map_M);
-  check("angle.Wx", p.angle_Wx, g.angle_Wx);
-  check("angle.Wv", p.angle_Wv, g.angle_Wv);
-  check("angle.Wc", p.angle_Wc, g.angle_Wc);
-  check("angle.U", p.angle_U, g.angle_U);
-  check("angle.bias", p.angle_bias, g.angle_bias);
-  check("stretch.Wg", p.stretch_Wg, g.stretch_Wg);
-  check("stretch.bg", p.stretch_bg, g.stretch_bg);
-  check("stretch.ws", p.stretch_ws, g.stretch_ws);
-  check("base.W0", p.base_W0, g.base_W0);
-  check("base.b0", p.base_b0, g.base_b0);
+#define RADARGATE_CHECK_(member, name, rank, shape, reader, init) check(name, p.member, g.member);
+  RADARGATE_PARAMETERS(RADARGATE_CHECK_)
+#undef RADARGATE_CHECK_
 }
 
 }  // namespace radargate
