@@ -13,4 +13,5 @@
 #include "radargate/model.hpp"
 #include "radargate/params.hpp"
 #include "radargate/reference.hpp"
+#include "radargate/version.hpp"
 #include "radargate/view.hpp"
