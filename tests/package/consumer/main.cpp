@@ -2,6 +2,9 @@
 #ifdef CONSUMER_HAS_CPU
 #include <radargate/cpu.hpp>
 #endif
+#ifdef CONSUMER_HAS_GEOMETRY
+#include <radargate/geometry.hpp>
+#endif
 
 #include <cmath>
 #include <cstdio>
@@ -29,6 +32,15 @@ int main() {
 #ifdef CONSUMER_EXPECT_ROUTE
   if (std::strcmp(cpu_gemm_route(), CONSUMER_EXPECT_ROUTE) != 0) return 1;
 #endif
+#endif
+#ifdef CONSUMER_HAS_GEOMETRY
+  // The geometry through its own target: (1, 1) is inside the cone of e1 and e2, (-1, 1) is not.
+  const double V[4] = {1, 0, 0, 1}, in[2] = {1, 1}, out[2] = {-1, 1};
+  const auto a = geometry::cone_membership(make_view(V, 2, 2), make_view(in, 2));
+  const auto b = geometry::cone_membership(make_view(V, 2, 2), make_view(out, 2));
+  std::printf("consumer: geometry: (1, 1) %s, (-1, 1) %s\n", geometry::to_string(a.verdict),
+              geometry::to_string(b.verdict));
+  if (!a.inside() || !b.outside()) return 1;
 #endif
   return 0;
 }
