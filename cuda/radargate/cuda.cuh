@@ -26,15 +26,14 @@
 #include <algorithm>
 #include <cstddef>
 #include <memory>
-#include <type_traits>
-
-#include <radargate/config.hpp>
 #include <radargate/backend.hpp>
+#include <radargate/config.hpp>
 #include <radargate/error.hpp>
 #include <radargate/layer_config.hpp>
 #include <radargate/params.hpp>
 #include <radargate/reference.hpp>
 #include <radargate/view.hpp>
+#include <type_traits>
 
 #include "detail/fused.cuh"
 #include "detail/small.cuh"
@@ -92,8 +91,7 @@ class Layer<S, backend::cuda> {
 
   /// params: views over device memory. The weights are copied into kernel layout on `stream`, and
   /// the constructor waits for that copy.
-  Layer(const LayerConfig& config, const Params<S>& params, cudaStream_t stream = nullptr)
-      : st_(new State) {
+  Layer(const LayerConfig& config, const Params<S>& params, cudaStream_t stream = nullptr) : st_(new State) {
     st_->cfg = config;
     reset(params, stream);
   }
@@ -155,8 +153,8 @@ class Layer<S, backend::cuda> {
     std::size_t smem_optin = 48 * 1024;
     void* mem = nullptr;
     S *Bp = nullptr, *BpT = nullptr, *Up = nullptr, *UpT = nullptr, *Wst = nullptr, *W0p = nullptr;
-    float *biasp = nullptr, *wsp = nullptr, *b0p = nullptr, *WvB = nullptr, *WcB = nullptr, *Mf = nullptr,
-          *m = nullptr, *scale = nullptr, *bg = nullptr;
+    float *biasp = nullptr, *wsp = nullptr, *b0p = nullptr, *WvB = nullptr, *WcB = nullptr, *Mf = nullptr, *m = nullptr,
+          *scale = nullptr, *bg = nullptr;
     int* slot_of = nullptr;
     const S* W0 = nullptr;
     index_t w0ld = 0;
@@ -194,8 +192,8 @@ class Layer<S, backend::cuda> {
     float *dBrot = nullptr, *dbiasp = nullptr, *dUTp = nullptr, *dwsp = nullptr;
     float *dxf = nullptr, *dWst = nullptr, *dW0f = nullptr;
     float *dscale = nullptr, *dbg = nullptr, *dMs = nullptr, *Gv = nullptr, *Gc = nullptr, *Gpart = nullptr,
-          *dWv = nullptr,
-          *dWc = nullptr, *dBf = nullptr, *dUf = nullptr, *dbiasf = nullptr, *dwsf = nullptr, *db0 = nullptr;
+          *dWv = nullptr, *dWc = nullptr, *dBf = nullptr, *dUf = nullptr, *dbiasf = nullptr, *dwsf = nullptr,
+          *db0 = nullptr;
     void* blas_ws = nullptr;
   };
 
@@ -251,8 +249,8 @@ class Layer<S, backend::cuda> {
             const S* B, index_t ldb, float beta, float* C, index_t ldc) const {
     const float alpha = 1.0f;
     const cudaDataType_t t = detail::gpu::storage<S>::cuda_type;
-    RG_CUDA_CHECK(cublasGemmEx(st_->blas, ta, tb, int(m), int(n), int(k), &alpha, A, t, int(lda), B, t, int(ldb),
-                               &beta, C, CUDA_R_32F, int(ldc), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    RG_CUDA_CHECK(cublasGemmEx(st_->blas, ta, tb, int(m), int(n), int(k), &alpha, A, t, int(lda), B, t, int(ldb), &beta,
+                               C, CUDA_R_32F, int(ldc), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   }
 
   std::unique_ptr<State> st_;
@@ -284,11 +282,10 @@ void Layer<S, backend::cuda>::reset(const Params<S>& params, cudaStream_t stream
   int optin = 0;
   RG_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
   s.smem_optin = std::size_t(optin);
-  const std::size_t need_smem =
-      std::max(token_pass_smem(16, s.kpad, s.rpad), ColumnLayout<4, 2>::smem(s.rpad, s.kpad));
+  const std::size_t need_smem = std::max(token_pass_smem(16, s.kpad, s.rpad), ColumnLayout<4, 2>::smem(s.rpad, s.kpad));
   if (need_smem > s.smem_optin)
     detail::fail("CUDA backend: rank r = ", D.r, " with angle rank k = ", D.k, " needs ", need_smem,
-         " bytes of shared memory per block, this device allows ", s.smem_optin, " (r and k up to 64 fit)");
+                 " bytes of shared memory per block, this device allows ", s.smem_optin, " (r and k up to 64 fit)");
 
   const index_t N = D.N, S2 = 2 * s.Spad;
   auto carve = [&](Carve& c) {
@@ -328,43 +325,35 @@ void Layer<S, backend::cuda>::prepare(cudaStream_t stream) {
   const Params<S>& p = s.p;
   const Dims& D = s.D;
   const index_t N = D.N;
-  prep_B<S><<<launch_blocks(N * 2 * s.Spad * s.rpad), kThreads, 0, stream>>>(p.lora_B, s.cfg.pairing, D.d, D.r,
-                                                                             s.rpad, s.Spad, s.Bp, s.BpT);
-  check_launch("prep_B");
+  launch("prep_B", prep_B<S>, launch_blocks(N * 2 * s.Spad * s.rpad), kThreads, 0, stream, p.lora_B, s.cfg.pairing, D.d,
+         D.r, s.rpad, s.Spad, s.Bp, s.BpT);
   if (s.cfg.rotation) {
-    prep_U<S><<<launch_blocks(std::max(s.Spad * s.kpad, N * s.Spad)), kThreads, 0, stream>>>(
-        p.angle_U, p.angle_bias, N, s.Spad, s.kpad, s.Up, s.UpT, s.biasp);
-    check_launch("prep_U");
-    prep_map<S><<<1, kThreads, 0, stream>>>(p.map_M, s.cfg.map, N, s.Mf, s.m);
-    check_launch("prep_map");
+    launch("prep_U", prep_U<S>, launch_blocks(std::max(s.Spad * s.kpad, N * s.Spad)), kThreads, 0, stream, p.angle_U,
+           p.angle_bias, N, s.Spad, s.kpad, s.Up, s.UpT, s.biasp);
+    launch("prep_map", prep_map<S>, 1, kThreads, 0, stream, p.map_M, s.cfg.map, N, s.Mf, s.m);
     if (s.WvB) {
-      prep_rank_product<S><<<launch_blocks(N * D.k * D.r), kThreads, 0, stream>>>(p.angle_Wv, p.lora_B, s.WvB);
-      check_launch("prep_rank_product");
+      launch("prep_rank_product", prep_rank_product<S>, launch_blocks(N * D.k * D.r), kThreads, 0, stream, p.angle_Wv,
+             p.lora_B, s.WvB);
     }
     if (s.WcB) {
-      prep_rank_product<S><<<launch_blocks(N * D.k * D.r), kThreads, 0, stream>>>(p.angle_Wc, p.lora_B, s.WcB);
-      check_launch("prep_rank_product");
+      launch("prep_rank_product", prep_rank_product<S>, launch_blocks(N * D.k * D.r), kThreads, 0, stream, p.angle_Wc,
+             p.lora_B, s.WcB);
     }
   }
-  prep_vectors<S><<<launch_blocks(std::max(2 * s.Spad, D.d)), kThreads, 0, stream>>>(
-      p.stretch_ws, p.base_b0, s.cfg.pairing, D.d, s.Spad, s.wsp, s.b0p, s.slot_of);
-  check_launch("prep_vectors");
-  prep_stack<S><<<launch_blocks(s.nF * D.d_in), kThreads, 0, stream>>>(p.lora_A, p.angle_Wx, p.stretch_Wg, s.kx,
-                                                                       s.ng, s.Wst);
-  check_launch("prep_stack");
+  launch("prep_vectors", prep_vectors<S>, launch_blocks(std::max(2 * s.Spad, D.d)), kThreads, 0, stream, p.stretch_ws,
+         p.base_b0, s.cfg.pairing, D.d, s.Spad, s.wsp, s.b0p, s.slot_of);
+  launch("prep_stack", prep_stack<S>, launch_blocks(s.nF * D.d_in), kThreads, 0, stream, p.lora_A, p.angle_Wx,
+         p.stretch_Wg, s.kx, s.ng, s.Wst);
   if (s.scale) {
-    vec_to_float<S><<<launch_blocks(N), kThreads, 0, stream>>>(p.lora_scale, s.scale);
-    check_launch("vec_to_float");
+    launch("vec_to_float", vec_to_float<S>, launch_blocks(N), kThreads, 0, stream, p.lora_scale, s.scale);
   }
   if (s.bg) {
-    vec_to_float<S><<<launch_blocks(N), kThreads, 0, stream>>>(p.stretch_bg, s.bg);
-    check_launch("vec_to_float");
+    launch("vec_to_float", vec_to_float<S>, launch_blocks(N), kThreads, 0, stream, p.stretch_bg, s.bg);
   }
   s.W0 = nullptr;
   if (p.base_W0.present()) {
     if (s.W0p) {
-      pack_2d<S><<<launch_blocks(D.d * D.d_in), kThreads, 0, stream>>>(p.base_W0, s.W0p);
-      check_launch("pack_2d");
+      launch("pack_2d", pack_2d<S>, launch_blocks(D.d * D.d_in), kThreads, 0, stream, p.base_W0, s.W0p);
       s.W0 = s.W0p;
       s.w0ld = D.d_in;
     } else {
@@ -432,15 +421,14 @@ void Layer<S, backend::cuda>::launch_output(Fused a, const PassShape& p, cudaStr
   a.EG = p.EG;
   const dim3 grid(p.gx, p.gy, p.gz);
   if (p.large)
-    output_pass<S, 4, 1, 2, true><<<dim3(p.gx, unsigned((a.units + 1) / 2), p.gz), 128, 0, st>>>(a);
+    launch("output_pass", output_pass<S, 4, 1, 2, true>, dim3(p.gx, unsigned((a.units + 1) / 2), p.gz), 128, 0, st, a);
   else if (p.fix)
-    output_pass<S, 1, 2, 1, true><<<grid, 64, 0, st>>>(a);
+    launch("output_pass", output_pass<S, 1, 2, 1, true>, grid, 64, 0, st, a);
   else
-    output_pass<S, 1, 2, 1, false><<<grid, 64, 0, st>>>(a);
-  check_launch("output_pass");
+    launch("output_pass", output_pass<S, 1, 2, 1, false>, grid, 64, 0, st, a);
   if (p.gz > 1) {
-    output_finalize<S><<<launch_blocks(a.T * a.d), kThreads, 0, st>>>(a, int(p.gz), st_->slot_of);
-    check_launch("output_finalize");
+    launch("output_finalize", output_finalize<S>, launch_blocks(a.T * a.d), kThreads, 0, st, a, int(p.gz),
+           st_->slot_of);
   }
 }
 
@@ -451,12 +439,11 @@ void Layer<S, backend::cuda>::launch_dot(Fused a, const PassShape& p, bool with_
   const dim3 grid(p.gx, p.gy, p.gz);
   const bool skip = with_dy && st_->cfg.normalize != Normalize::identity;
   if (p.large)
-    dot_pass<S, 4, 1, 4, true><<<grid, 128, 0, st>>>(a, with_dy, skip);
+    launch("dot_pass", dot_pass<S, 4, 1, 4, true>, grid, 128, 0, st, a, with_dy, skip);
   else if (p.fix)
-    dot_pass<S, 1, 2, 1, true><<<grid, 64, 0, st>>>(a, with_dy, skip);
+    launch("dot_pass", dot_pass<S, 1, 2, 1, true>, grid, 64, 0, st, a, with_dy, skip);
   else
-    dot_pass<S, 1, 2, 1, false><<<grid, 64, 0, st>>>(a, with_dy, skip);
-  check_launch("dot_pass");
+    launch("dot_pass", dot_pass<S, 1, 2, 1, false>, grid, 64, 0, st, a, with_dy, skip);
 }
 
 template <class S>
@@ -479,7 +466,7 @@ typename Layer<S, backend::cuda>::Context Layer<S, backend::cuda>::forward(View<
   const std::size_t need = forward_workspace_bytes(T);
   if (ws.bytes < need || !ws.data)
     detail::fail("forward workspace: expected at least ", need, " bytes for ", T, " tokens, found ", ws.bytes,
-         ws.data ? "" : " (null data)");
+                 ws.data ? "" : " (null data)");
   Carve c;
   c.base = static_cast<char*>(ws.data);
   FwdBufs b;
@@ -506,20 +493,18 @@ typename Layer<S, backend::cuda>::Context Layer<S, backend::cuda>::forward(View<
   ra.WcB = s.WcB;
   ra.m = s.m;
   ra.w = b.w;
-  rank_forward_h<S><<<launch_blocks(b.Tpad * N * s.rpad), kThreads, 0, stream>>>(ra, b.hs, b.hsT);
-  check_launch("rank_forward_h");
+  launch("rank_forward_h", rank_forward_h<S>, launch_blocks(b.Tpad * N * s.rpad), kThreads, 0, stream, ra, b.hs, b.hsT);
   if (s.cfg.rotation) {
     const std::size_t zsm = std::size_t(N * D.k) * sizeof(float);
     if (zsm <= 48 * 1024) {
-      rank_forward_z_block<S><<<unsigned(b.Tpad), kThreads, zsm, stream>>>(ra, b.z, b.zT);
+      launch("rank_forward_z_block", rank_forward_z_block<S>, unsigned(b.Tpad), kThreads, zsm, stream, ra, b.z, b.zT);
     } else {
       if (s.WcB) {
-        rank_forward_w<<<launch_blocks(T * N * D.k), kThreads, 0, stream>>>(ra);
-        check_launch("rank_forward_w");
+        launch("rank_forward_w", rank_forward_w, launch_blocks(T * N * D.k), kThreads, 0, stream, ra);
       }
-      rank_forward_z<S><<<launch_blocks(b.Tpad * N * s.kpad), kThreads, 0, stream>>>(ra, b.z, b.zT);
+      launch("rank_forward_z", rank_forward_z<S>, launch_blocks(b.Tpad * N * s.kpad), kThreads, 0, stream, ra, b.z,
+             b.zT);
     }
-    check_launch("rank_forward_z");
   }
   const PassShape ps = pass_shape(T);
 
@@ -549,13 +534,11 @@ typename Layer<S, backend::cuda>::Context Layer<S, backend::cuda>::forward(View<
   }
   if (s.cfg.has_logits()) {
     if (ga.nparts > 64)
-      gate_sum_warp<<<launch_blocks(32 * b.Tpad * N), kThreads, 0, stream>>>(ga, true, b.g);
+      launch("gate_sum_warp", gate_sum_warp, launch_blocks(32 * b.Tpad * N), kThreads, 0, stream, ga, true, b.g);
     else
-      gate_sum<<<launch_blocks(b.Tpad * N), kThreads, 0, stream>>>(ga, true, b.g);
-    check_launch("gate_sum");
+      launch("gate_sum", gate_sum, launch_blocks(b.Tpad * N), kThreads, 0, stream, ga, true, b.g);
   }
-  gate_forward<<<launch_blocks(b.Tpad), kThreads, 0, stream>>>(ga);
-  check_launch("gate_forward");
+  launch("gate_forward", gate_forward, launch_blocks(b.Tpad), kThreads, 0, stream, ga);
 
   // 5. Base and the fused output.
   if (s.W0) gemm(CUBLAS_OP_T, CUBLAS_OP_N, D.d, T, D.d_in, s.W0, s.w0ld, x.data, x.stride[0], 0.f, b.ybase, D.d);
@@ -673,13 +656,13 @@ void Layer<S, backend::cuda>::backward(const Context& ctx, View<const S, 2> dy, 
 
   auto zero_all = [&]() {
     if (acc) return;
-    if (grads.x.present()) zero_grad<S, 2><<<launch_blocks(grads.x.size()), kThreads, 0, stream>>>(grads.x);
+    if (grads.x.present())
+      launch("zero_grad", zero_grad<S, 2>, launch_blocks(grads.x.size()), kThreads, 0, stream, grads.x);
     for_each_param(grads, [&](const char*, const auto& v) {
       using V = std::decay_t<decltype(v)>;
       if (v.present() && v.size() > 0)
-        zero_grad<S, V::rank><<<launch_blocks(v.size()), kThreads, 0, stream>>>(v);
+        launch("zero_grad", zero_grad<S, V::rank>, launch_blocks(v.size()), kThreads, 0, stream, v);
     });
-    check_launch("zero_grad");
   };
   if (T == 0) {
     zero_all();
@@ -689,7 +672,7 @@ void Layer<S, backend::cuda>::backward(const Context& ctx, View<const S, 2> dy, 
   const std::size_t need = backward_workspace_bytes(T, grads);
   if (ws.bytes < need || !ws.data)
     detail::fail("backward workspace: expected at least ", need, " bytes for ", T, " tokens, found ", ws.bytes,
-         ws.data ? "" : " (null data)");
+                 ws.data ? "" : " (null data)");
   Carve cf;
   cf.base = static_cast<char*>(ctx.workspace.data);
   FwdBufs fb;
@@ -707,9 +690,8 @@ void Layer<S, backend::cuda>::backward(const Context& ctx, View<const S, 2> dy, 
   Fused a = fused_args(T, fb);
   const PassShape ps = pass_shape(T);
   if (b.dyp) {
-    permute_dy<S><<<launch_blocks(fb.Tpad * 2 * s.Spad), kThreads, 0, stream>>>(
-        dy.data, dy.stride[0], T, fb.Tpad, s.Spad, D.d, s.cfg.pairing, b.dyp);
-    check_launch("permute_dy");
+    launch("permute_dy", permute_dy<S>, launch_blocks(fb.Tpad * 2 * s.Spad), kThreads, 0, stream, dy.data, dy.stride[0],
+           T, fb.Tpad, s.Spad, D.d, s.cfg.pairing, b.dyp);
   }
   a.dyp = b.dyp;
 
@@ -727,12 +709,10 @@ void Layer<S, backend::cuda>::backward(const Context& ctx, View<const S, 2> dy, 
     ga.part = b.partg;
     ga.nparts = ps.parts;
     if (ga.nparts > 64)
-      gate_sum_warp<<<launch_blocks(32 * fb.Tpad * N), kThreads, 0, stream>>>(ga, false, b.dl);
+      launch("gate_sum_warp", gate_sum_warp, launch_blocks(32 * fb.Tpad * N), kThreads, 0, stream, ga, false, b.dl);
     else
-      gate_sum<<<launch_blocks(fb.Tpad * N), kThreads, 0, stream>>>(ga, false, b.dl);
-    check_launch("gate_sum");
-    gate_backward<<<launch_blocks(T), kThreads, 0, stream>>>(ga, b.dl);
-    check_launch("gate_backward");
+      launch("gate_sum", gate_sum, launch_blocks(fb.Tpad * N), kThreads, 0, stream, ga, false, b.dl);
+    launch("gate_backward", gate_backward, launch_blocks(T), kThreads, 0, stream, ga, b.dl);
   }
   // dl flows into du only through the stretch term dl_i ws.
   if (s.cfg.gate == GateKind::stretch && s.wsp) {
@@ -746,13 +726,14 @@ void Layer<S, backend::cuda>::backward(const Context& ctx, View<const S, 2> dy, 
     const std::size_t sm = token_pass_smem(16, s.kpad, s.rpad);
     const dim3 grid(unsigned((T + 63) / 64), unsigned(b.CB));
     if (ps.fix) {
-      RG_CUDA_CHECK(cudaFuncSetAttribute(token_pass<S, 4, 4, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(sm)));
-      token_pass<S, 4, 4, true><<<grid, 512, sm, stream>>>(a, n.token_dz);
+      RG_CUDA_CHECK(
+          cudaFuncSetAttribute(token_pass<S, 4, 4, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(sm)));
+      launch("token_pass", token_pass<S, 4, 4, true>, grid, 512, sm, stream, a, n.token_dz);
     } else {
-      RG_CUDA_CHECK(cudaFuncSetAttribute(token_pass<S, 4, 4, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(sm)));
-      token_pass<S, 4, 4, false><<<grid, 512, sm, stream>>>(a, n.token_dz);
+      RG_CUDA_CHECK(
+          cudaFuncSetAttribute(token_pass<S, 4, 4, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(sm)));
+      launch("token_pass", token_pass<S, 4, 4, false>, grid, 512, sm, stream, a, n.token_dz);
     }
-    check_launch("token_pass");
   }
 
   // Rank space.
@@ -784,38 +765,31 @@ void Layer<S, backend::cuda>::backward(const Context& ctx, View<const S, 2> dy, 
   rb.ng = s.ng;
   if (n.token) {
     const index_t kk = rb.f.k;
-    rank_backward_sum<<<launch_blocks(T * N * (kk + r)), kThreads, 0, stream>>>(rb);
-    check_launch("rank_backward_sum");
+    launch("rank_backward_sum", rank_backward_sum, launch_blocks(T * N * (kk + r)), kThreads, 0, stream, rb);
     const std::size_t bsm = 2 * std::size_t(N * (kk + 1)) * sizeof(float);
     const bool block_ok = kk > 0 && bsm <= 48 * 1024;
     if (b.w && !block_ok) {
-      rank_forward_w<<<launch_blocks(T * N * kk), kThreads, 0, stream>>>(rb.f);
-      check_launch("rank_forward_w");
+      launch("rank_forward_w", rank_forward_w, launch_blocks(T * N * kk), kThreads, 0, stream, rb.f);
     }
     if (block_ok && (b.dzc || b.dm_t)) {
-      rank_backward_block<<<unsigned(T), kThreads, bsm, stream>>>(rb, b.dzc != nullptr, b.dm_t != nullptr);
-      check_launch("rank_backward_block");
+      launch("rank_backward_block", rank_backward_block, unsigned(T), kThreads, bsm, stream, rb, b.dzc != nullptr,
+             b.dm_t != nullptr);
     } else if (b.dzc) {
-      rank_backward_dzc<<<launch_blocks(T * N * kk), kThreads, 0, stream>>>(rb);
-      check_launch("rank_backward_dzc");
+      launch("rank_backward_dzc", rank_backward_dzc, launch_blocks(T * N * kk), kThreads, 0, stream, rb);
     }
-    rank_backward_dh<S><<<launch_blocks(T * N * r), kThreads, 0, stream>>>(rb, b.dF);
-    check_launch("rank_backward_dh");
+    launch("rank_backward_dh", rank_backward_dh<S>, launch_blocks(T * N * r), kThreads, 0, stream, rb, b.dF);
     if (b.dscale_t) {
-      rank_backward_dscale<<<launch_blocks(T * N), kThreads, 0, stream>>>(rb);
-      check_launch("rank_backward_dscale");
+      launch("rank_backward_dscale", rank_backward_dscale, launch_blocks(T * N), kThreads, 0, stream, rb);
     }
     if (b.dm_t && !block_ok) {
-      rank_backward_dm<<<launch_blocks(T * N * N), kThreads, 0, stream>>>(rb);
-      check_launch("rank_backward_dm");
+      launch("rank_backward_dm", rank_backward_dm, launch_blocks(T * N * N), kThreads, 0, stream, rb);
     }
   } else if (b.dF) {
-    fill_zero<S><<<launch_blocks(T * s.nF), kThreads, 0, stream>>>(b.dF, T * s.nF);
-    check_launch("fill_zero");
+    launch("fill_zero", fill_zero<S>, launch_blocks(T * s.nF), kThreads, 0, stream, b.dF, T * s.nF);
   }
   if (b.dF && (s.kx || s.ng)) {
-    rank_backward_tail<S><<<launch_blocks(T * (s.kx + s.ng)), kThreads, 0, stream>>>(rb, b.dF);
-    check_launch("rank_backward_tail");
+    launch("rank_backward_tail", rank_backward_tail<S>, launch_blocks(T * (s.kx + s.ng)), kThreads, 0, stream, rb,
+           b.dF);
   }
 
   // Column pass: dB (rotation part), dbias, dU, dws.
@@ -833,13 +807,14 @@ void Layer<S, backend::cuda>::backward(const Context& ctx, View<const S, 2> dy, 
     const std::size_t sm = ColumnLayout<4, 2>::smem(s.rpad, s.kpad);
     const dim3 grid(unsigned((s.units + 3) / 4), unsigned(b.G));
     if (ps.fix) {
-      RG_CUDA_CHECK(cudaFuncSetAttribute(column_pass<S, 4, 2, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(sm)));
-      column_pass<S, 4, 2, true><<<grid, 256, sm, stream>>>(a, f);
+      RG_CUDA_CHECK(
+          cudaFuncSetAttribute(column_pass<S, 4, 2, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(sm)));
+      launch("column_pass", column_pass<S, 4, 2, true>, grid, 256, sm, stream, a, f);
     } else {
-      RG_CUDA_CHECK(cudaFuncSetAttribute(column_pass<S, 4, 2, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(sm)));
-      column_pass<S, 4, 2, false><<<grid, 256, sm, stream>>>(a, f);
+      RG_CUDA_CHECK(
+          cudaFuncSetAttribute(column_pass<S, 4, 2, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(sm)));
+      launch("column_pass", column_pass<S, 4, 2, false>, grid, 256, sm, stream, a, f);
     }
-    check_launch("column_pass");
   }
 
   // GEMMs over d_in (col-major views of the row-major buffers).
@@ -853,64 +828,59 @@ void Layer<S, backend::cuda>::backward(const Context& ctx, View<const S, 2> dy, 
   }
   if (n.stack_grad)
     gemm(CUBLAS_OP_N, CUBLAS_OP_T, D.d_in, s.nF, T, x.data, x.stride[0], b.dF, s.nF, 0.f, b.dWst, D.d_in);
-  if (n.W0) gemm(CUBLAS_OP_N, CUBLAS_OP_T, D.d_in, D.d, T, x.data, x.stride[0], dy.data, dy.stride[0], 0.f, b.dW0f, D.d_in);
+  if (n.W0)
+    gemm(CUBLAS_OP_N, CUBLAS_OP_T, D.d_in, D.d, T, x.data, x.stride[0], dy.data, dy.stride[0], 0.f, b.dW0f, D.d_in);
 
   // Reductions over tokens.
   auto token_sum = [&](auto f, index_t J, float* out) {
-    sum_over_tokens<<<unsigned(std::min<index_t>(J, 65535)), kThreads, 0, stream>>>(f, T, J, out);
-    check_launch("sum_over_tokens");
+    launch("sum_over_tokens", sum_over_tokens<decltype(f)>, unsigned(std::min<index_t>(J, 65535)), kThreads, 0, stream,
+           f, T, J, out);
   };
   if (b.dscale) token_sum(RowsOf{b.dscale_t, N}, N, b.dscale);
   if (b.dbg) token_sum(RowsOf{b.dl, N}, N, b.dbg);
   if (b.dMs) {
     if (b.dm_t) {
       token_sum(RowsOf{b.dm_t, N * N}, N * N, b.dMs);
-      map_backward<<<launch_blocks(N), kThreads, 0, stream>>>(s.m, b.dMs, N);
-      check_launch("map_backward");
+      launch("map_backward", map_backward, launch_blocks(N), kThreads, 0, stream, s.m, b.dMs, N);
     } else {
-      fill_zero<float><<<launch_blocks(N * N), kThreads, 0, stream>>>(b.dMs, N * N);
-      check_launch("fill_zero");
+      launch("fill_zero", fill_zero<float>, launch_blocks(N * N), kThreads, 0, stream, b.dMs, N * N);
     }
   }
   // G_i = sum_t d_ti h_ti^T ([k, r] per expert, over h = F's first N r columns; the consumers
   // multiply by s_i), summed over token chunks and then over the chunks in order.
   auto rank_outer = [&](const float* dmat, float* G) {
     const index_t chunk = (T + kOuterChunks - 1) / kOuterChunks;
-    rank_outer_part<<<dim3(unsigned(N), unsigned(kOuterChunks)), kThreads, 0, stream>>>(dmat, fb.F, T, N, k, r, s.nF,
-                                                                                     chunk, b.Gpart);
-    check_launch("rank_outer_part");
-    rank_outer_sum<<<launch_blocks(N * k * r), kThreads, 0, stream>>>(b.Gpart, kOuterChunks, N * k * r, G);
-    check_launch("rank_outer_sum");
+    launch("rank_outer_part", rank_outer_part, dim3(unsigned(N), unsigned(kOuterChunks)), kThreads, 0, stream, dmat,
+           fb.F, T, N, k, r, s.nF, chunk, b.Gpart);
+    launch("rank_outer_sum", rank_outer_sum, launch_blocks(N * k * r), kThreads, 0, stream, b.Gpart, kOuterChunks,
+           N * k * r, G);
   };
   if (b.Gv) rank_outer(b.dz, b.Gv);
   if (b.Gc) rank_outer(b.dzc, b.Gc);
   if (b.db0) token_sum(DyRows<S>{dy.data, dy.stride[0]}, D.d, b.db0);
   // dWv and dWc in one pass over B (a gradient whose G is absent is zero).
   if (b.dWv || b.dWc) {
-    rank_to_full<S><<<launch_blocks(k * D.d), kThreads, 0, stream>>>(b.dWv ? b.Gv : nullptr, b.dWc ? b.Gc : nullptr,
-                                                                     s.scale, s.p.lora_B, k, b.dWv, b.dWc);
-    check_launch("rank_to_full");
+    launch("rank_to_full", rank_to_full<S>, launch_blocks(k * D.d), kThreads, 0, stream, b.dWv ? b.Gv : nullptr,
+           b.dWc ? b.Gc : nullptr, s.scale, s.p.lora_B, k, b.dWv, b.dWc);
   }
   if (b.dBf) {
-    assemble_dB<S><<<launch_blocks(N * D.d * r), kThreads, 0, stream>>>(b.dBrot, s.slot_of, s.Spad, s.rpad,
-                                                                        s.p.angle_Wv, b.Gv, s.p.angle_Wc, b.Gc, s.scale,
-                                                                        N, D.d, r, k, b.dBf);
-    check_launch("assemble_dB");
+    launch("assemble_dB", assemble_dB<S>, launch_blocks(N * D.d * r), kThreads, 0, stream, b.dBrot, s.slot_of, s.Spad,
+           s.rpad, s.p.angle_Wv, b.Gv, s.p.angle_Wc, b.Gc, s.scale, N, D.d, r, k, b.dBf);
   }
   if (b.dUf) {
-    assemble_dU<<<launch_blocks(D.P * k), kThreads, 0, stream>>>(b.dUTp, b.G, s.kpad, s.Spad, D.P, k, b.dUf);
-    check_launch("assemble_dU");
+    launch("assemble_dU", assemble_dU, launch_blocks(D.P * k), kThreads, 0, stream, b.dUTp, b.G, s.kpad, s.Spad, D.P, k,
+           b.dUf);
   }
   if (b.dbiasf) {
-    assemble_dbias<<<launch_blocks(N * D.P), kThreads, 0, stream>>>(b.dbiasp, N, s.Spad, D.P, b.dbiasf);
-    check_launch("assemble_dbias");
+    launch("assemble_dbias", assemble_dbias, launch_blocks(N * D.P), kThreads, 0, stream, b.dbiasp, N, s.Spad, D.P,
+           b.dbiasf);
   }
   if (b.dwsf) {
     if (b.dwsp) {
-      assemble_dws<<<launch_blocks(D.d), kThreads, 0, stream>>>(b.dwsp, b.G, s.slot_of, s.Spad, D.d, b.dwsf);
-      check_launch("assemble_dws");
+      launch("assemble_dws", assemble_dws, launch_blocks(D.d), kThreads, 0, stream, b.dwsp, b.G, s.slot_of, s.Spad, D.d,
+             b.dwsf);
     } else {
-      fill_zero<float><<<launch_blocks(D.d), kThreads, 0, stream>>>(b.dwsf, D.d);
+      launch("fill_zero", fill_zero<float>, launch_blocks(D.d), kThreads, 0, stream, b.dwsf, D.d);
     }
   }
 
@@ -918,8 +888,7 @@ void Layer<S, backend::cuda>::backward(const Context& ctx, View<const S, 2> dy, 
   auto put = [&](const auto& dst, const float* src, index_t src_ld) {
     using V = std::decay_t<decltype(dst)>;
     if (!dst.present() || dst.size() == 0) return;
-    write_grad<S, V::rank><<<launch_blocks(dst.size()), kThreads, 0, stream>>>(dst, src, src_ld, acc);
-    check_launch("write_grad");
+    launch("write_grad", write_grad<S, V::rank>, launch_blocks(dst.size()), kThreads, 0, stream, dst, src, src_ld, acc);
   };
   put(grads.x, b.dxf, 0);
   if (b.dWst) {

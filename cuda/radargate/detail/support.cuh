@@ -15,6 +15,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <utility>
 
 #include <radargate/config.hpp>
 #include <radargate/error.hpp>
@@ -88,6 +89,16 @@ inline void check(cublasStatus_t s, const char* what) {
 }
 /// Checks the launch of the kernel just issued (bad configuration, missing device code).
 inline void check_launch(const char* kernel) { check(cudaGetLastError(), kernel); }
+
+/// Every kernel of the backend is launched through here, so every launch is checked: the
+/// configuration (grid, block, dynamic shared memory, stream), then the kernel's own arguments.
+/// The name is the kernel's, for the error message.
+template <class... Params, class... Args>
+void launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t shared_bytes,
+            cudaStream_t stream, Args&&... args) {
+  kernel<<<grid, block, shared_bytes, stream>>>(std::forward<Args>(args)...);
+  check_launch(name);
+}
 
 #define RG_CUDA_CHECK(expr) ::radargate::detail::gpu::check((expr), #expr)
 
