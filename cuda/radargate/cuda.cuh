@@ -31,7 +31,8 @@
 #include <radargate/error.hpp>
 #include <radargate/layer_config.hpp>
 #include <radargate/params.hpp>
-#include <radargate/reference.hpp>
+#include <radargate/detail/layer_checks.hpp>
+#include <radargate/grad_plan.hpp>
 #include <radargate/view.hpp>
 #include <type_traits>
 
@@ -574,9 +575,9 @@ typename Layer<S, backend::cuda>::Needs Layer<S, backend::cuda>::needs(const Gra
   n.W0 = g.base_W0.present();
   n.b0 = g.base_b0.present();
   const bool rot = c.rotation;
-  const bool need_dv = n.x || n.A || n.B || n.scale;
-  const bool need_dz = rot && (need_dv || n.M || n.Wx || n.Wv || n.Wc || n.U || n.bias);
-  n.dot = c.has_logits() && (need_dv || need_dz || n.Wg || n.bg || n.ws);
+  const GradPlan plan = plan_gradients(c, g);
+  const bool need_dv = plan.dv;
+  n.dot = plan.dlogits;
   n.token_dz = rot && (need_dv || n.M || n.Wx || n.Wv || n.Wc);
   n.token = n.token_dz || n.x || n.A || n.scale;
   n.column = n.B || (rot && (n.U || n.bias)) || (c.gate == GateKind::stretch && n.ws);

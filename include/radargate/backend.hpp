@@ -6,7 +6,7 @@
 //
 // All share one interface: construct from (LayerConfig, Params), forward(x, y) -> Context,
 // backward(ctx, dy, Gradients, GradMode). Choosing a backend at run time, if at all, happens once
-// at the entry point (see tools/radargate.cpp), never inside a loop.
+// at the entry point (see tools/main.cpp and tools/cmd_run.cpp), never inside a loop.
 #pragma once
 
 namespace radargate {

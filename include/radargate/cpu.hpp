@@ -39,10 +39,11 @@
 #include "detail/cpu_pool.hpp"
 #include "detail/cpu_simd.hpp"
 #include "detail/cpu_weights.hpp"
+#include "detail/layer_checks.hpp"
 #include "detail/math.hpp"
 #include "error.hpp"
+#include "grad_plan.hpp"
 #include "params.hpp"
-#include "reference.hpp"
 #include "view.hpp"
 
 // With RADARGATE_USE_BLAS (CMake option of the same name) Eigen hands the backend's matrix products

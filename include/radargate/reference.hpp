@@ -18,55 +18,12 @@
 #include "backend.hpp"
 #include "detail/math.hpp"
 #include "error.hpp"
+#include "detail/layer_checks.hpp"
+#include "grad_plan.hpp"
 #include "params.hpp"
 #include "view.hpp"
 
 namespace radargate {
-
-namespace detail {
-/// Sets every element of a (possibly strided) view to zero.
-template <class T, int R>
-void zero_view(const View<T, R>& v) {
-  if (!v.present()) return;
-  if constexpr (R == 1) {
-    for (index_t i = 0; i < v.shape[0]; ++i) v(i) = T(0);
-  } else {
-    for (index_t i = 0; i < v.shape[0]; ++i) zero_view(v[i]);
-  }
-}
-
-/// Which parts of the backward chain a set of requested gradients needs.
-struct BackwardNeeds {
-  bool dv = false;      // dL/dv_i: for x, A, B, scale
-  bool dz = false;      // dL/dz_i: for the angle generator and the map
-  bool dlogits = false; // dL/dl: for the gate parameters and everything upstream of u
-};
-
-template <class S>
-BackwardNeeds backward_needs(const LayerConfig& c, const Gradients<S>& g) {
-  BackwardNeeds n;
-  n.dv = g.x.present() || g.lora_A.present() || g.lora_B.present() || g.lora_scale.present();
-  n.dz = c.rotation && (n.dv || g.map_M.present() || g.angle_Wx.present() || g.angle_Wv.present() ||
-                        g.angle_Wc.present() || g.angle_U.present() || g.angle_bias.present());
-  n.dlogits = c.has_logits() && (n.dv || n.dz || g.stretch_Wg.present() || g.stretch_bg.present() ||
-                                 g.stretch_ws.present());
-  return n;
-}
-
-template <class T>
-void check_xy(const Dims& D, const View<const T, 2>& x, const char* xname, index_t xcols,
-              const View<T, 2>* y, const char* yname, index_t ycols) {
-  if (x.shape[1] != xcols || x.shape[0] < 0)
-    fail("tensor '", xname, "': expected shape [T, ", xcols, "], found ", shape_string(x));
-  if (x.shape[0] > 0 && !x.present()) fail("tensor '", xname, "': null data for ", x.shape[0], " tokens");
-  if (y) {
-    const index_t ex[] = {x.shape[0], ycols};
-    check_shape(yname, *y, ex);
-    if (x.shape[0] > 0 && !y->present()) fail("tensor '", yname, "': null data for ", x.shape[0], " tokens");
-  }
-  (void)D;
-}
-}  // namespace detail
 
 template <class S>
 class Layer<S, backend::reference> {
@@ -141,7 +98,7 @@ class Layer<S, backend::reference> {
       detail::zero_view(grads.x);
       for_each_param(grads, [](const char*, const auto& g) { detail::zero_view(g); });
     }
-    const detail::BackwardNeeds need = detail::backward_needs(cfg_, grads);
+    const GradPlan need = plan_gradients(cfg_, grads);
     for (index_t t = 0; t < T; ++t) backward_token(ctx, t, dy[t], grads, need);
   }
 
@@ -263,7 +220,7 @@ class Layer<S, backend::reference> {
   }
 
   void backward_token(const Context& ctx, index_t t, const View<const S, 1>& dy, const Gradients<S>& G,
-                      const detail::BackwardNeeds& need) const {
+                      const GradPlan& need) const {
     const index_t N = D_.N, r = D_.r, d = D_.d, k = D_.k, P = D_.P, din = D_.d_in;
     const View<const S, 1> x = ctx.x[t];
     const S* h = &ctx.h[t * N * r];
