@@ -64,7 +64,7 @@ class Case:
         if code == 1:
             check(len(lines) == 1, "%s: expected one line on stderr, found %d: %r" % (where, len(lines), p.stderr))
         else:
-            check(any(l.startswith("usage: radargate train") for l in lines), "%s: no usage line in %r" % (where, p.stderr))
+            check(any(l.startswith("usage: radargate " + str(args[0])) for l in lines), "%s: no usage line in %r" % (where, p.stderr))
         if exact:
             check(lines[0] == message, "%s:\n  expected message: %s\n  found message:    %s" % (where, message, lines[0]))
         else:
@@ -324,7 +324,27 @@ def case_tty(c):
     c.checks += 1
 
 
-CASES = {"usage": case_usage, "data": case_data, "model": case_model, "end_to_end": case_end_to_end, "tty": case_tty}
+def case_bench(c):
+    """radargate bench --train-step: one JSON line, a finite loss, its usage errors."""
+    base = ["bench", "--variant", "radargate", "--tokens", 16, "--experts", 3, "--d-in", 32, "--d", 32, "--rank", 4,
+            "--angle-rank", 4, "--repeat", 2]
+    j = json.loads(c.ok(*base, "--train-step", "--json").stdout)
+    check(j["train_step"] is True and j["optimizer"] == "adamw" and np.isfinite(j["last_loss"]), "bench --train-step: %r" % j)
+    check(j["trained"] == "map.M,angle.Wx,angle.Wv,angle.Wc,angle.U,angle.bias,stretch.Wg,stretch.bg,stretch.ws",
+          "bench --train-step trains %r" % j["trained"])
+    j = json.loads(c.ok(*base, "--train-step", "--train", "lora.A,lora.B", "--backend", "reference", "--json").stdout)
+    check(j["trained"] == "lora.A,lora.B" and j["backend"] == "reference", "bench --train: %r" % j)
+    u = "radargate bench: error: "
+    c.expect_error(base + ["--train", "lora.A"], u + "option --train needs --train-step", code=2, output="none")
+    c.expect_error(base + ["--train-step", "--backward"], u + "option --backward: a --train-step already runs backward",
+                   code=2, output="none")
+    c.expect_error(base + ["--train-step", "--train", "angle.X"],
+                   u + "option --train: 'angle.X' is not a tensor of a 'radargate' model; expected some of "
+                   "lora.A,lora.B,lora.scale,map.M,angle.Wx,angle.Wv,angle.Wc,angle.U,angle.bias,stretch.Wg,stretch.bg,"
+                   "stretch.ws", output="none")
+
+
+CASES = {"usage": case_usage, "bench": case_bench, "data": case_data, "model": case_model, "end_to_end": case_end_to_end, "tty": case_tty}
 
 
 def main():
