@@ -238,7 +238,7 @@ int train_with(const TrainArgs& a, io::LoadedModel<S>& lm, L& layer, const Data<
   o.schedule.total = std::max<std::int64_t>(1, a.epochs * train::steps_per_epoch(T, o.batch));
   train::Trainer<S, L> tr(lm.model, layer, names, o);
   if (!a.resume.empty()) {
-    train::load_state(io::SafetensorsFile::read(a.resume), tr, T);
+    train::load_state(io::SafetensorsFile::read(a.resume), tr, data.view());
     if constexpr (train::impl::has_weights_changed<L>::value) layer.weights_changed();
     if (tr.epochs_done() >= a.epochs)
       detail::fail("option --resume: the state '", a.resume, "' has ", tr.epochs_done(), " epochs done, and --epochs ",
@@ -299,7 +299,7 @@ int train_with(const TrainArgs& a, io::LoadedModel<S>& lm, L& layer, const Data<
         std::fprintf(log.get(), "%s\n", j.dump().c_str());
         std::fflush(log.get());
       }
-      if (!a.state.empty()) train::save_state(a.state, tr, T);
+      if (!a.state.empty()) train::save_state(a.state, tr, dv);
     }
   } catch (...) {
     progress.clear();

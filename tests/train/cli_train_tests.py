@@ -223,6 +223,10 @@ def case_model(c):
     c.train_error(base + ["--epochs", 1, "--resume", "s.safetensors", "--lr", "0.01"],
                   "file 's.safetensors': training state: setting 'total_steps' was 9 in the saved run, this run has 3; "
                   "resume with the same settings")
+    make_data(c, "d_other.safetensors", seed=5)
+    c.train_error(["--model", m, "--data", "d_other.safetensors", "--output", "out.safetensors"] + ce +
+                  ["--epochs", 3, "--resume", "s.safetensors", "--lr", "0.01"],
+                  "file 's.safetensors': training state: setting 'train_data_fnv1a' was ", exact=False)
     c.train_error(base + ["--epochs", 3, "--resume", m, "--lr", "0.01"],
                   "file 'm.safetensors': missing __metadata__ entry 'radargate.train_state'; not a training state written by "
                   "'radargate train --state'?")

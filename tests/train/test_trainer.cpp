@@ -232,17 +232,17 @@ std::pair<std::vector<unsigned char>, std::vector<unsigned char>> run_with_stop(
     auto layer = make_layer(m);
     train::Trainer<S, L> tr(m, *layer, gate_and_angles, o);
     for (int e = 0; e < (stop ? stop : epochs); ++e) tr.run_epoch(data);
-    state = train::state_writer(tr, data.size()).serialize();
+    state = train::state_writer(tr, data).serialize();
     if (!stop) return {io::model_writer(m, io::DType::F64).serialize(), state};
   }
   Model<S> m2 = original;  // the trained values come back from the state
   auto layer = make_layer(m2);
   train::Trainer<S, L> tr(m2, *layer, gate_and_angles, o);
-  train::load_state(io::SafetensorsFile::from_bytes(state, "state"), tr, data.size());
+  train::load_state(io::SafetensorsFile::from_bytes(state, "state"), tr, data);
   if constexpr (train::impl::has_weights_changed<L>::value) layer->weights_changed();
   CHECK(tr.epochs_done() == stop);
   for (int e = stop; e < epochs; ++e) tr.run_epoch(data);
-  return {io::model_writer(m2, io::DType::F64).serialize(), train::state_writer(tr, data.size()).serialize()};
+  return {io::model_writer(m2, io::DType::F64).serialize(), train::state_writer(tr, data).serialize()};
 }
 }  // namespace
 
@@ -277,15 +277,20 @@ TEST_CASE("trainer: a state with other settings is refused, naming the setting",
   Layer<double> layer(p.m.config, p.m.params());
   train::Trainer<double, Layer<double>> tr(p.m, layer, gate_and_angles, o);
   tr.run_epoch(p.data(o.loss));
-  const auto bytes = train::state_writer(tr, p.T).serialize();
+  const auto bytes = train::state_writer(tr, p.data(o.loss)).serialize();
   o.schedule.lr = 0.5;
   train::Trainer<double, Layer<double>> other(p.m, layer, gate_and_angles, o);
-  CHECK_THROWS_WITH(train::load_state(io::SafetensorsFile::from_bytes(bytes, "s.safetensors"), other, p.T),
+  CHECK_THROWS_WITH(train::load_state(io::SafetensorsFile::from_bytes(bytes, "s.safetensors"), other, p.data(o.loss)),
                     "file 's.safetensors': training state: setting 'lr' was 0.02 in the saved run, this run has 0.5; "
                     "resume with the same settings");
   train::Trainer<double, Layer<double>> fewer(p.m, layer, {"angle.U"}, options(o.loss, train::OptimizerKind::adamw, p.T, 2));
-  CHECK_THROWS_WITH(train::load_state(io::SafetensorsFile::from_bytes(bytes, "s.safetensors"), fewer, p.T),
+  CHECK_THROWS_WITH(train::load_state(io::SafetensorsFile::from_bytes(bytes, "s.safetensors"), fewer, p.data(o.loss)),
                     Catch::Contains("setting 'train' was"));
+  // Other data of the same size: refused by its fingerprint.
+  train::Trainer<double, Layer<double>> same(p.m, layer, gate_and_angles, options(o.loss, train::OptimizerKind::adamw, p.T, 2));
+  p.y[5] += 1.0;
+  CHECK_THROWS_WITH(train::load_state(io::SafetensorsFile::from_bytes(bytes, "s.safetensors"), same, p.data(o.loss)),
+                    Catch::Contains("setting 'train_data_fnv1a' was"));
 }
 
 TEST_CASE("trainer: a loss that becomes NaN stops with the epoch and step", "[train][trainer]") {

@@ -9,10 +9,11 @@
 //
 // __metadata__["radargate.train_state"] is a JSON object with the step and epoch counts and every
 // setting the continuation depends on (optimizer and its hyper-parameters, loss, schedule, batch,
-// seed, trained tensors, dtype, training-set size). Loading checks each against the trainer it is
+// seed, trained tensors, dtype, training-set size and an FNV-1a hash of its values). Loading checks each against the trainer it is
 // loaded into and names the first that differs. Needs radargate::io (nlohmann/json).
 #pragma once
 
+#include <cstdio>
 #include <map>
 #include <string>
 #include <vector>
@@ -29,7 +30,7 @@ inline constexpr const char* state_key = "radargate.train_state";
 
 /// The settings a continuation must share with the run that wrote the state.
 template <class S, class L>
-nlohmann::json state_settings(const Trainer<S, L>& tr, index_t train_tokens) {
+nlohmann::json state_settings(const Trainer<S, L>& tr, const Dataset<S>& data) {
   const TrainerOptions& o = tr.options();
   const OptimizerOptions& q = o.optimizer;
   nlohmann::json j;
@@ -54,13 +55,16 @@ nlohmann::json state_settings(const Trainer<S, L>& tr, index_t train_tokens) {
   j["seed"] = o.seed;
   j["train"] = tr.trained();
   j["dtype"] = sizeof(S) == 8 ? "F64" : "F32";
-  j["train_tokens"] = train_tokens;
+  j["train_tokens"] = data.size();
+  char fp[24];
+  std::snprintf(fp, sizeof fp, "%016llx", (unsigned long long)fingerprint(data));
+  j["train_data_fnv1a"] = fp;
   return j;
 }
 
 /// The state file's image: see the top of this header. `extra` adds metadata entries.
 template <class S, class L>
-io::SafetensorsWriter state_writer(const Trainer<S, L>& tr, index_t train_tokens,
+io::SafetensorsWriter state_writer(const Trainer<S, L>& tr, const Dataset<S>& data,
                                    const std::map<std::string, std::string>& extra = {}) {
   const io::DType dt = sizeof(S) == 8 ? io::DType::F64 : io::DType::F32;
   const Optimizer<S>& opt = tr.optimizer();
@@ -74,7 +78,7 @@ io::SafetensorsWriter state_writer(const Trainer<S, L>& tr, index_t train_tokens
       const Slot<S>& s = opt.slots()[i];
       w.add(std::string(opt.state_name(k)) + "." + s.name, opt.state(k, i).data(), s.shape, dt);
     }
-  nlohmann::json meta = state_settings(tr, train_tokens);
+  nlohmann::json meta = state_settings(tr, data);
   meta["step"] = opt.steps();
   meta["epoch"] = tr.epochs_done();
   w.set_metadata(state_key, meta.dump());
@@ -83,15 +87,15 @@ io::SafetensorsWriter state_writer(const Trainer<S, L>& tr, index_t train_tokens
 }
 
 template <class S, class L>
-void save_state(const std::string& path, const Trainer<S, L>& tr, index_t train_tokens) {
-  state_writer(tr, train_tokens).write_atomic(path);
+void save_state(const std::string& path, const Trainer<S, L>& tr, const Dataset<S>& data) {
+  state_writer(tr, data).write_atomic(path);
 }
 
 /// Restores a state into `tr`: the trained tensors' values (in the model's memory), the optimizer
 /// state, the step and epoch counts. Every setting must match this trainer's; the first that does
 /// not is named. Call the layer's weights_changed() afterwards on backends that cache weights.
 template <class S, class L>
-void load_state(const io::SafetensorsFile& f, Trainer<S, L>& tr, index_t train_tokens) {
+void load_state(const io::SafetensorsFile& f, Trainer<S, L>& tr, const Dataset<S>& data) {
   auto it = f.metadata().find(state_key);
   if (it == f.metadata().end())
     f.fail_file("missing __metadata__ entry '", state_key, "'; not a training state written by 'radargate train --state'?");
@@ -102,7 +106,7 @@ void load_state(const io::SafetensorsFile& f, Trainer<S, L>& tr, index_t train_t
     f.fail_file("__metadata__ '", state_key, "' is not valid JSON: ", e.what());
   }
   if (!meta.is_object()) f.fail_file("__metadata__ '", state_key, "': expected a JSON object");
-  const nlohmann::json want = state_settings(tr, train_tokens);
+  const nlohmann::json want = state_settings(tr, data);
   for (auto kv = want.begin(); kv != want.end(); ++kv) {
     if (!meta.contains(kv.key()))
       f.fail_file("training state: setting '", kv.key(), "' is missing (this run has ", kv.value().dump(), ")");

@@ -110,6 +110,25 @@ inline void shuffled_order(std::vector<index_t>& perm, std::uint64_t seed, std::
   }
 }
 
+/// FNV-1a (64-bit) of a data set's values, x then y or the labels, in row order: the tag a saved
+/// state carries so that a run is not resumed on other data.
+template <class S>
+std::uint64_t fingerprint(const Dataset<S>& data) {
+  std::uint64_t h = 0xcbf29ce484222325ull;
+  auto eat = [&](const void* p, std::size_t n) {
+    const unsigned char* b = static_cast<const unsigned char*>(p);
+    for (std::size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 0x100000001b3ull;
+  };
+  const index_t T = data.size();
+  for (index_t t = 0; t < T; ++t)
+    for (index_t j = 0; j < data.x.shape[1]; ++j) eat(&data.x(t, j), sizeof(S));
+  if (data.y.present())
+    for (index_t t = 0; t < T; ++t)
+      for (index_t j = 0; j < data.y.shape[1]; ++j) eat(&data.y(t, j), sizeof(S));
+  if (data.labels) eat(data.labels, std::size_t(T) * sizeof(std::int64_t));
+  return h;
+}
+
 template <class S, class L>
 class Trainer {
   static_assert(std::is_floating_point<S>::value, "radargate::train::Trainer: S must be float or double");
