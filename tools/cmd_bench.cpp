@@ -20,6 +20,7 @@
 #include "radargate.hpp"
 #include "radargate/cpu.hpp"
 #include "radargate/flops.hpp"
+#include "radargate/train.hpp"
 
 namespace radargate {
 namespace cli {
@@ -30,6 +31,8 @@ struct BenchArgs {
   Dims D;
   index_t T = 0;
   bool backward = false, base = false, json = false, reference = false, f64 = false;
+  bool train_step = false;         // time training steps: forward, mse loss, backward, AdamW update
+  std::vector<std::string> train;  // the tensors a training step learns (empty: the default set)
   int threads = 1, repeat = 5, warmup = 1;
   std::uint64_t seed = 1;
 };
@@ -127,19 +130,92 @@ int bench_layer(const BenchArgs& a, const Model<S>& m, L& layer) {
   return 0;
 }
 
+// One timed call = one training step of radargate::train::Trainer on a batch of all T tokens:
+// forward, the mse loss against random targets and dL/dy, backward of the trained tensors only,
+// and the AdamW update (lr 1e-4, weight decay 0.01) in place, with weights_changed() on the cpu
+// backend.
+template <class S, class L>
+int bench_train_step(const BenchArgs& a, Model<S>& m, L& layer) {
+  using clock = std::chrono::steady_clock;
+  const index_t T = a.T, din = a.D.d_in, d = a.D.d;
+  std::vector<std::string> names = a.train;
+  if (names.empty())
+    for (const std::string& n : param_names())
+      if (m.has(n) && n != "lora.A" && n != "lora.B" && n != "lora.scale" && n.rfind("base.", 0) != 0) names.push_back(n);
+  if (names.empty())
+    detail::fail("option --train-step: variant '", to_string(a.cfg.variant),
+                 "' has no gate or angle tensors to train; name some with --train, e.g. --train lora.A,lora.B");
+  for (const std::string& n : names)
+    if (!m.has(n)) {
+      std::string have;
+      for (const std::string& k : param_names())
+        if (m.has(k)) have += (have.empty() ? "" : ",") + k;
+      detail::fail("option --train: '", n, "' is not a tensor of a '", to_string(a.cfg.variant), "' model; expected some of ", have);
+    }
+  std::mt19937_64 rng(a.seed + 1);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  std::vector<S> x(std::size_t(T * din)), target(std::size_t(T * d));
+  for (S& e : x) e = S(normal(rng));
+  for (S& e : target) e = S(normal(rng));
+  train::TrainerOptions o;
+  o.loss = train::LossKind::mse;
+  o.batch = std::max<index_t>(1, T);
+  o.schedule = {train::ScheduleKind::constant, 1e-4, 0, 1};
+  train::Trainer<S, L> tr(m, layer, names, o);
+  const auto xv = make_view(static_cast<const S*>(x.data()), T, din);
+  const auto tv = make_view(static_cast<const S*>(target.data()), T, d);
+  const double base_rss = current_rss_mb();
+  std::vector<double> total;
+  double loss = 0;
+  for (int it = 0; it < a.warmup + a.repeat; ++it) {
+    const auto t0 = clock::now();
+    loss = tr.step(xv, tv, nullptr).loss;
+    const auto t1 = clock::now();
+    if (it >= a.warmup) total.push_back(std::chrono::duration<double>(t1 - t0).count());
+  }
+  const WorkCount w = essential_work(a.cfg, a.D, T, true, a.base);
+  const double med = median(total), peak = peak_rss_mb();
+  const char* backend = a.reference ? "reference" : "cpu";
+  const char* gemm = a.reference ? "none" : cpu_gemm_route();
+  std::string list;
+  for (const std::string& n : names) list += (list.empty() ? "" : ",") + n;
+  if (a.json) {
+    std::printf(
+        "{\"variant\": \"%s\", \"backend\": \"%s\", \"gemm\": \"%s\", \"dtype\": \"%s\", \"tokens\": %lld, "
+        "\"experts\": %lld, \"d_in\": %lld, \"d\": %lld, \"rank\": %lld, \"angle_rank\": %lld, \"planes\": %lld, "
+        "\"base\": %s, \"train_step\": true, \"optimizer\": \"adamw\", \"loss\": \"mse\", \"trained\": \"%s\", "
+        "\"threads\": %d, \"repeat\": %d, \"median_s\": %.9g, \"min_s\": %.9g, \"flops\": %.9g, \"gflops\": %.6g, "
+        "\"peak_rss_mb\": %.3f, \"base_rss_mb\": %.3f, \"last_loss\": %.9g}\n",
+        to_string(a.cfg.variant), backend, gemm, a.f64 ? "f64" : "f32", (long long)T, (long long)a.D.N, (long long)din,
+        (long long)d, (long long)a.D.r, (long long)a.D.k, (long long)a.D.P, a.base ? "true" : "false", list.c_str(),
+        a.threads, a.repeat, med, *std::min_element(total.begin(), total.end()), w.flops, w.flops / med * 1e-9, peak,
+        base_rss, loss);
+  } else {
+    std::printf("radargate bench: training step (forward, mse, backward, AdamW) of variant %s, backend %s (GEMM: %s), %s, "
+                "T=%lld N=%lld d_in=%lld d=%lld r=%lld k=%lld P=%lld%s, %d thread%s\n  trained: %s\n",
+                to_string(a.cfg.variant), backend, gemm, a.f64 ? "f64" : "f32", (long long)T, (long long)a.D.N,
+                (long long)din, (long long)d, (long long)a.D.r, (long long)a.D.k, (long long)a.D.P, a.base ? ", base" : "",
+                a.threads, a.threads == 1 ? "" : "s", list.c_str());
+    std::printf("  step: median %.6f s over %d runs (min %.6f s), last loss %.6g\n", med, a.repeat,
+                *std::min_element(total.begin(), total.end()), loss);
+    std::printf("  memory: peak RSS %.1f MB (%.1f MB before the first step)\n", peak, base_rss);
+  }
+  return 0;
+}
+
 template <class S>
 int bench_typed(const BenchArgs& a) {
   RandomModelOptions opt;
   opt.base = a.base;
-  const Model<S> m = random_model<S>(a.cfg, a.D, a.seed, opt);
+  Model<S> m = random_model<S>(a.cfg, a.D, a.seed, opt);
   if (a.reference) {
     Layer<S, backend::reference> layer(a.cfg, m.params());
-    return bench_layer<S>(a, m, layer);
+    return a.train_step ? bench_train_step<S>(a, m, layer) : bench_layer<S>(a, m, layer);
   }
   CpuOptions o;
   o.threads = a.threads;
   Layer<S, backend::cpu> layer(a.cfg, m.params(), o);
-  return bench_layer<S>(a, m, layer);
+  return a.train_step ? bench_train_step<S>(a, m, layer) : bench_layer<S>(a, m, layer);
 }
 
 }  // namespace
@@ -162,6 +238,9 @@ int cmd_bench(int argc, char** argv) {
   o.optional("--topk", "K", "experts a top-k gate selects (default 2)");
   o.flag("--backward", "time forward + backward (gradients of x and every parameter)");
   o.flag("--base", "include the frozen base W0 x + b0 (default: LoRA part only)");
+  o.flag("--train-step", "time training steps instead: forward, mse loss, backward of the trained tensors,\n"
+                         "AdamW update (radargate::train; cpu and reference backends)");
+  o.optional("--train", "LIST", "with --train-step: the tensors learned (default: all but lora.*, base.*)");
   o.optional("--backend", "NAME", "cpu | reference | cuda (default cpu)");
   o.optional("--threads", "N", "cpu backend threads (default 1)");
   o.optional("--dtype", "TYPE", "f32 | f64; with --backend cuda bf16 | f16 | f32 (default f32; cuda: bf16)");
@@ -189,9 +268,16 @@ int cmd_bench(int argc, char** argv) {
   a.backward = o.has("--backward");
   a.base = o.has("--base");
   a.json = o.has("--json");
+  a.train_step = o.has("--train-step");
+  if (o.has("--train")) {
+    if (!a.train_step) o.fail("option --train needs --train-step");
+    a.train = o.list("--train");
+  }
+  if (a.train_step && a.backward) o.fail("option --backward: a --train-step already runs backward");
   const std::string backend = o.str("--backend", "cpu");
   if (backend == "cuda") {
     if (o.has("--threads")) o.fail("option --threads: only for --backend cpu");
+    if (a.train_step) o.fail("option --train-step: for --backend cpu or reference");
     CudaBenchRequest q;
     q.cfg = a.cfg;
     q.D = a.D;

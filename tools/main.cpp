@@ -22,6 +22,7 @@ const Command commands[] = {
     {"cone", radargate::cli::cmd_cone, "cone / hull membership of a batch of points, with certificates"},
     {"verify", radargate::cli::cmd_verify, "does a model leave the cone of its experts? (expansion report)"},
     {"bench", radargate::cli::cmd_bench, "time one layer call on a random model (no file I/O)"},
+    {"train", radargate::cli::cmd_train, "learn chosen tensors of a model on a data file (AdamW or SGD)"},
 };
 
 void usage(std::FILE* out) {

@@ -8,6 +8,12 @@ For each case it runs, in fresh processes so that each peak RSS belongs to one c
     x and every parameter), with torch.set_num_threads(1) unless --torch-threads says otherwise.
 It prints times, essential GFLOP/s, peak memory and the ratios, and can write them all as JSON.
 
+A case TOKENS:train times one training step on both sides: `radargate bench --train-step`
+(forward, mse loss, backward of the trained tensors, radargate::train's AdamW update) beside the
+same step in PyTorch (forward, torch.nn.functional.mse_loss, autograd of the trained tensors,
+torch.optim.AdamW(lr=1e-4, weight_decay=0.01).step()). The trained tensors are those
+`radargate train` learns by default: every tensor but lora.A, lora.B, lora.scale (and base.*).
+
 Fairness: torch uses the system BLAS (OpenBLAS through Debian's libblas.so.3 alternative), and
 the PyTorch child runs with glibc told to keep freed blocks (MALLOC_MMAP_THRESHOLD_ at its
 maximum, MALLOC_TRIM_THRESHOLD_ large, and MALLOC_MMAP_MAX_=0 because glibc caps the mmap
@@ -90,6 +96,30 @@ def torch_child(spec):
     x = torch.randn(T, d_in, dtype=dtype)
     dy = torch.randn(T, d, dtype=dtype)
     backward = spec["backward"]
+    if spec.get("train_step"):
+        trained = [t for n, t in params.items() if n not in ("lora.A", "lora.B", "lora.scale")]
+        for t in trained:
+            t.requires_grad_(True)
+        opt = torch.optim.AdamW(trained, lr=1e-4, weight_decay=0.01)
+        target = torch.randn(T, d, dtype=dtype)
+        base_rss = current_rss_mb()
+        times = []
+        for it in range(spec["warmup"] + spec["repeat"]):
+            t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            y = radargate_torch.forward(config, params, x)
+            loss = torch.nn.functional.mse_loss(y, target)
+            loss.backward()
+            opt.step()
+            t1 = time.perf_counter()
+            del y, loss
+            if it >= spec["warmup"]:
+                times.append(t1 - t0)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        print(json.dumps({"median_s": statistics.median(times), "min_s": min(times), "median_forward_s": 0.0,
+                          "peak_rss_mb": peak, "base_rss_mb": base_rss, "torch": torch.__version__,
+                          "torch_threads": torch.get_num_threads()}))
+        return
     if backward:
         for t in params.values():
             t.requires_grad_(True)
@@ -141,7 +171,7 @@ def main():
     ap.add_argument("--planes", type=int, default=None, help="default floor(d/2)")
     ap.add_argument("--dtype", choices=("f32", "f64"), default="f32")
     ap.add_argument("--cases", default="256:fwd,256:fwdbwd,1:fwd",
-                    help="comma-separated TOKENS:fwd|fwdbwd (default 256:fwd,256:fwdbwd,1:fwd)")
+                    help="comma-separated TOKENS:fwd|fwdbwd|train (default 256:fwd,256:fwdbwd,1:fwd)")
     ap.add_argument("--threads", type=int, default=1, help="radargate threads (default 1)")
     ap.add_argument("--torch-threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     ap.add_argument("--repeat", type=int, default=5)
@@ -158,24 +188,27 @@ def main():
     rows = []
     for case in a.cases.split(","):
         tok, mode = case.split(":")
-        T, backward = int(tok), mode == "fwdbwd"
+        T, backward, train_step = int(tok), mode == "fwdbwd", mode == "train"
         repeat = a.repeat_small if T < 16 else a.repeat
         spec = {"variant": a.variant, "tokens": T, "experts": a.experts, "d_in": a.d_in, "d": a.d, "rank": a.rank,
                 "angle_rank": a.angle_rank, "planes": planes, "dtype": a.dtype, "backward": backward,
-                "repeat": repeat, "warmup": 1 if T >= 16 else 3, "torch_threads": a.torch_threads}
+                "repeat": repeat, "warmup": 1 if T >= 16 else 3, "torch_threads": a.torch_threads,
+                "train_step": train_step}
         cmd = [a.radargate, "bench", "--variant", a.variant, "--tokens", str(T), "--experts", str(a.experts),
                "--d-in", str(a.d_in), "--d", str(a.d), "--rank", str(a.rank), "--angle-rank", str(a.angle_rank),
                "--planes", str(planes), "--dtype", a.dtype, "--threads", str(a.threads), "--repeat", str(repeat),
                "--warmup", str(spec["warmup"]), "--json"]
         if backward:
             cmd.append("--backward")
+        if train_step:
+            cmd.append("--train-step")
         rg = run_json(cmd)
         env = dict(os.environ)
         if not a.no_malloc_tuning:
             env.update(MALLOC_ENV)
         pt = run_json([sys.executable, os.path.abspath(__file__), "--radargate", a.radargate,
                        "--torch-child", json.dumps(spec)], env=env)
-        rows.append({"tokens": T, "backward": backward, "radargate": rg, "torch": pt,
+        rows.append({"tokens": T, "backward": backward, "train_step": train_step, "radargate": rg, "torch": pt,
                      "speedup": pt["median_s"] / rg["median_s"],
                      "memory_ratio": pt["peak_rss_mb"] / rg["peak_rss_mb"],
                      "working_memory_ratio": (pt["peak_rss_mb"] - pt["base_rss_mb"]) /
@@ -192,7 +225,8 @@ def main():
     for row in rows:
         rg, pt = row["radargate"], row["torch"]
         flops = rg["flops"]
-        print(f"{row['tokens']:>5} {'fwd+bwd' if row['backward'] else 'fwd':>8} | {rg['median_s']:>11.5f} "
+        mode = "train" if row.get("train_step") else "fwd+bwd" if row["backward"] else "fwd"
+        print(f"{row['tokens']:>5} {mode:>8} | {rg['median_s']:>11.5f} "
               f"{rg['gflops']:>8.2f} {rg['peak_rss_mb']:>8.1f} | {pt['median_s']:>9.5f} "
               f"{flops / pt['median_s'] * 1e-9:>8.2f} {pt['peak_rss_mb']:>8.1f} | {row['speedup']:>6.1f}x "
               f"{row['memory_ratio']:>8.1f}x {row['working_memory_ratio']:>11.1f}x")
