@@ -211,6 +211,7 @@ def case_model(c):
     p = c.rg("train", *base, "--train", "lora.B", "--lr", "1e200", "--optimizer", "sgd", "--momentum", "0")
     msg = p.stderr.strip()
     check(" at epoch 1, step " in msg and "of 3 (global step" in msg, "divergence message names no epoch and step: %r" % msg)
+    check("-nan" not in msg, "divergence message prints a NaN's sign: %r" % msg)
     # States: wrong settings, nothing left to do, not a state.
     c.ok("train", *base, "--epochs", 3, "--stop-after", 1, "--state", "s.safetensors", "--lr", "0.01")
     os.remove(c.path("out.safetensors"))

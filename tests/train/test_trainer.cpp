@@ -301,7 +301,7 @@ TEST_CASE("trainer: a loss that becomes NaN stops with the epoch and step", "[tr
   Layer<double> layer(p.m.config, p.m.params());
   train::Trainer<double, Layer<double>> tr(p.m, layer, {"lora.B"}, o);
   CHECK_THROWS_WITH(tr.run_epoch(p.data(o.loss)), Catch::Matches("training diverged: the (loss|gradient norm) became "
-                                                                 "(nan|inf|-nan) at epoch 1, step [0-9] of 3 .*"));
+                                                                 "(nan|inf) at epoch 1, step [0-9] of 3 .*"));
 }
 
 TEST_CASE("trainer: bad arguments and bad data are one clear error", "[train][trainer]") {

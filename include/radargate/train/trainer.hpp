@@ -110,6 +110,11 @@ inline void shuffled_order(std::vector<index_t>& perm, std::uint64_t seed, std::
   }
 }
 
+namespace impl {
+/// "nan", "inf" or "-inf" (a NaN's sign bit is not meaningful, so it is not printed).
+inline const char* non_finite_name(double v) { return std::isnan(v) ? "nan" : v > 0 ? "inf" : "-inf"; }
+}  // namespace impl
+
 /// FNV-1a (64-bit) of a data set's values, x then y or the labels, in row order: the tag a saved
 /// state carries so that a run is not resumed on other data.
 template <class S>
@@ -335,15 +340,15 @@ class Trainer {
     info.loss = opt_.loss == LossKind::mse ? mse_loss<S>(y, make_view(static_cast<const S*>(tb_.data()), n, D_.d), dy)
                                            : cross_entropy_loss<S>(y, lb_.data(), dy);
     if (!std::isfinite(info.loss))
-      detail::fail("training diverged: the loss became ", info.loss, " at epoch ", info.epoch, ", step ",
-                              info.step, " of ", info.steps_in_epoch, " (global step ", optim_.steps() + 1,
-                              "); try a smaller learning rate or --clip");
+      detail::fail("training diverged: the loss became ", impl::non_finite_name(info.loss), " at epoch ", info.epoch,
+                   ", step ", info.step, " of ", info.steps_in_epoch, " (global step ", optim_.steps() + 1,
+                   "); try a smaller learning rate or --clip");
     layer_.backward(ctx, make_view(static_cast<const S*>(dy_.data()), n, D_.d), gv_, GradMode::overwrite);
     info.grad_norm = clip_grad_norm(optim_.slots(), opt_.clip);
     if (!std::isfinite(info.grad_norm))
-      detail::fail("training diverged: the gradient norm became ", info.grad_norm, " at epoch ", info.epoch,
-                              ", step ", info.step, " of ", info.steps_in_epoch, " (global step ", optim_.steps() + 1,
-                              "); try a smaller learning rate or --clip");
+      detail::fail("training diverged: the gradient norm became ", impl::non_finite_name(info.grad_norm), " at epoch ",
+                   info.epoch, ", step ", info.step, " of ", info.steps_in_epoch, " (global step ", optim_.steps() + 1,
+                   "); try a smaller learning rate or --clip");
     info.lr = opt_.schedule.at(optim_.steps());
     optim_.step(info.lr);
     info.global_step = optim_.steps();
