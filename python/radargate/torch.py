@@ -38,7 +38,7 @@ class _Group(torch.nn.Module):
 class _Binding:
     """The C++ layer over one set of parameter tensors, re-read when they change."""
 
-    __slots__ = ("core", "key", "versions", "threads", "d")
+    __slots__ = ("core", "ptrs", "dtype", "device", "versions", "threads", "d_in", "d")
 
     def __init__(self, config, names, params, backend):
         dtype = params[0].dtype
@@ -46,10 +46,19 @@ class _Binding:
         slots = dict(zip(names, params))
         arrays = [slots[n].detach() if n in slots else None for n in _config.PARAM_NAMES]
         self.threads = torch.get_num_threads()
-        self.core = cls(config, arrays, backend, self.threads)
-        self.key = tuple((p.data_ptr(), p.dtype, p.device) for p in params)
+        self.core = cls(config, [None if a is None else a.numpy() for a in arrays], backend, self.threads)
+        self.ptrs = [p.data_ptr() for p in params]
+        self.dtype, self.device = params[0].dtype, params[0].device
         self.versions = [p._version for p in params]
-        self.d = self.core.dims["d"]
+        dims = self.core.dims
+        self.d_in, self.d = dims["d_in"], dims["d"]
+
+
+def _array(t):
+    """A CPU tensor as a NumPy array over the same memory (strides kept, no copy). NumPy arrays
+    cross into the library through the buffer protocol, which costs less per call than torch's
+    DLPack export (docs/PYTHON.md)."""
+    return t.detach().numpy()
 
 
 class _Function(torch.autograd.Function):
@@ -58,7 +67,7 @@ class _Function(torch.autograd.Function):
     @staticmethod
     def forward(ctx, binding, slots, x, *params):
         y = x.new_empty((x.shape[0], binding.d))
-        ctx.cctx = binding.core.forward(x.detach(), y)
+        ctx.cctx = binding.core.forward(_array(x), y.numpy())
         ctx.binding = binding
         ctx.slots = slots
         ctx.save_for_backward(x, *params)  # so that autograd reports in-place changes before backward
@@ -82,7 +91,8 @@ class _Function(torch.autograd.Function):
                 out.append(None)
         if dy.dtype != x.dtype:
             dy = dy.to(x.dtype)
-        ctx.binding.core.backward(ctx.cctx, dy, dx, grads, False)
+        ctx.binding.core.backward(ctx.cctx, _array(dy), None if dx is None else dx.numpy(),
+                                  [None if g is None else g.numpy() for g in grads], False)
         return (None, None, dx, *out)
 
 
@@ -137,6 +147,9 @@ class RadarGate(torch.nn.Module):
             raise ValueError(f"tensor '{unknown[0]}': unknown parameter name; expected one of "
                              f"{', '.join(_config.PARAM_NAMES)}")
         self._slots = tuple(_config.PARAM_NAMES.index(n) for n in self._names)
+        # (the submodule's parameter dict, leaf name): a re-registered parameter is seen at once,
+        # at the cost of a dict lookup instead of two nn.Module.__getattr__ calls.
+        self._refs = tuple((getattr(self, n.split(".")[0])._parameters, n.split(".")[1]) for n in self._names)
         self._binding = None
         self._check_dtypes()
         self._bind()  # validates the shapes against the configuration now, not at the first call
@@ -178,7 +191,7 @@ class RadarGate(torch.nn.Module):
         return [(n, getattr(getattr(self, n.split(".")[0]), n.split(".")[1])) for n in self._names]
 
     def _params(self):
-        return [p for _, p in self._named()]
+        return [d[leaf] for d, leaf in self._refs]
 
     def _check_dtypes(self):
         named = self._named()
@@ -196,8 +209,8 @@ class RadarGate(torch.nn.Module):
         if params is None:
             params = self._params()
         b = self._binding
-        if b is not None and all(p.data_ptr() == k[0] and p.dtype == k[1] and p.device == k[2]
-                                 for p, k in zip(params, b.key)):
+        if b is not None and [p.data_ptr() for p in params] == b.ptrs and params[0].dtype == b.dtype \
+                and params[0].device == b.device:
             versions = [p._version for p in params]
             if versions != b.versions:
                 b.core.weights_changed()
@@ -231,9 +244,13 @@ class RadarGate(torch.nn.Module):
             raise TypeError(f"x: expected dtype {p0.dtype} (the module's; convert x or the module with "
                             f".to(dtype)), found {x.dtype}")
         b = self._bind(params)
-        d_in = b.core.dims["d_in"]
+        d_in = b.d_in
         if x.dim() < 1 or x.shape[-1] != d_in:
             raise ValueError(f"x: expected shape [..., {d_in}] (d_in = {d_in}), found {list(x.shape)}")
         x2 = x if x.dim() == 2 else x.reshape(-1, d_in)
-        y = _Function.apply(b, self._slots, x2, *params)
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+            y = _Function.apply(b, self._slots, x2, *params)
+        else:  # nothing to differentiate: no autograd node, no context kept
+            y = x2.new_empty((x2.shape[0], b.d))
+            b.core.forward(_array(x2), y.numpy())
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], b.d)

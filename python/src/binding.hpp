@@ -24,8 +24,11 @@ namespace nb = nanobind;
 
 /// A read-only array of any dtype, rank and device (checked by the functions below).
 using InArray = nb::ndarray<nb::ro>;
-/// A writable array of any dtype, rank and device.
-using OutArray = nb::ndarray<>;
+/// An array the library writes (y, gradients). It is imported as read-only all the same: nanobind
+/// then asks NumPy and torch for their plain (unversioned) DLPack capsule first, which both give at
+/// once, where a writable import would first ask for a versioned one, fail and retry on every call.
+/// The package allocates every output itself, so no read-only memory reaches this type.
+using OutArray = nb::ndarray<nb::ro>;
 
 template <class S>
 constexpr const char* dtype_name() {

@@ -11,6 +11,7 @@
 // away while the library points into it. Computation runs with the GIL released.
 #pragma once
 
+#include <chrono>
 #include <memory>
 
 #include "binding.hpp"
@@ -117,6 +118,23 @@ class PyLayer {
       ref_->backward(*ctx.ref, dyv, g, mode);
   }
 
+  /// Seconds per forward call, over `iters` calls made from C++ with the GIL released: the
+  /// library's own time, against which benchmarks measure what the Python binding adds.
+  double time_forward(const InArray& x, const OutArray& y, int iters) const {
+    const View<const S, 2> xv = in_view<S, 2>(x, "x");
+    const View<S, 2> yv = out_view<S, 2>(y, "y");
+    if (iters < 1) value_fail("iters: expected an integer >= 1, found " + std::to_string(iters));
+    nb::gil_scoped_release unlocked;
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < iters; ++i) {
+      if (cpu_)
+        (void)cpu_->forward(xv, yv);
+      else
+        (void)ref_->forward(xv, yv);
+    }
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / iters;
+  }
+
   /// Re-reads the parameter memory (after an in-place update, e.g. an optimizer step).
   void weights_changed() {
     ++generation_;
@@ -164,6 +182,7 @@ void bind_layer(nb::module_& m, const char* name, const char* ctx_name) {
       .def("forward", &PyLayer<S>::forward, nb::arg("x"), nb::arg("y"))
       .def("backward", &PyLayer<S>::backward, nb::arg("ctx"), nb::arg("dy"), nb::arg("grad_x").none(),
            nb::arg("grads"), nb::arg("accumulate") = false)
+      .def("time_forward", &PyLayer<S>::time_forward, nb::arg("x"), nb::arg("y"), nb::arg("iters"))
       .def("weights_changed", &PyLayer<S>::weights_changed)
       .def("set_threads", &PyLayer<S>::set_threads, nb::arg("n"))
       .def_prop_ro("threads", &PyLayer<S>::threads)
