@@ -70,19 +70,27 @@ class _Function(torch.autograd.Function):
         ctx.cctx = binding.core.forward(_array(x), y.numpy())
         ctx.binding = binding
         ctx.slots = slots
-        ctx.save_for_backward(x, *params)  # so that autograd reports in-place changes before backward
+        # x is saved so that autograd reports an in-place change of it before backward; the
+        # parameters are checked by their version counters (the ones the binding just read),
+        # which costs less per call than saving fourteen more tensors.
+        ctx.save_for_backward(x)
+        ctx.params = params
+        ctx.versions = binding.versions
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):
-        saved = ctx.saved_tensors  # raises if x or a parameter was changed in place since forward
+        (x,) = ctx.saved_tensors  # raises if x was changed in place since forward
+        params = ctx.params
+        if [p._version for p in params] != ctx.versions:
+            raise RuntimeError("radargate: a parameter of the RadarGate module was changed in place (an optimizer "
+                               "step, a no_grad edit) between its forward and this backward; run forward again")
         need = ctx.needs_input_grad
-        x = saved[0]
         dx = torch.empty_like(x, memory_format=torch.contiguous_format) if need[2] else None
         grads = [None] * len(_config.PARAM_NAMES)
         out = []
-        for i, (slot, p) in enumerate(zip(ctx.slots, saved[1:])):
+        for i, (slot, p) in enumerate(zip(ctx.slots, params)):
             if need[3 + i]:
                 g = torch.empty_like(p, memory_format=torch.contiguous_format)
                 grads[slot] = g

@@ -201,6 +201,12 @@ def test_bad_input(tmp_path):
     xx.add_(1)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         y.sum().backward()
+    # a parameter changed in place between forward and backward: a clear error, not stale gradients
+    y = m(torch.randn(2, 8))
+    with torch.no_grad():
+        m.lora.B.mul_(2)
+    with pytest.raises(RuntimeError, match="changed in place .* between its forward and this backward"):
+        y.sum().backward()
     # files
     with pytest.raises(ValueError, match="cannot open|No such file|not found"):
         RadarGate.load(tmp_path / "missing.safetensors")
