@@ -132,7 +132,7 @@ def main():
                 f"{n} {v[0] * 1e3:.1f} vs {v[1] * 1e3:.1f} ms" for n, v in res.items()), flush=True)
         out.update({"shape": {"T": T, "N": N, "d_in": d, "d": d, "r": r, "k": k, "P": d // 2, "threads": a.threads},
                     "agreement": err, "passes": {}})
-        print(f"\n| pass | radargate.torch | eager PyTorch | speedup |\n|---|---:|---:|---:|")
+        print("\n| pass | radargate.torch | eager PyTorch | speedup |\n|---|---:|---:|---:|")
         for name, (t_rg, t_peer) in res.items():
             out["passes"][name] = {"radargate_ms": t_rg * 1e3, "eager_ms": t_peer * 1e3, "speedup": t_peer / t_rg}
             print(f"| {name} | {t_rg * 1e3:.1f} ms | {t_peer * 1e3:.1f} ms | {t_peer / t_rg:.1f}x |")

@@ -10,8 +10,8 @@ Parameters live in nested submodules, so `state_dict()` keys are the model file'
 ("lora.A", "angle.Wx", "stretch.ws", ...). The frozen base layer (base.W0, base.b0) is created
 with requires_grad=False; everything else trains.
 
-Calls go to the C++ library through radargate._core: x, y, dy and the gradients cross as DLPack
-tensors (no copy), the parameters are read in place, and the library's thread count follows
+Calls go to the C++ library through radargate._core: x, y, dy and the gradients cross by DLPack
+(no copy), the parameters are read in place, and the library's thread count follows
 torch.get_num_threads(). After an in-place change of the parameters (optimizer steps,
 load_state_dict, torch.no_grad() edits) the next call notices it through the tensors' version
 counters and re-reads them; moving the module (.to(), .double()) re-binds it.
@@ -19,7 +19,6 @@ counters and re-reads them; moving the module (.to(), .double()) re-binds it.
 
 import json
 
-import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -46,7 +45,7 @@ class _Binding:
         slots = dict(zip(names, params))
         arrays = [slots[n].detach() if n in slots else None for n in _config.PARAM_NAMES]
         self.threads = torch.get_num_threads()
-        self.core = cls(config, [None if a is None else a.numpy() for a in arrays], backend, self.threads)
+        self.core = cls(config, arrays, backend, self.threads)
         self.ptrs = [p.data_ptr() for p in params]
         self.dtype, self.device = params[0].dtype, params[0].device
         self.versions = [p._version for p in params]
@@ -55,10 +54,9 @@ class _Binding:
 
 
 def _array(t):
-    """A CPU tensor as a NumPy array over the same memory (strides kept, no copy). NumPy arrays
-    cross into the library through the buffer protocol, which costs less per call than torch's
-    DLPack export (docs/PYTHON.md)."""
-    return t.detach().numpy()
+    """The tensor for the library: the same memory, handed over by DLPack (torch exports no tensor
+    that requires grad, hence the detach; it copies nothing)."""
+    return t.detach()
 
 
 class _Function(torch.autograd.Function):
@@ -67,7 +65,7 @@ class _Function(torch.autograd.Function):
     @staticmethod
     def forward(ctx, binding, slots, x, *params):
         y = x.new_empty((x.shape[0], binding.d))
-        ctx.cctx = binding.core.forward(_array(x), y.numpy())
+        ctx.cctx = binding.core.forward(_array(x), y)
         ctx.binding = binding
         ctx.slots = slots
         # x is saved so that autograd reports an in-place change of it before backward; the
@@ -99,8 +97,7 @@ class _Function(torch.autograd.Function):
                 out.append(None)
         if dy.dtype != x.dtype:
             dy = dy.to(x.dtype)
-        ctx.binding.core.backward(ctx.cctx, _array(dy), None if dx is None else dx.numpy(),
-                                  [None if g is None else g.numpy() for g in grads], False)
+        ctx.binding.core.backward(ctx.cctx, _array(dy), dx, grads, False)
         return (None, None, dx, *out)
 
 
@@ -260,5 +257,5 @@ class RadarGate(torch.nn.Module):
             y = _Function.apply(b, self._slots, x2, *params)
         else:  # nothing to differentiate: no autograd node, no context kept
             y = x2.new_empty((x2.shape[0], b.d))
-            b.core.forward(_array(x2), y.numpy())
+            b.core.forward(_array(x2), y)
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], b.d)

@@ -26,8 +26,9 @@ namespace nb = nanobind;
 using InArray = nb::ndarray<nb::ro>;
 /// An array the library writes (y, gradients). It is imported as read-only all the same: nanobind
 /// then asks NumPy and torch for their plain (unversioned) DLPack capsule first, which both give at
-/// once, where a writable import would first ask for a versioned one, fail and retry on every call.
-/// The package allocates every output itself, so no read-only memory reaches this type.
+/// once, where a writable import would first ask for a versioned one, which NumPy 1.24 and torch
+/// 1.13 refuse with a TypeError, and retry, on every call (docs/PYTHON.md). The package allocates
+/// every output itself, so no read-only memory reaches this type.
 using OutArray = nb::ndarray<nb::ro>;
 
 template <class S>
