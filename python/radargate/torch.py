@@ -186,9 +186,8 @@ class RadarGate(torch.nn.Module):
         return dict(self._bind().core.dims)
 
     def extra_repr(self):
-        dims = self.dims
-        return f"{self._config_text}, d_in={dims['d_in']}, d={dims['d']}, N={dims['N']}, r={dims['r']}, " \
-               f"backend={self.backend!r}"
+        N, r, d_in = self.lora.A.shape
+        return f"{self._config_text}, d_in={d_in}, d={self.lora.B.shape[1]}, N={N}, r={r}, backend={self.backend!r}"
 
     # --- calling -------------------------------------------------------------------------------
 
