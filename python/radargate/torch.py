@@ -56,7 +56,7 @@ class _Binding:
 def _array(t):
     """The tensor for the library: the same memory, handed over by DLPack (torch exports no tensor
     that requires grad, hence the detach; it copies nothing)."""
-    return t.detach()
+    return t.detach() if t.requires_grad else t
 
 
 class _Function(torch.autograd.Function):

@@ -108,6 +108,19 @@ def test_state_dict_keys_are_the_file_names(tmp_path):
         ["lora.A", "lora.B", "lora.scale"]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_init_equals_the_cli(cli, tmp_path, dtype):
+    path = tmp_path / "cli.safetensors"
+    run_cli(cli, "init", "--variant", "topk", "--d-in", 9, "--d", 7, "--experts", 5, "--rank", 3, "--topk", 3,
+            "--tau", 0.5, "--seed", 8, "--dtype", "F32" if dtype == torch.float32 else "F64", "--output", path)
+    tensors, _ = st.load(path)
+    m = RadarGate(variant="topk", d_in=9, d=7, experts=5, rank=3, topk=3, tau=0.5, seed=8, dtype=dtype)
+    assert set(tensors) == set(m.state_dict())
+    for n, t in m.state_dict().items():
+        assert torch.equal(t, torch.from_numpy(tensors[n])), n
+    assert m.config == RadarGate.load(path).config
+
+
 def test_trained_with_adamw_then_cli_run(cli, tmp_path):
     torch.manual_seed(0)
     m = RadarGate(variant="radargate", d_in=12, d=10, experts=4, rank=3, seed=3)
