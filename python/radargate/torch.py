@@ -1,0 +1,260 @@
+"""radargate.torch.RadarGate: a RadarGate layer as a torch.nn.Module.
+
+    from radargate.torch import RadarGate
+    layer = RadarGate.load("m.safetensors")                     # or RadarGate(variant="radargate", d_in=...)
+    y = layer(x)                                                # x [..., d_in] float32/float64 -> y [..., d]
+    y.square().sum().backward()                                 # the library's hand-written backward
+    layer.save("trained.safetensors")                           # a file `radargate run` reads
+
+Parameters live in nested submodules, so `state_dict()` keys are the model file's tensor names
+("lora.A", "angle.Wx", "stretch.ws", ...). The frozen base layer (base.W0, base.b0) is created
+with requires_grad=False; everything else trains.
+
+Calls go to the C++ library through radargate._core: x, y, dy and the gradients cross by DLPack
+(no copy), the parameters are read in place, and the library's thread count follows
+torch.get_num_threads(). After an in-place change of the parameters (optimizer steps,
+load_state_dict, torch.no_grad() edits) the next call notices it through the tensors' version
+counters and re-reads them; moving the module (.to(), .double()) re-binds it.
+"""
+
+import json
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from . import _config, _core
+from ._layer import load_model, save_model
+
+__all__ = ["RadarGate"]
+
+_FILE_DTYPE = {torch.float32: "F32", torch.float64: "F64"}
+
+
+class _Group(torch.nn.Module):
+    """Holds the parameters of one name prefix ("lora", "angle", ...)."""
+
+
+class _Binding:
+    """The C++ layer over one set of parameter tensors, re-read when they change."""
+
+    __slots__ = ("core", "ptrs", "dtype", "device", "versions", "threads", "d_in", "d")
+
+    def __init__(self, config, names, params, backend):
+        dtype = params[0].dtype
+        cls = _core.Layer32 if dtype == torch.float32 else _core.Layer64
+        slots = dict(zip(names, params))
+        arrays = [slots[n].detach() if n in slots else None for n in _config.PARAM_NAMES]
+        self.threads = torch.get_num_threads()
+        self.core = cls(config, arrays, backend, self.threads)
+        self.ptrs = [p.data_ptr() for p in params]
+        self.dtype, self.device = params[0].dtype, params[0].device
+        self.versions = [p._version for p in params]
+        dims = self.core.dims
+        self.d_in, self.d = dims["d_in"], dims["d"]
+
+
+def _array(t):
+    """The tensor for the library: the same memory, handed over by DLPack (torch exports no tensor
+    that requires grad, hence the detach; it copies nothing)."""
+    return t.detach() if t.requires_grad else t
+
+
+class _Function(torch.autograd.Function):
+    """y = layer(x); backward runs the library's backward for x and the parameters that need it."""
+
+    @staticmethod
+    def forward(ctx, binding, slots, x, *params):
+        y = x.new_empty((x.shape[0], binding.d))
+        ctx.cctx = binding.core.forward(_array(x), y)
+        ctx.binding = binding
+        ctx.slots = slots
+        # x is saved so that autograd reports an in-place change of it before backward; the
+        # parameters are checked by their version counters (the ones the binding just read),
+        # which costs less per call than saving fourteen more tensors.
+        ctx.save_for_backward(x)
+        ctx.params = params
+        ctx.versions = binding.versions
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        (x,) = ctx.saved_tensors  # raises if x was changed in place since forward
+        params = ctx.params
+        if [p._version for p in params] != ctx.versions:
+            raise RuntimeError("radargate: a parameter of the RadarGate module was changed in place (an optimizer "
+                               "step, a no_grad edit) between its forward and this backward; run forward again")
+        need = ctx.needs_input_grad
+        dx = torch.empty_like(x, memory_format=torch.contiguous_format) if need[2] else None
+        grads = [None] * len(_config.PARAM_NAMES)
+        out = []
+        for i, (slot, p) in enumerate(zip(ctx.slots, params)):
+            if need[3 + i]:
+                g = torch.empty_like(p, memory_format=torch.contiguous_format)
+                grads[slot] = g
+                out.append(g)
+            else:
+                out.append(None)
+        if dy.dtype != x.dtype:
+            dy = dy.to(x.dtype)
+        ctx.binding.core.backward(ctx.cctx, _array(dy), dx, grads, False)
+        return (None, None, dx, *out)
+
+
+class RadarGate(torch.nn.Module):
+    """A RadarGate layer. Make a fresh one as `radargate init` does:
+
+        RadarGate(variant="radargate", d_in=64, d=64, experts=8, rank=4, seed=1)
+
+    with the same options (angle_rank, planes, map, bound, pairing, normalize, tau, topk,
+    base=True, seed=0) and dtype (torch.float32 or torch.float64); or read one with
+    RadarGate.load(path). backend is "cpu" (the fused, vectorised backend) or "reference" (the
+    plain reference code).
+    """
+
+    def __init__(self, variant=None, d_in=None, d=None, experts=None, rank=None, *, angle_rank=None, planes=None,
+                 map=None, bound=None, pairing=None, normalize=None, tau=None, topk=None, base=True, seed=0,
+                 dtype=torch.float32, backend="cpu", config=None, tensors=None):
+        super().__init__()
+        if backend not in ("cpu", "reference"):
+            raise ValueError(f"backend: expected \"cpu\" or \"reference\", found {backend!r}")
+        if dtype not in _FILE_DTYPE:
+            raise TypeError(f"dtype: expected torch.float32 or torch.float64, found {dtype}")
+        if config is None:
+            missing = [n for n, v in (("variant", variant), ("d_in", d_in), ("d", d), ("experts", experts),
+                                      ("rank", rank)) if v is None]
+            if missing:
+                raise TypeError(f"RadarGate(): missing {', '.join(missing)} (or use RadarGate.load(path))")
+            text, arrays = _config.init_tensors(variant, d_in, d, experts, rank, angle_rank=angle_rank,
+                                                planes=planes, map=map, bound=bound, pairing=pairing,
+                                                normalize=normalize, tau=tau, topk=topk, base=base, seed=seed)
+            tensors = {n: torch.from_numpy(a).to(dtype) for n, a in arrays.items()}
+        else:
+            if variant is not None:
+                raise TypeError("RadarGate(): give either variant and dimensions, or config and tensors")
+            text = _config.config_json(config)
+        self._config_text = text
+        self.backend = backend
+        self._names = []
+        for name in _config.PARAM_NAMES:
+            if name not in tensors:
+                continue
+            prefix, leaf = name.split(".")
+            if not hasattr(self, prefix):
+                self.add_module(prefix, _Group())
+            t = tensors[name]
+            p = torch.nn.Parameter(t.detach().clone(memory_format=torch.contiguous_format),
+                                   requires_grad=prefix != "base")
+            getattr(self, prefix).register_parameter(leaf, p)
+            self._names.append(name)
+        unknown = sorted(set(tensors) - set(self._names))
+        if unknown:
+            raise ValueError(f"tensor '{unknown[0]}': unknown parameter name; expected one of "
+                             f"{', '.join(_config.PARAM_NAMES)}")
+        self._slots = tuple(_config.PARAM_NAMES.index(n) for n in self._names)
+        # (the submodule's parameter dict, leaf name): a re-registered parameter is seen at once,
+        # at the cost of a dict lookup instead of two nn.Module.__getattr__ calls.
+        self._refs = tuple((getattr(self, n.split(".")[0])._parameters, n.split(".")[1]) for n in self._names)
+        self._binding = None
+        self._check_dtypes()
+        self._bind()  # validates the shapes against the configuration now, not at the first call
+
+    # --- making and saving ---------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path, layer=None, backend="cpu"):
+        """The layer of a model file: float64 for F64 files, float32 for F32, F16 and BF16 files."""
+        config, _, arrays = load_model(path)
+        if layer is not None:
+            raise ValueError(f"file '{path}': holds one unnamed layer, so layer={layer!r} names nothing in it")
+        return cls(config=config, tensors={n: torch.from_numpy(a) for n, a in arrays.items()}, backend=backend)
+
+    def save(self, path, dtype=None):
+        """Writes a model file that `radargate run` reads (dtype F32, F64, F16 or BF16; default:
+        the parameters' dtype). The file is written whole or not at all."""
+        tensors = {n: p.detach().cpu().contiguous().numpy() for n, p in self._named()}
+        save_model(path, self.config, tensors, dtype or _FILE_DTYPE[self._params()[0].dtype])
+
+    @property
+    def config(self):
+        """The layer configuration (the file's radargate.config) as a dict."""
+        return json.loads(self._config_text)
+
+    @property
+    def dims(self):
+        """{"d_in", "d", "N", "r", "k", "P"}."""
+        return dict(self._bind().core.dims)
+
+    def extra_repr(self):
+        N, r, d_in = self.lora.A.shape
+        return f"{self._config_text}, d_in={d_in}, d={self.lora.B.shape[1]}, N={N}, r={r}, backend={self.backend!r}"
+
+    # --- calling -------------------------------------------------------------------------------
+
+    def _named(self):
+        return [(n, getattr(getattr(self, n.split(".")[0]), n.split(".")[1])) for n in self._names]
+
+    def _params(self):
+        return [d[leaf] for d, leaf in self._refs]
+
+    def _check_dtypes(self):
+        named = self._named()
+        first = named[0][1]
+        for n, p in named:
+            if p.dtype not in _FILE_DTYPE:
+                raise TypeError(f"parameter '{n}': expected dtype torch.float32 or torch.float64, found {p.dtype}")
+            if p.dtype != first.dtype or p.device != first.device:
+                raise TypeError(f"parameter '{n}': expected {first.dtype} on {first.device} (as '{named[0][0]}'), "
+                                f"found {p.dtype} on {p.device}")
+
+    def _bind(self, params=None):
+        """The binding for the current parameters: made anew when they moved or changed dtype,
+        told to re-read them when their values changed in place."""
+        if params is None:
+            params = self._params()
+        b = self._binding
+        if b is not None and [p.data_ptr() for p in params] == b.ptrs and params[0].dtype == b.dtype \
+                and params[0].device == b.device:
+            versions = [p._version for p in params]
+            if versions != b.versions:
+                b.core.weights_changed()
+                b.versions = versions
+        else:
+            self._check_dtypes()
+            if params[0].device.type != "cpu":
+                raise RuntimeError(f"radargate: the parameters are on {params[0].device}, but this build of the "
+                                   "radargate package runs on the CPU only (it has no CUDA backend)")
+            for n, p in zip(self._names, params):
+                if not p.is_contiguous():
+                    raise ValueError(f"parameter '{n}': expected a contiguous tensor, found strides {p.stride()}")
+            b = self._binding = _Binding(self._config_text, self._names, params, self.backend)
+        n = torch.get_num_threads()
+        if n != b.threads:
+            b.core.set_threads(n)
+            b.threads = n
+        return b
+
+    def forward(self, x):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x: expected a torch.Tensor, found {type(x).__name__}")
+        params = self._params()
+        p0 = params[0]
+        if x.device != p0.device:
+            if x.device.type == "cuda" and not _core.has_cuda:
+                raise RuntimeError(f"x: on {x.device}, but this build of the radargate package has no CUDA "
+                                   "backend; it runs CPU tensors (keep x and the module on the CPU)")
+            raise RuntimeError(f"x: expected a tensor on {p0.device} (the module's device), found {x.device}")
+        if x.dtype != p0.dtype:
+            raise TypeError(f"x: expected dtype {p0.dtype} (the module's; convert x or the module with "
+                            f".to(dtype)), found {x.dtype}")
+        b = self._bind(params)
+        d_in = b.d_in
+        if x.dim() < 1 or x.shape[-1] != d_in:
+            raise ValueError(f"x: expected shape [..., {d_in}] (d_in = {d_in}), found {list(x.shape)}")
+        x2 = x if x.dim() == 2 else x.reshape(-1, d_in)
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+            y = _Function.apply(b, self._slots, x2, *params)
+        else:  # nothing to differentiate: no autograd node, no context kept
+            y = x2.new_empty((x2.shape[0], b.d))
+            b.core.forward(_array(x2), y)
+        return y if x.dim() == 2 else y.reshape(*x.shape[:-1], b.d)
