@@ -22,6 +22,8 @@ const Command commands[] = {
     {"cone", radargate::cli::cmd_cone, "cone / hull membership of a batch of points, with certificates"},
     {"verify", radargate::cli::cmd_verify, "does a model leave the cone of its experts? (expansion report)"},
     {"bench", radargate::cli::cmd_bench, "time one layer call on a random model (no file I/O)"},
+    {"info", radargate::cli::cmd_info, "list the layers of a model file: shapes, variant, dtype, parameters"},
+    {"import-peft", radargate::cli::cmd_import_peft, "build a model file from PEFT LoRA adapters (and a base model)"},
 };
 
 void usage(std::FILE* out) {
