@@ -266,6 +266,17 @@ inline Adapter read_adapter(const std::string& dir) {
     }
   }
 
+  // Refusals that explain a module before any other check of the file (an embedding adapter also
+  // saves the embedding's base weights, which would otherwise read as a module saved whole).
+  for (const std::string& m : order) {
+    const auto& p = parts[m];
+    if (p.count("lora_embedding_A") || p.count("lora_embedding_B"))
+      refuse(m, "LoRA on an embedding (lora_embedding_A/B): a table lookup, not a product with the input; cannot be "
+                "represented");
+    if (p.count("lora_A.weight") && f.info(p.at("lora_A.weight")).shape.size() != 2)
+      refuse(m, "LoRA on a convolution (lora_A " + radargate::io::detail::shape_str(f.info(p.at("lora_A.weight")).shape) +
+                    "; a linear layer has lora_A [r, d_in]); cannot be represented");
+  }
   for (const std::string& m : order) {
     const auto& p = parts[m];
     if (p.count("lora_embedding_A") || p.count("lora_embedding_B"))
