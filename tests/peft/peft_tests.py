@@ -22,8 +22,8 @@ FIX = os.path.join(HERE, "fixtures")
 
 
 class Ctx:
-    def __init__(self, exe, work):
-        self.exe, self.work = exe, work
+    def __init__(self, exe, work, runtime=None):
+        self.exe, self.work, self.runtime = exe, work, runtime
 
     def run(self, *args, expect=0):
         p = subprocess.run([self.exe, *args], capture_output=True, text=True, cwd=FIX)
@@ -268,10 +268,38 @@ def case_info(c):
     print("info: layers, shapes, dtype, parameter counts (text and JSON)")
 
 
+# --- the example runtime ------------------------------------------------------------------------------
+
+def case_example_runtime(c):
+    """examples/peft_runtime.cpp: variant sum with one adapter gives transformers + PEFT's logits; a
+    radargate gate over three adapters reports how far each layer left its experts' cone."""
+    check(c.runtime, "--runtime is required")
+    ref = load(os.path.join(FIX, "llama_logits.safetensors"))
+    check(np.abs(ref["logits"] - ref["base_logits"]).max() > 1e-2, "the adapter must change the logits")
+    model = c.path("sum.safetensors")
+    imp(c, model, ["plain"], "--base", os.path.join(FIX, "llama"))
+    p = subprocess.run([c.runtime, "--base", os.path.join(FIX, "llama"), "--layers", model, "--expect",
+                        os.path.join(FIX, "llama_logits.safetensors")], capture_output=True, text=True)
+    print(p.stdout, p.stderr)
+    check(p.returncode == 0 and ": match" in p.stdout, "logits differ from transformers + PEFT")
+    check("4 projections as RadarGate layers" in p.stdout, p.stdout)
+    rg = c.path("rg.safetensors")
+    imp(c, rg, ["plain", "rank2", "rslora"], "--base", os.path.join(FIX, "llama"), "--seed", "3", variant="radargate")
+    p = subprocess.run([c.runtime, "--base", os.path.join(FIX, "llama"), "--layers", rg, "--ids", "3,17,9,28,1,12,5"],
+                       capture_output=True, text=True)
+    print(p.stdout, p.stderr)
+    check(p.returncode == 0, "the runtime failed with a radargate gate")
+    rows = [l.split() for l in p.stdout.splitlines() if l.startswith("model.layers.")]
+    check(len(rows) == 4 and all(r[1] == "radargate" for r in rows), p.stdout)
+    outside = sum(int(r[3].split("/")[0]) for r in rows)
+    check(outside > 0, "a random radargate gate should leave the cone on some token")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--radargate", required=True)
     ap.add_argument("--workdir", required=True)
+    ap.add_argument("--runtime", help="the examples/peft_runtime binary (case example_runtime)")
     ap.add_argument("case")
     a = ap.parse_args()
     work = os.path.join(a.workdir, "peft_" + a.case)
@@ -282,7 +310,7 @@ def main():
     if fn is None:
         print(f"unknown case {a.case}", file=sys.stderr)
         return 2
-    fn(Ctx(os.path.abspath(a.radargate), work))
+    fn(Ctx(os.path.abspath(a.radargate), work, a.runtime and os.path.abspath(a.runtime)))
     print(f"{a.case}: passed")
     return 0
 
