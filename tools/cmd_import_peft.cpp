@@ -21,8 +21,8 @@ int cmd_import_peft(int argc, char** argv) {
                  "parameters are initialised as 'init' does, layer j from seed + j. What PEFT can express and a\n"
                  "layer cannot represent exactly (DoRA, modules_to_save, embeddings, convolutions, trained\n"
                  "biases) is refused, and nothing is written.");
-  o.optional("--adapter", "DIR", "a PEFT adapter directory (adapter_config.json, adapter_model.safetensors);\n"
-                                 "required; repeat it for more adapters, one expert each, in this order");
+  o.required("--adapter", "DIR", "a PEFT adapter directory (adapter_config.json, adapter_model.safetensors);\n"
+                                 "repeat it for more adapters: one expert each, in this order");
   o.required("--variant", "V", "sum | uniform | static | softmax | topk | stretch_only | rotation_only | radargate");
   o.optional("--base", "PATH", "the base model: a directory with model.safetensors, or with shards and\n"
                                "model.safetensors.index.json, or one safetensors file (default: no base)");
@@ -38,22 +38,24 @@ int cmd_import_peft(int argc, char** argv) {
       "  radargate import-peft --adapter math_lora --adapter code_lora --variant radargate --base llama-dir \\\n"
       "                        --modules 'q_proj|v_proj' --output experts.safetensors\n"
       "  radargate info --model experts.safetensors");
-  // --adapter may repeat, which OptionParser refuses: take every occurrence out first.
+  // --adapter may repeat, which OptionParser refuses: the parser sees the first one only.
   std::vector<std::string> dirs;
   std::vector<char*> rest;
   for (int i = 0; i < argc; ++i) {
     const std::string arg = argv[i];
-    if (i > 0 && arg == "--adapter") {
-      if (i + 1 >= argc) o.fail("option --adapter needs a value (DIR)");
-      dirs.push_back(argv[++i]);
-    } else if (i > 0 && arg.rfind("--adapter=", 0) == 0) {
-      dirs.push_back(arg.substr(10));
+    const bool split = i > 0 && arg == "--adapter" && i + 1 < argc;
+    if (split || (i > 0 && arg.rfind("--adapter=", 0) == 0)) {
+      dirs.push_back(split ? std::string(argv[i + 1]) : arg.substr(10));
+      if (dirs.size() == 1) {
+        rest.push_back(argv[i]);
+        if (split) rest.push_back(argv[i + 1]);
+      }
+      if (split) ++i;
     } else {
       rest.push_back(argv[i]);
     }
   }
   if (!o.parse(int(rest.size()), rest.data())) return 0;
-  if (dirs.empty()) o.fail("option --adapter is required (one per adapter)");
   for (const std::string& d : dirs)
     if (d.empty()) o.fail("option --adapter: expected a directory, found ''");
   io::peft::ImportOptions opt;

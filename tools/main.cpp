@@ -28,7 +28,7 @@ const Command commands[] = {
 
 void usage(std::FILE* out) {
   std::fprintf(out, "usage: radargate <command> [options]\n\ncommands:\n");
-  for (const Command& c : commands) std::fprintf(out, "  %-8s %s\n", c.name, c.summary);
+  for (const Command& c : commands) std::fprintf(out, "  %-11s %s\n", c.name, c.summary);
   std::fprintf(out, "\n'radargate <command> --help' describes one command.\n");
 }
 }  // namespace

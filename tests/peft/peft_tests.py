@@ -214,6 +214,8 @@ def case_refusals(c):
     check("option --modules" in p.stderr, p.stderr)
     p = c.run("import-peft", "--variant", "sum", "--output", out, expect=2)
     check("option --adapter is required" in p.stderr, p.stderr)
+    p = c.run("import-peft", "--variant", "sum", "--output", out, "--adapter", expect=2)
+    check("option --adapter needs a value (DIR)" in p.stderr, p.stderr)
 
 
 # --- --layer and info -----------------------------------------------------------------------------
