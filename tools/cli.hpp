@@ -10,5 +10,7 @@ int cmd_cone(int argc, char** argv);
 int cmd_verify(int argc, char** argv);
 int cmd_bench(int argc, char** argv);
 int cmd_train(int argc, char** argv);
+int cmd_info(int argc, char** argv);
+int cmd_import_peft(int argc, char** argv);
 }  // namespace cli
 }  // namespace radargate

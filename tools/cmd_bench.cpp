@@ -20,6 +20,7 @@
 #include "radargate.hpp"
 #include "radargate/cpu.hpp"
 #include "radargate/flops.hpp"
+#include "radargate/io/model_set.hpp"
 #include "radargate/train.hpp"
 
 namespace radargate {
@@ -35,6 +36,7 @@ struct BenchArgs {
   std::vector<std::string> train;  // the tensors a training step learns (empty: the default set)
   int threads = 1, repeat = 5, warmup = 1;
   std::uint64_t seed = 1;
+  std::string model, layer;  // --model [--layer]: time a layer of a model file instead of a random one
 };
 
 double peak_rss_mb() {
@@ -207,7 +209,8 @@ template <class S>
 int bench_typed(const BenchArgs& a) {
   RandomModelOptions opt;
   opt.base = a.base;
-  Model<S> m = random_model<S>(a.cfg, a.D, a.seed, opt);
+  Model<S> m = a.model.empty() ? random_model<S>(a.cfg, a.D, a.seed, opt)
+                                : io::load_layer<S>(io::SafetensorsFile::read(a.model), a.layer).model;
   if (a.reference) {
     Layer<S, backend::reference> layer(a.cfg, m.params());
     return a.train_step ? bench_train_step<S>(a, m, layer) : bench_layer<S>(a, m, layer);
@@ -227,13 +230,18 @@ int cmd_bench(int argc, char** argv) {
                  "docs/PERFORMANCE.md) and the peak resident memory of the process. For the cpu backend it\n"
                  "also names how its matrix products run: 'eigen', or 'blas' in a build with\n"
                  "-DRADARGATE_USE_BLAS=ON (--json: \"gemm\").");
-  o.required("--variant", "NAME", "sum | uniform | static | softmax | topk | stretch_only | rotation_only | radargate");
+  o.optional("--variant", "NAME", "sum | uniform | static | softmax | topk | stretch_only | rotation_only | radargate");
   o.required("--tokens", "T", "tokens per call");
-  o.required("--experts", "N", "number of LoRA experts");
-  o.required("--d-in", "D", "input width");
-  o.required("--d", "D", "output width");
-  o.required("--rank", "R", "LoRA rank r");
-  o.required("--angle-rank", "K", "angle generator rank k (rotating variants)");
+  o.optional("--experts", "N", "number of LoRA experts");
+  o.optional("--d-in", "D", "input width");
+  o.optional("--d", "D", "output width");
+  o.optional("--rank", "R", "LoRA rank r");
+  o.optional("--angle-rank", "K", "angle generator rank k (rotating variants)");
+  o.optional("--model", "FILE", "time a layer of this model file instead of a random model; then --variant,\n"
+                                "--experts, --d-in, --d, --rank, --angle-rank, --planes, --topk and --base come\n"
+                                "from the file and are not given (without --model they are required)");
+  o.optional("--layer", "NAME", "with --model: the layer, for a file of many layers (required when it holds\n"
+                                "more than one)");
   o.optional("--planes", "P", "rotation planes, 1..floor(d/2) (default floor(d/2))");
   o.optional("--topk", "K", "experts a top-k gate selects (default 2)");
   o.flag("--backward", "time forward + backward (gradients of x and every parameter)");
@@ -254,19 +262,31 @@ int cmd_bench(int argc, char** argv) {
       "                  --angle-rank 8 --planes 2048 --backward --threads 2 --json");
   if (!o.parse(argc, argv)) return 0;
   BenchArgs a;
-  a.cfg = LayerConfig::make(parse_variant(o.str("--variant")));
   const long long big = 1LL << 24;
   a.T = index_t(o.integer("--tokens", 0, big));
-  a.D.N = index_t(o.integer("--experts", 1, 1 << 16));
-  a.D.d_in = index_t(o.integer("--d-in", 1, big));
-  a.D.d = index_t(o.integer("--d", 1, big));
-  a.D.r = index_t(o.integer("--rank", 1, 1 << 16));
-  a.D.k = index_t(o.integer("--angle-rank", 1, 1 << 16));
-  if (a.cfg.rotation && a.D.d < 2) o.fail("option --d: a rotating variant needs d >= 2");
-  a.D.P = index_t(o.integer("--planes", 1, std::max<long long>(1, a.D.d / 2), std::max<long long>(1, a.D.d / 2)));
-  a.cfg.topk = int(o.integer("--topk", 1, a.D.N, std::min<long long>(2, a.D.N)));
+  if (o.has("--layer") && !o.has("--model")) o.fail("option --layer needs --model");
+  if (o.has("--model")) {
+    for (const char* opt : {"--variant", "--experts", "--d-in", "--d", "--rank", "--angle-rank", "--planes", "--topk", "--base"})
+      if (o.has(opt)) o.fail(std::string("option ") + opt + ": comes from the --model file; leave it out");
+    a.model = o.str("--model");
+    a.layer = o.str("--layer", "");
+    const io::LoadedModel<double> lm = io::load_layer<double>(io::SafetensorsFile::read(a.model), a.layer);
+    a.cfg = lm.model.config;
+    a.D = lm.dims;
+    a.base = lm.model.has("base.W0");
+  } else {
+    a.cfg = LayerConfig::make(parse_variant(o.str("--variant")));
+    a.D.N = index_t(o.integer("--experts", 1, 1 << 16));
+    a.D.d_in = index_t(o.integer("--d-in", 1, big));
+    a.D.d = index_t(o.integer("--d", 1, big));
+    a.D.r = index_t(o.integer("--rank", 1, 1 << 16));
+    a.D.k = index_t(o.integer("--angle-rank", 1, 1 << 16));
+    if (a.cfg.rotation && a.D.d < 2) o.fail("option --d: a rotating variant needs d >= 2");
+    a.D.P = index_t(o.integer("--planes", 1, std::max<long long>(1, a.D.d / 2), std::max<long long>(1, a.D.d / 2)));
+    a.cfg.topk = int(o.integer("--topk", 1, a.D.N, std::min<long long>(2, a.D.N)));
+    a.base = o.has("--base");
+  }
   a.backward = o.has("--backward");
-  a.base = o.has("--base");
   a.json = o.has("--json");
   a.train_step = o.has("--train-step");
   if (o.has("--train")) {
@@ -276,6 +296,7 @@ int cmd_bench(int argc, char** argv) {
   if (a.train_step && a.backward) o.fail("option --backward: a --train-step already runs backward");
   const std::string backend = o.str("--backend", "cpu");
   if (backend == "cuda") {
+    if (o.has("--model")) o.fail("option --model: --backend cuda times a random model; use cpu or reference");
     if (o.has("--threads")) o.fail("option --threads: only for --backend cpu");
     if (a.train_step) o.fail("option --train-step: for --backend cpu or reference");
     CudaBenchRequest q;

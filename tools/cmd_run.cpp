@@ -15,6 +15,7 @@
 #include "radargate.hpp"
 #include "radargate/cpu.hpp"
 #include "radargate/io/model_file.hpp"
+#include "radargate/io/model_set.hpp"
 
 namespace radargate {
 namespace cli {
@@ -22,6 +23,7 @@ namespace {
 
 struct RunArgs {
   std::string model, input, output;
+  std::string layer;               // --layer: a layer of a file of many layers
   bool backward = false;
   std::vector<std::string> grads;  // empty: every gradient
   bool cpu = false;                // backend: the fused cpu backend instead of the reference
@@ -56,7 +58,7 @@ int run_layer(const RunArgs& a, const io::LoadedModel<S>& lm, const io::Activati
 
 template <class S>
 int run_typed(const RunArgs& a, const io::SafetensorsFile& model_file, io::DType dtype) {
-  const io::LoadedModel<S> lm = io::load_model<S>(model_file);
+  const io::LoadedModel<S> lm = io::load_layer<S>(model_file, a.layer);
   const io::SafetensorsFile in_file = io::SafetensorsFile::read(a.input);
   const io::Activations<S> in = io::load_activations<S>(in_file, lm.dims, dtype, a.backward);
   std::set<std::string> present;
@@ -124,6 +126,8 @@ int cmd_run(int argc, char** argv) {
   o.required("--input", "FILE", "input file: x [T, d_in], and dy [T, d] for --backward, in the model's dtype");
   o.required("--output", "FILE", "output file: y [T, d], grad.x [T, d_in], grad.<parameter> ...\n"
                                  "(written whole or not at all)");
+  o.optional("--layer", "NAME", "the layer to run, for a file of many layers (required when it holds more\n"
+                                "than one; 'radargate info' lists them)");
   o.flag("--backward", "also compute gradients, for dL/dy = dy");
   o.optional("--grads", "LIST", "with --backward: only these gradients, comma separated, e.g. x,lora.A,angle.U\n"
                                 "(default: x and every parameter in the model)");
@@ -140,6 +144,7 @@ int cmd_run(int argc, char** argv) {
   a.model = o.str("--model");
   a.input = o.str("--input");
   a.output = o.str("--output");
+  a.layer = o.str("--layer", "");
   a.backward = o.has("--backward");
   const std::string backend = o.str("--backend", "reference");
   if (backend != "reference" && backend != "cpu")
@@ -152,7 +157,7 @@ int cmd_run(int argc, char** argv) {
     a.grads = o.list("--grads");
   }
   const io::SafetensorsFile model_file = io::SafetensorsFile::read(a.model);
-  const io::DType dtype = io::model_dtype(model_file);
+  const io::DType dtype = io::layer_dtype(model_file, a.layer);
   if (dtype == io::DType::F64) return run_typed<double>(a, model_file, dtype);
   return run_typed<float>(a, model_file, dtype);
 }

@@ -24,6 +24,7 @@
 #include "radargate.hpp"
 #include "radargate/cpu.hpp"
 #include "radargate/io/model_file.hpp"
+#include "radargate/io/model_set.hpp"
 #include "radargate/train.hpp"
 #include "radargate/train/state_io.hpp"
 
@@ -32,7 +33,8 @@ namespace cli {
 namespace {
 
 struct TrainArgs {
-  std::string model, data, output, val, log, state, resume;
+  std::string model, layer, data, output, val, log, state, resume;
+  const io::SafetensorsFile* model_file = nullptr;  // --model, read once
   train::TrainerOptions opt;
   std::int64_t epochs = 10, stop_after = 0;
   std::vector<std::string> train;  // empty: the default set
@@ -230,6 +232,18 @@ class Progress {
 
 // --- the run ---------------------------------------------------------------------------------------
 
+/// Writes the trained model: a one-layer file as it came, or the whole file of many layers with the
+/// trained layer replaced (every other layer as it was, in file order).
+template <class S>
+void write_output(const TrainArgs& a, const io::LoadedModel<S>& lm) {
+  if (!a.model_file->metadata().count(io::layers_key)) return io::save_model(a.output, lm.model, lm.dtype);
+  const io::ModelSet<S> set(std::make_shared<const io::SafetensorsFile>(*a.model_file));
+  const std::string trained = set.select(a.layer).name;
+  io::ModelSetWriter w;
+  for (const io::ModelLayer<S>& l : set) w.add(l.name, l.name == trained ? lm.model : l.to_model(), l.dtype);
+  w.write_atomic(a.output);
+}
+
 template <class S, class L>
 int train_with(const TrainArgs& a, io::LoadedModel<S>& lm, L& layer, const Data<S>& data, const Data<S>* val) {
   const std::vector<std::string> names = trained_names(a, lm.model);
@@ -311,7 +325,7 @@ int train_with(const TrainArgs& a, io::LoadedModel<S>& lm, L& layer, const Data<
       if (!std::isfinite(e))
         detail::fail("training diverged: tensor '", n, "' holds ", e, " after epoch ", tr.epochs_done(),
                      "; no output written; try a smaller --lr or --clip");
-  io::save_model(a.output, lm.model, lm.dtype);
+  write_output(a, lm);
   std::printf("wrote %s (%s, %lld epochs done%s)\n", a.output.c_str(), io::to_string(lm.dtype),
               (long long)tr.epochs_done(), a.state.empty() ? "" : (", state in " + a.state).c_str());
   return 0;
@@ -319,7 +333,7 @@ int train_with(const TrainArgs& a, io::LoadedModel<S>& lm, L& layer, const Data<
 
 template <class S>
 int train_typed(const TrainArgs& a, const io::SafetensorsFile& model_file) {
-  io::LoadedModel<S> lm = io::load_model<S>(model_file);
+  io::LoadedModel<S> lm = io::load_layer<S>(model_file, a.layer);
   const Data<S> data = load_data<S>(a.data, lm.dims, a.opt.loss);
   std::unique_ptr<Data<S>> val;
   if (!a.val.empty()) val = std::make_unique<Data<S>>(load_data<S>(a.val, lm.dims, a.opt.loss));
@@ -344,6 +358,8 @@ int cmd_train(int argc, char** argv) {
                  "Progress is a bar on a terminal and one line per epoch otherwise. On any error nothing is written\n"
                  "to --output.");
   o.required("--model", "FILE", "model file to start from (see 'radargate init')");
+  o.optional("--layer", "NAME", "the layer to train, in a file of many layers (required there; 'radargate info'\n"
+                                "lists them); the output is the whole file with that layer trained");
   o.required("--data", "FILE", "training data: x [T, d_in] with y [T, d] (mse) or label [T] integer class ids\n"
                                "in 0..d-1 (cross_entropy)");
   o.required("--output", "FILE", "trained model file (written whole or not at all)");
@@ -380,6 +396,7 @@ int cmd_train(int argc, char** argv) {
   if (!o.parse(argc, argv)) return 0;
   TrainArgs a;
   a.model = o.str("--model");
+  if (o.has("--layer")) a.layer = o.str("--layer");
   a.data = o.str("--data");
   a.output = o.str("--output");
   a.val = o.str("--val", "");
@@ -429,7 +446,8 @@ int cmd_train(int argc, char** argv) {
                          a.log == a.resume))
     o.fail("option --log: '" + a.log + "' is also another file of this run; choose another file");
   const io::SafetensorsFile model_file = io::SafetensorsFile::read(a.model);
-  const io::DType dtype = io::model_dtype(model_file);
+  a.model_file = &model_file;
+  const io::DType dtype = io::load_layer<double>(model_file, a.layer).dtype;
   if (dtype == io::DType::F64) return train_typed<double>(a, model_file);
   return train_typed<float>(a, model_file);
 }

@@ -18,6 +18,7 @@
 #include "radargate.hpp"
 #include "radargate/geometry.hpp"
 #include "radargate/io/model_file.hpp"
+#include "radargate/io/model_set.hpp"
 
 namespace radargate {
 namespace cli {
@@ -25,6 +26,7 @@ namespace {
 
 struct VerifyArgs {
   std::string model, input;
+  std::string layer;  // --layer: a layer of a file of many layers
   bool json = false, per_token = false;
   geometry::ExpansionOptions opt;
 };
@@ -63,6 +65,7 @@ void print_table(const VerifyArgs& a, const geometry::ExpansionReport& r, io::DT
   (void)layer;
   std::printf("model      %s (variant %s, rotation %s, %s)\n", a.model.c_str(), r.variant.c_str(), r.rotation ? "on" : "off",
               io::to_string(dtype));
+  if (!a.layer.empty()) std::printf("layer      %s\n", a.layer.c_str());
   std::printf("input      %s: %lld tokens; N = %lld experts, d = %lld\n", a.input.c_str(), (long long)r.tokens,
               (long long)r.N, (long long)r.d);
   std::printf("tolerance  %g (relative to ||p|| for the cone, to max(||p||, max_i ||v_i||) for the hull)\n\n", r.tol);
@@ -117,7 +120,7 @@ void print_table(const VerifyArgs& a, const geometry::ExpansionReport& r, io::DT
 
 template <class S>
 int verify_typed(const VerifyArgs& a, const io::SafetensorsFile& model_file, io::DType dtype) {
-  const io::LoadedModel<S> lm = io::load_model<S>(model_file);
+  const io::LoadedModel<S> lm = io::load_layer<S>(model_file, a.layer);
   const io::SafetensorsFile in_file = io::SafetensorsFile::read(a.input);
   const io::Activations<S> in = io::load_activations<S>(in_file, lm.dims, dtype, false);
   const index_t T = in.x.shape[0];
@@ -130,6 +133,7 @@ int verify_typed(const VerifyArgs& a, const io::SafetensorsFile& model_file, io:
   if (a.json) {
     nlohmann::json j;
     j["model"] = a.model;
+    if (!a.layer.empty()) j["layer"] = a.layer;
     j["input"] = a.input;
     j["variant"] = r.variant;
     j["rotation"] = r.rotation;
@@ -209,6 +213,8 @@ int cmd_verify(int argc, char** argv) {
                  "Every verdict rests on a certificate re-checked against the data.");
   o.required("--model", "FILE", "model file (see 'radargate init')");
   o.required("--input", "FILE", "input file: x [T, d_in] in the model's dtype (a dy entry is ignored)");
+  o.optional("--layer", "NAME", "the layer to check, for a file of many layers (required when it holds more\n"
+                                "than one; 'radargate info' lists them)");
   o.flag("--json", "print JSON instead of a table");
   o.flag("--per-token", "also list every token (JSON: with g, v_i, u_i, p and p_w)");
   o.optional("--tol", "X", "relative tolerance of the verdicts (default 1e-9; at least 16 N eps of the model's dtype)");
@@ -225,6 +231,7 @@ int cmd_verify(int argc, char** argv) {
   VerifyArgs a;
   a.model = o.str("--model");
   a.input = o.str("--input");
+  a.layer = o.str("--layer", "");
   a.json = o.has("--json");
   a.per_token = o.has("--per-token");
   a.opt.membership.tol = o.number("--tol", a.opt.membership.tol);
@@ -241,7 +248,7 @@ int cmd_verify(int argc, char** argv) {
     }
   }
   const io::SafetensorsFile model_file = io::SafetensorsFile::read(a.model);
-  const io::DType dtype = io::model_dtype(model_file);
+  const io::DType dtype = io::layer_dtype(model_file, a.layer);
   if (dtype == io::DType::F64) return verify_typed<double>(a, model_file, dtype);
   return verify_typed<float>(a, model_file, dtype);
 }

@@ -23,11 +23,13 @@ const Command commands[] = {
     {"verify", radargate::cli::cmd_verify, "does a model leave the cone of its experts? (expansion report)"},
     {"bench", radargate::cli::cmd_bench, "time one layer call on a random model (no file I/O)"},
     {"train", radargate::cli::cmd_train, "learn chosen tensors of a model on a data file (AdamW or SGD)"},
+    {"info", radargate::cli::cmd_info, "list the layers of a model file: shapes, variant, dtype, parameters"},
+    {"import-peft", radargate::cli::cmd_import_peft, "build a model file from PEFT LoRA adapters (and a base model)"},
 };
 
 void usage(std::FILE* out) {
   std::fprintf(out, "usage: radargate <command> [options]\n\ncommands:\n");
-  for (const Command& c : commands) std::fprintf(out, "  %-8s %s\n", c.name, c.summary);
+  for (const Command& c : commands) std::fprintf(out, "  %-11s %s\n", c.name, c.summary);
   std::fprintf(out, "\n'radargate <command> --help' describes one command.\n");
 }
 }  // namespace
