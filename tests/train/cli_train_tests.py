@@ -349,7 +349,41 @@ def case_bench(c):
                    "stretch.ws", output="none")
 
 
-CASES = {"usage": case_usage, "bench": case_bench, "data": case_data, "model": case_model, "end_to_end": case_end_to_end, "tty": case_tty}
+def case_layers(c):
+    """A file of many layers: --layer picks the one to train; the output is the whole file with that
+    layer trained and every other layer's tensors unchanged; without --layer, one error naming them."""
+    a = make_model(c, "a.safetensors", variant="radargate")
+    b = make_model(c, "b.safetensors", variant="softmax")
+    tensors, meta = {}, []
+    for name, path in (("model.layers.0.q_proj", a), ("model.layers.0.v_proj", b)):
+        t, md = st.load(c.path(path))
+        for k, v in t.items():
+            tensors[name + "." + k] = v
+        meta.append({"name": name, "config": json.loads(md["radargate.config"])})
+    st.save(c.path("set.safetensors"), tensors, {"radargate.layers": json.dumps(meta)})
+    d = make_data(c, "d.safetensors", T=64, seed=1)
+    c.train_error(["--model", "set.safetensors", "--data", d, "--output", "out.safetensors"],
+                  "", exact=False)
+    p = c.rg("train", "--model", "set.safetensors", "--data", d, "--output", "x.safetensors")
+    check("model.layers.0.q_proj" in p.stderr and "model.layers.0.v_proj" in p.stderr,
+          "the error must list the layers: %r" % p.stderr)
+    c.ok("train", "--model", "set.safetensors", "--layer", "model.layers.0.v_proj", "--data", d,
+         "--output", "out.safetensors", "--loss", "cross_entropy", "--epochs", 2, "--lr", 0.05)
+    out, md = st.load(c.path("out.safetensors"))
+    check(sorted(out) == sorted(tensors), "the output must hold every tensor of the input: %s" % sorted(out))
+    check([e["name"] for e in json.loads(md["radargate.layers"])] == [e["name"] for e in meta],
+          "the output must keep the layer list")
+    for k in tensors:
+        same = np.array_equal(np.asarray(out[k]), np.asarray(tensors[k]))
+        trained = k.startswith("model.layers.0.v_proj.stretch.")
+        check(same != trained, "%s: expected %s" % (k, "trained" if trained else "unchanged"))
+    c.checks += 3
+    st.save(c.path("in.safetensors"), {"x": st.load(c.path(d))[0]["x"]})
+    c.ok("run", "--model", "out.safetensors", "--layer", "model.layers.0.v_proj", "--input", "in.safetensors",
+         "--output", "y.safetensors")
+
+
+CASES = {"layers": case_layers, "usage": case_usage, "bench": case_bench, "data": case_data, "model": case_model, "end_to_end": case_end_to_end, "tty": case_tty}
 
 
 def main():
