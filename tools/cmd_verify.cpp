@@ -61,9 +61,9 @@ template <class S>
 void print_table(const VerifyArgs& a, const geometry::ExpansionReport& r, io::DType dtype,
                  const Layer<S, backend::reference>& layer) {
   (void)layer;
-  std::printf("model      %s (variant %s, rotation %s, %s)\n", a.model.c_str(), r.variant.c_str(), r.rotation ? "on" : "off",
+  std::printf("model      %s (variant %s, rotation %s, %s)\n", one_line(a.model).c_str(), r.variant.c_str(), r.rotation ? "on" : "off",
               io::to_string(dtype));
-  std::printf("input      %s: %lld tokens; N = %lld experts, d = %lld\n", a.input.c_str(), (long long)r.tokens,
+  std::printf("input      %s: %lld tokens; N = %lld experts, d = %lld\n", one_line(a.input).c_str(), (long long)r.tokens,
               (long long)r.N, (long long)r.d);
   std::printf("tolerance  %g (relative to ||p|| for the cone, to max(||p||, max_i ||v_i||) for the hull)\n\n", r.tol);
 
@@ -208,7 +208,7 @@ int cmd_verify(int argc, char** argv) {
                  "which must be inside the cone when g >= 0 and inside the hull when also sum g = 1 (checked).\n"
                  "Every verdict rests on a certificate re-checked against the data.");
   o.required("--model", "FILE", "model file (see 'radargate init')");
-  o.required("--input", "FILE", "input file: x [T, d_in] in the model's dtype (a dy entry is ignored)");
+  o.required("--input", "FILE", "input file: x [T, d_in] in the model's dtype (a dy entry is checked, not used)");
   o.flag("--json", "print JSON instead of a table");
   o.flag("--per-token", "also list every token (JSON: with g, v_i, u_i, p and p_w)");
   o.optional("--tol", "X", "relative tolerance of the verdicts (default 1e-9; at least 16 N eps of the model's dtype)");
