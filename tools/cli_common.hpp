@@ -14,6 +14,8 @@
 // form throws usage_error.
 #pragma once
 
+#include <sys/stat.h>
+
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -21,10 +23,65 @@
 #include <map>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
+
+#include "radargate/io/model_file.hpp"
 
 namespace radargate {
 namespace cli {
+
+/// `message` with every control byte (below 0x20, and 0x7f) written as \xNN: the last guard
+/// that keeps an error on one line whatever text reached it.
+inline std::string one_line(const std::string& message) {
+  static const char* hexd = "0123456789abcdef";
+  std::string r;
+  for (unsigned char c : message) {
+    if (c < 0x20 || c == 0x7f) {
+      r += "\\x";
+      r += hexd[c >> 4];
+      r += hexd[c & 15];
+    } else {
+      r += char(c);
+    }
+  }
+  return r;
+}
+
+/// What identifies the file a path names, now or once it is created: (device, inode) of an
+/// existing file; (device, inode) of its directory and its base name otherwise. Two paths with the
+/// same key name the same file however they are spelt (./a, a, a hard link, a symbolic link).
+struct FileKey {
+  bool exists = false;
+  dev_t dev = 0;
+  ino_t ino = 0;
+  std::string base;
+  bool valid = true;
+  bool operator==(const FileKey& o) const {
+    return valid && o.valid && exists == o.exists && dev == o.dev && ino == o.ino && base == o.base;
+  }
+};
+
+inline FileKey file_key(const std::string& path) {
+  FileKey k;
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0) {
+    k.exists = true;
+    k.dev = st.st_dev;
+    k.ino = st.st_ino;
+    return k;
+  }
+  const std::size_t slash = path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+  k.base = slash == std::string::npos ? path : path.substr(slash + 1);
+  if (::stat(dir.c_str(), &st) != 0) {
+    k.valid = false;  // the directory does not exist: the write will fail and say so
+    return k;
+  }
+  k.dev = st.st_dev;
+  k.ino = st.st_ino;
+  return k;
+}
 
 /// Bad usage: the dispatcher prints "radargate <cmd>: error: <message>", the usage line and a
 /// pointer to --help, and exits with code 2.
@@ -128,6 +185,8 @@ class OptionParser {
     errno = 0;
     char* end = nullptr;
     const double x = std::strtod(v.c_str(), &end);
+    if (!v.empty() && *end == '\0' && errno == ERANGE && std::fabs(x) <= 1)
+      fail("option " + name + ": expected a number in double's normal range, found '" + v + "' (it underflows)");
     if (v.empty() || *end != '\0' || errno == ERANGE || !std::isfinite(x))
       fail("option " + name + ": expected a finite number, found '" + v + "'");
     return x;
@@ -148,6 +207,19 @@ class OptionParser {
       start = comma + 1;
     }
     return out;
+  }
+
+  /// Refuses (as bad usage) an output option that names the same file as another option, an input
+  /// or another output: writing it would replace that file.
+  void refuse_same_file(const std::string& out_name, const std::vector<std::string>& others) const {
+    if (!has(out_name)) return;
+    const FileKey out = file_key(str(out_name));
+    for (const std::string& other : others) {
+      if (!has(other)) continue;
+      if (file_key(str(other)) == out)
+        fail("option " + out_name + ": expected a file other than " + other + " ('" + one_line(str(other)) +
+             "'), found the same file '" + one_line(str(out_name)) + "' (it would be replaced)");
+    }
   }
 
   /// Throws usage_error with this command's usage line.
@@ -214,6 +286,29 @@ class OptionParser {
   }
   static std::string label(const Spec& s) { return s.name + (s.is_flag ? "" : " " + s.metavar); }
 };
+
+/// Removes the temporary files a killed writer left next to `path` (io::remove_stale_temp_files)
+/// and notes each on stderr.
+inline void clean_stale_temps(const char* command, const std::string& path) {
+  for (const std::string& f : io::remove_stale_temp_files(path))
+    std::fprintf(stderr, "radargate %s: note: removed '%s', a temporary file left by a writer that no longer runs\n",
+                 command, one_line(f).c_str());
+}
+
+/// Non-finite outputs are errors: "output 'y': expected finite values, found nan at index [0, 3]
+/// (the computation overflowed ...)"; nothing is written.
+template <class S>
+void require_finite_output(const std::string& name, const Tensor<S>& t) {
+  try {
+    io::require_finite(name, t);
+  } catch (const radargate::error& e) {
+    const std::string what = e.what();
+    const std::string tail = what.rfind("tensor '", 0) == 0 ? what.substr(what.find("': ") + 3) : what;
+    detail::fail("output '", name, "': ", tail,
+                 " (the computation overflowed: the model's values or the inputs are too large for its dtype; nothing "
+                 "was written)");
+  }
+}
 
 }  // namespace cli
 }  // namespace radargate

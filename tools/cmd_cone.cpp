@@ -53,6 +53,7 @@ int cmd_cone(int argc, char** argv) {
   if (!(mo.dual_tol >= 0)) o.fail("option --dual-tol: expected a number >= 0, found '" + o.str("--dual-tol") + "'");
   mo.threads = int(o.integer("--threads", 1, 1024, std::max(1u, std::thread::hardware_concurrency())));
 
+  o.refuse_same_file("--output", {"--input"});
   const io::SafetensorsFile f = io::SafetensorsFile::read(input);
   for (const io::TensorInfo& t : f.tensors())
     if (t.name != "V" && t.name != "y") f.fail_tensor(t.name, "unknown input name; expected V [B, d, N] and y [B, d]");
@@ -99,8 +100,9 @@ int cmd_cone(int argc, char** argv) {
   nlohmann::json meta = {{"set", hull ? "hull" : "cone"}, {"tol", mo.tol}, {"dual_tol", mo.dual_tol}};
   w.set_metadata("radargate.geometry", meta.dump());
   w.write_atomic(output);
+  clean_stale_temps("cone", output);
   std::printf("wrote %s: %lld problems (%s, d = %lld, N = %lld): %lld inside, %lld outside, %lld undetermined\n",
-              output.c_str(), (long long)B, hull ? "hull" : "cone", (long long)d, (long long)N, (long long)counts[0],
+              one_line(output).c_str(), (long long)B, hull ? "hull" : "cone", (long long)d, (long long)N, (long long)counts[0],
               (long long)counts[1], (long long)counts[2]);
   return 0;
 }

@@ -2,13 +2,16 @@
 // input file), so the tool can be tried with no other software.
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdio>
+#include <memory>
 #include <random>
 #include <string>
 
 #include "cli.hpp"
 #include "cli_common.hpp"
 #include "radargate.hpp"
+#include "radargate/checked.hpp"
 #include "radargate/io/model_file.hpp"
 
 namespace radargate {
@@ -88,7 +91,8 @@ int cmd_init(int argc, char** argv) {
   if (o.has("--normalize")) cfg.normalize = enum_option<Normalize>(o, "--normalize", parse_normalize);
   if (o.has("--tau")) {
     cfg.tau = o.number("--tau");
-    if (!(cfg.tau > 0)) o.fail("option --tau: expected a number > 0, found '" + o.str("--tau") + "'");
+    if (!std::isnormal(cfg.tau) || cfg.tau < 0 || cfg.tau > 1e300)
+      o.fail("option --tau: expected a normal number in [2.2250738585072014e-308, 1e300], found '" + o.str("--tau") + "'");
   }
   if (o.has("--topk")) {
     if (cfg.normalize != Normalize::topk_softmax)
@@ -112,9 +116,38 @@ int cmd_init(int argc, char** argv) {
 
   RandomModelOptions opt;
   opt.base = !o.has("--no-base");
+  o.refuse_same_file("--write-input", {"--output"});
+
+  // The memory the command needs, checked before anything is allocated: the model in double (it
+  // is drawn in double) and two copies of its file image (the tensors, then the file), and the
+  // same for the input file.
+  const std::uint64_t ds = io::dtype_size(dtype);
+  std::uint64_t params = 0, need = 0;
+  bool fits = true;
+  for (const std::string& name : param_names()) {
+    const Need nd = param_need(cfg, name);
+    if (nd == Need::unused) continue;
+    if (nd == Need::optional && name.rfind("base.", 0) == 0 && !opt.base) continue;
+    index_t n = 0;
+    fits = fits && checked::numel(param_shape(name, D), n) && checked::add(params, std::uint64_t(n), params);
+  }
+  fits = fits && checked::add_product(need, params, 8 + 2 * ds);
+  if (o.has("--write-input")) {
+    std::uint64_t per_token = 0;
+    fits = fits && checked::add(std::uint64_t(D.d_in), std::uint64_t(D.d), per_token) &&
+           checked::add_product(need, std::uint64_t(T) * per_token, 8 + 2 * ds);
+  }
+  const std::uint64_t limit = io::detail::memory_limit();
+  if (!fits || need > limit)
+    detail::fail("expected a model that fits in memory (at most ", limit,
+                 " bytes: the physical memory or this process's limit), found one that needs ",
+                 fits ? std::to_string(need) + " bytes (" + std::to_string(params) + " parameters in double and " +
+                            io::to_string(dtype) + ")"
+                      : std::string("more than 2^64 bytes (its parameter count overflows)"));
+
   const Model<double> m = random_model<double>(cfg, D, seed, opt);
-  const std::vector<unsigned char> model_bytes = io::model_writer(m, dtype).serialize();
-  std::vector<unsigned char> input_bytes;
+  io::PendingFile model_file(output, io::model_writer(m, dtype).serialize());
+  std::unique_ptr<io::PendingFile> input_file;
   if (o.has("--write-input")) {
     // An independent stream, so the model does not change with --write-input.
     std::mt19937_64 rng(seed ^ 0x9e3779b97f4a7c15ull);
@@ -125,26 +158,22 @@ int cmd_init(int argc, char** argv) {
     io::SafetensorsWriter w;
     w.add("x", x, dtype);
     w.add("dy", dy, dtype);
-    input_bytes = w.serialize();
+    input_file = std::make_unique<io::PendingFile>(o.str("--write-input"), w.serialize());
   }
-
-  io::write_file_atomic(output, model_bytes);
-  if (o.has("--write-input")) {
-    try {
-      io::write_file_atomic(o.str("--write-input"), input_bytes);
-    } catch (...) {
-      ::unlink(output.c_str());  // both files or neither
-      throw;
-    }
-  }
+  // Both files are complete on disk before either is renamed into place; a failure before this
+  // point leaves both destinations as they were.
+  model_file.commit();
+  if (input_file) input_file->commit();
+  clean_stale_temps("init", output);
+  if (input_file) clean_stale_temps("init", o.str("--write-input"));
   index_t count = 0;
   for (const auto& kv : m.tensors) count += kv.second.numel();
-  std::printf("wrote %s: variant %s, d_in %lld, d %lld, N %lld, r %lld", output.c_str(), variant.c_str(),
+  std::printf("wrote %s: variant %s, d_in %lld, d %lld, N %lld, r %lld", one_line(output).c_str(), variant.c_str(),
               (long long)D.d_in, (long long)D.d, (long long)D.N, (long long)D.r);
   if (cfg.rotation) std::printf(", k %lld, P %lld", (long long)D.k, (long long)D.P);
   std::printf(", %s, %zu tensors, %lld parameters\n", io::to_string(dtype), m.tensors.size(), (long long)count);
   if (o.has("--write-input"))
-    std::printf("wrote %s: x [%lld, %lld], dy [%lld, %lld]\n", o.str("--write-input").c_str(), (long long)T,
+    std::printf("wrote %s: x [%lld, %lld], dy [%lld, %lld]\n", one_line(o.str("--write-input")).c_str(), (long long)T,
                 (long long)D.d_in, (long long)T, (long long)D.d);
   return 0;
 }

@@ -26,7 +26,7 @@ struct RunArgs {
   std::string layer;               // --layer: a layer of a file of many layers
   bool backward = false;
   std::vector<std::string> grads;  // empty: every gradient
-  bool cpu = false;                // backend: the fused cpu backend instead of the reference
+  bool cpu = true;                 // backend: the fused cpu backend (false: the reference)
   int threads = 1;
 };
 
@@ -82,6 +82,7 @@ int run_layer(const RunArgs& a, const io::LoadedModel<S>& lm, const io::Activati
   const index_t T = in.x.shape[0];
   Tensor<S> y = make_tensor<S>({T, lm.dims.d});
   const auto ctx = layer.forward(in.x.template view<2>(), y.template mutable_view<2>());
+  require_finite_output("y", y);
 
   io::SafetensorsWriter out;
   out.add("y", y, dtype);
@@ -103,12 +104,14 @@ int run_layer(const RunArgs& a, const io::LoadedModel<S>& lm, const io::Activati
       view = t.template mutable_view<std::decay_t<decltype(view)>::rank>();
     });
     layer.backward(ctx, in.dy.template view<2>(), g, GradMode::overwrite);
+    for (const auto& kv : grads) require_finite_output("grad." + kv.first, kv.second);
     if (want("x")) out.add("grad.x", grads["x"], dtype);
     for (const std::string& n : param_names())
       if (grads.count(n)) out.add("grad." + n, grads[n], dtype);
   }
   out.write_atomic(a.output);
-  std::printf("wrote %s: y [%lld, %lld]%s (%s, variant %s, backend %s)\n", a.output.c_str(), (long long)T,
+  clean_stale_temps("run", a.output);
+  std::printf("wrote %s: y [%lld, %lld]%s (%s, variant %s, backend %s)\n", one_line(a.output).c_str(), (long long)T,
               (long long)lm.dims.d, a.backward ? (" and " + std::to_string(wanted.size()) + " gradients").c_str() : "",
               io::to_string(dtype), to_string(lm.model.config.variant), a.cpu ? "cpu" : "reference");
   return 0;
@@ -131,8 +134,8 @@ int cmd_run(int argc, char** argv) {
   o.flag("--backward", "also compute gradients, for dL/dy = dy");
   o.optional("--grads", "LIST", "with --backward: only these gradients, comma separated, e.g. x,lora.A,angle.U\n"
                                 "(default: x and every parameter in the model)");
-  o.optional("--backend", "NAME", "reference | cpu: the plain reference code or the fused, vectorised cpu\n"
-                                  "backend (default reference)");
+  o.optional("--backend", "NAME", "cpu | reference: the fused, vectorised cpu backend or the plain reference\n"
+                                  "code, kept for checking (default cpu)");
   o.optional("--threads", "N", "with --backend cpu: threads (default 1)");
   o.epilog(
       "examples:\n"
@@ -146,9 +149,9 @@ int cmd_run(int argc, char** argv) {
   a.output = o.str("--output");
   a.layer = o.str("--layer", "");
   a.backward = o.has("--backward");
-  const std::string backend = o.str("--backend", "reference");
+  const std::string backend = o.str("--backend", "cpu");
   if (backend != "reference" && backend != "cpu")
-    o.fail("option --backend: expected reference | cpu, found '" + backend + "'");
+    o.fail("option --backend: expected cpu | reference, found '" + one_line(backend) + "'");
   a.cpu = backend == "cpu";
   if (o.has("--threads") && !a.cpu) o.fail("option --threads needs --backend cpu");
   a.threads = int(o.integer("--threads", 1, 1024, 1));
@@ -156,6 +159,7 @@ int cmd_run(int argc, char** argv) {
     if (!a.backward) o.fail("option --grads needs --backward");
     a.grads = o.list("--grads");
   }
+  o.refuse_same_file("--output", {"--model", "--input"});
   const io::SafetensorsFile model_file = io::SafetensorsFile::read(a.model);
   const io::DType dtype = io::layer_dtype(model_file, a.layer);
   if (dtype == io::DType::F64) return run_typed<double>(a, model_file, dtype);

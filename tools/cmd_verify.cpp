@@ -63,10 +63,10 @@ template <class S>
 void print_table(const VerifyArgs& a, const geometry::ExpansionReport& r, io::DType dtype,
                  const Layer<S, backend::reference>& layer) {
   (void)layer;
-  std::printf("model      %s (variant %s, rotation %s, %s)\n", a.model.c_str(), r.variant.c_str(), r.rotation ? "on" : "off",
+  std::printf("model      %s (variant %s, rotation %s, %s)\n", one_line(a.model).c_str(), r.variant.c_str(), r.rotation ? "on" : "off",
               io::to_string(dtype));
-  if (!a.layer.empty()) std::printf("layer      %s\n", a.layer.c_str());
-  std::printf("input      %s: %lld tokens; N = %lld experts, d = %lld\n", a.input.c_str(), (long long)r.tokens,
+  if (!a.layer.empty()) std::printf("layer      %s\n", one_line(a.layer).c_str());
+  std::printf("input      %s: %lld tokens; N = %lld experts, d = %lld\n", one_line(a.input).c_str(), (long long)r.tokens,
               (long long)r.N, (long long)r.d);
   std::printf("tolerance  %g (relative to ||p|| for the cone, to max(||p||, max_i ||v_i||) for the hull)\n\n", r.tol);
 
@@ -212,7 +212,7 @@ int cmd_verify(int argc, char** argv) {
                  "which must be inside the cone when g >= 0 and inside the hull when also sum g = 1 (checked).\n"
                  "Every verdict rests on a certificate re-checked against the data.");
   o.required("--model", "FILE", "model file (see 'radargate init')");
-  o.required("--input", "FILE", "input file: x [T, d_in] in the model's dtype (a dy entry is ignored)");
+  o.required("--input", "FILE", "input file: x [T, d_in] in the model's dtype (a dy entry is checked, not used)");
   o.optional("--layer", "NAME", "the layer to check, for a file of many layers (required when it holds more\n"
                                 "than one; 'radargate info' lists them)");
   o.flag("--json", "print JSON instead of a table");

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "checked.hpp"
 #include "error.hpp"
 #include "layer_config.hpp"
 #include "params.hpp"
@@ -21,14 +22,12 @@ struct Tensor {
   std::vector<index_t> shape;
   std::vector<S> data;
 
-  index_t numel() const {
-    index_t n = 1;
-    for (index_t e : shape) n *= e;
-    return n;
-  }
+  /// Element count; throws radargate::error for a shape that is not representable (checked.hpp).
+  index_t numel() const { return checked::numel_or_throw(shape); }
   template <int R>
   View<const S, R> view() const {
     if (int(shape.size()) != R) detail::fail("tensor view: expected rank ", R, ", found rank ", shape.size());
+    (void)numel();  // the strides below are products of extents: representable, or throw
     View<const S, R> v;
     // An empty tensor is present, not absent: point it at a valid address so that validation
     // reports its extents rather than calling it missing.
@@ -59,7 +58,7 @@ template <class S>
 Tensor<S> make_tensor(std::vector<index_t> shape, S fill = S(0)) {
   Tensor<S> t;
   t.shape = std::move(shape);
-  t.data.assign(t.numel(), fill);
+  t.data.assign(std::size_t(t.numel()), fill);
   return t;
 }
 

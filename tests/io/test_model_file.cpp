@@ -104,7 +104,15 @@ TEST_CASE("config JSON: errors name the field, the expected and the found value"
   CHECK(err(R"({"variant": "radargate", "temperature": 2})") ==
         "config field 'temperature': unknown; expected one of variant, map, bound, pairing, normalize, tau, topk");
   CHECK(err(R"({"variant": "radargate", "tau": "1"})") == "config field 'tau': expected a number, found string (\"1\")");
-  CHECK(err(R"({"variant": "radargate", "tau": 0})") == "config field 'tau': expected a finite number > 0, found 0");
+  CHECK(err(R"({"variant": "radargate", "tau": 0})") == "config field 'tau': expected a normal number in [2.2250738585072014e-308, 1e300], found 0");
+  CHECK(err(R"({"variant": "radargate", "tau": 1e-310})") ==
+        "config field 'tau': expected a normal number in [2.2250738585072014e-308, 1e300], found 1e-310");
+  CHECK(err(R"({"variant": "topk", "topk": 18446744073709551615})") ==
+        "config field 'topk': expected a value in 1..N, found 18446744073709551615");
+  CHECK(err(R"({"variant": "softmax", "variant": "sum"})") ==
+        "config: key 'variant' appears more than once in one object: expected unique keys");
+  CHECK(err(R"({"variant": "sum", "tau": 1})") ==
+        "config field 'tau': variant 'sum' has a gate without logits (none), so no temperature is read; found 1");
   CHECK(err(R"({"variant": "topk", "topk": 2.5})") == "config field 'topk': expected an integer, found number (2.5)");
   CHECK(err(R"({"variant": "topk", "topk": 0})") == "config field 'topk': expected a value in 1..N, found 0");
   CHECK(err(R"({"variant": "radargate", "bound": "tanh"})") ==
@@ -167,7 +175,10 @@ TEST_CASE("load: bad model files are errors that name the file, the tensor, expe
           "static | softmax | topk | stretch_only | rotation_only | radargate, found \"radar_gate\"");
     CHECK_THAT(load(edited_model(keep, R"({"variant":)")),
                Catch::StartsWith("file 'm.safetensors': __metadata__ 'radargate.config': config: not valid JSON: "));
-    CHECK(load(edited_model(keep, R"({"variant":"radargate","normalize":"softmax","topk":4})")) == "(no error)");
+    // A topk that the normalisation does not read is refused, not ignored.
+    CHECK(load(edited_model(keep, R"({"variant":"radargate","normalize":"softmax","topk":4})")) ==
+          "file 'm.safetensors': __metadata__ 'radargate.config': config field 'topk': only read by normalize "
+          "topk_softmax, but variant 'radargate' normalizes with softmax; found 4");
     CHECK(load(edited_model(keep, R"({"variant":"radargate","normalize":"topk_softmax","topk":4})")) ==
           "file 'm.safetensors': config field 'topk': expected a value in 1..3 (N), found 4");
   }

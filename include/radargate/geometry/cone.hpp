@@ -30,7 +30,9 @@
 //   hull; b is rounded up when stored, so w . v_j <= b holds for the stored double.
 //
 // When neither certificate verifies (a solver stopped by its iteration cap, or a point within
-// rounding of the boundary), the verdict is `undetermined`, never a guess.
+// rounding of the boundary), the verdict is `undetermined`, never a guess. A residual, scale or
+// margin that is not finite (finite data whose norms overflow double, e.g. entries near 1.7e308)
+// verifies nothing either: inf <= tol * inf is never read as "inside".
 #pragma once
 
 #include <algorithm>
@@ -123,11 +125,13 @@ inline CertificateCheck check_dense(Set set, const Matrix& M, const Vector& y, C
     c.sum_error = set == Set::hull ? static_cast<double>(std::fabs(sum - 1)) : 0.0;
     const double res = norm_ld(residual_ld(M, y, lambda));
     c.residual = scale > 0 ? res / scale : res;
-    c.ok = (set == Set::cone || c.sum_error <= opt.tol) && (scale > 0 ? res <= opt.tol * scale : res == 0);
+    // A residual or scale that overflowed proves nothing: inf <= tol * inf must not read as inside.
+    c.ok = std::isfinite(res) && std::isfinite(scale) && (set == Set::cone || c.sum_error <= opt.tol) &&
+           (scale > 0 ? res <= opt.tol * scale : res == 0);
     return c;
   }
   if (cert == Certificate::separating_direction || cert == Certificate::separating_hyperplane) {
-    if (index_t(direction.size()) != d || !(scale > 0)) return c;
+    if (index_t(direction.size()) != d || !(scale > 0) || !std::isfinite(scale)) return c;
     if ((set == Set::cone) != (cert == Certificate::separating_direction)) return c;
     Vector w(d);
     for (index_t i = 0; i < d; ++i) w(i) = direction[i];
@@ -145,7 +149,7 @@ inline CertificateCheck check_dense(Set set, const Matrix& M, const Vector& y, C
       }
       c.dual_violation = std::max(viol, 0.0);
       c.margin = static_cast<double>(wy / static_cast<long double>(scale));
-      c.ok = c.dual_violation <= opt.dual_tol && c.margin > opt.tol;
+      c.ok = std::isfinite(c.margin) && c.dual_violation <= opt.dual_tol && c.margin > opt.tol;
     } else {
       // The hyperplane is judged exactly as stored (w is not renormalised): the stated offset must
       // dominate every w . v_j, and the margin is measured in units of ||w||.
@@ -157,7 +161,7 @@ inline CertificateCheck check_dense(Set set, const Matrix& M, const Vector& y, C
       const long double unit = static_cast<long double>(scale) * static_cast<long double>(wn);
       c.margin = static_cast<double>((wy - b) / unit);
       c.dual_violation = std::max(0.0, static_cast<double>((mx - b) / unit));
-      c.ok = mx <= b && c.margin > opt.tol;
+      c.ok = std::isfinite(c.margin) && std::isfinite(c.dual_violation) && mx <= b && c.margin > opt.tol;
     }
     return c;
   }

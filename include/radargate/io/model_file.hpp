@@ -21,6 +21,8 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
+#include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -59,63 +61,82 @@ inline nlohmann::json config_to_json(const LayerConfig& c) {
   return j;
 }
 
-/// Parses a configuration object. Unknown fields, wrong types, unknown names and a normalize for a
-/// gate without logits are errors ("config field 'tau': expected a number, found string (\"1\")").
+/// Parses a configuration object. Unknown fields, wrong types, unknown names, and a field the
+/// variant does not read (map, bound or pairing without rotation; normalize or tau for a gate
+/// without logits; topk unless normalize is topk_softmax) are errors
+/// ("config field 'tau': expected a number, found string (\"1\")").
 inline LayerConfig config_from_json(const nlohmann::json& j) {
-  if (!j.is_object()) detail::fail("config: expected a JSON object, found ", j.type_name(), " (", j.dump(), ")");
+  if (!j.is_object()) detail::fail("config: expected a JSON object, found ", j.type_name(), " (", detail::excerpt(j), ")");
   static const char* const fields[] = {"variant", "map", "bound", "pairing", "normalize", "tau", "topk"};
   for (auto it = j.begin(); it != j.end(); ++it) {
     bool known = false;
     for (const char* f : fields) known = known || it.key() == f;
     if (!known)
-      detail::fail("config field '", it.key(),
+      detail::fail("config field '", detail::printable(it.key()),
                    "': unknown; expected one of variant, map, bound, pairing, normalize, tau, topk");
   }
   auto text = [&](const char* field) -> const nlohmann::json* {
     auto it = j.find(field);
     if (it == j.end()) return nullptr;
     if (!it->is_string())
-      detail::fail("config field '", field, "': expected a string, found ", it->type_name(), " (", it->dump(), ")");
+      detail::fail("config field '", field, "': expected a string, found ", it->type_name(), " (", detail::excerpt(*it), ")");
     return &*it;
   };
+  // Enumerated values are checked by the parsers of layer_config.hpp; the value is made printable
+  // first so that a message quoting it stays on one line.
+  auto value = [](const nlohmann::json* v) { return detail::printable(v->get<std::string>()); };
   const nlohmann::json* v = text("variant");
   if (!v) detail::fail("config field 'variant': required, but it is missing");
-  LayerConfig c = LayerConfig::make(parse_variant(v->get<std::string>()));
-  if (const nlohmann::json* m = text("map")) c.map = parse_map_mode(m->get<std::string>());
-  if (const nlohmann::json* b = text("bound")) c.bound = parse_bound(b->get<std::string>());
-  if (const nlohmann::json* p = text("pairing")) c.pairing = parse_pairing(p->get<std::string>());
+  LayerConfig c = LayerConfig::make(parse_variant(value(v)));
+  const std::string variant = to_string(c.variant);
+  for (const char* f : {"map", "bound", "pairing"})
+    if (!c.rotation && j.contains(f))
+      detail::fail("config field '", f, "': variant '", variant,
+                   "' does not rotate (only rotation_only and radargate do), so it is not read; found ",
+                   detail::excerpt(j.at(f)));
+  if (const nlohmann::json* m = text("map")) c.map = parse_map_mode(value(m));
+  if (const nlohmann::json* b = text("bound")) c.bound = parse_bound(value(b));
+  if (const nlohmann::json* p = text("pairing")) c.pairing = parse_pairing(value(p));
   if (const nlohmann::json* n = text("normalize")) {
     if (!c.has_logits())
-      detail::fail("config field 'normalize': variant '", to_string(c.variant), "' has a gate without logits (",
-                   to_string(c.gate), "), so nothing to normalize; found \"", n->get<std::string>(), "\"");
-    c.normalize = parse_normalize(n->get<std::string>());
+      detail::fail("config field 'normalize': variant '", variant, "' has a gate without logits (",
+                   to_string(c.gate), "), so nothing to normalize; found \"", value(n), "\"");
+    c.normalize = parse_normalize(value(n));
   }
   auto t = j.find("tau");
   if (t != j.end()) {
-    if (!t->is_number()) detail::fail("config field 'tau': expected a number, found ", t->type_name(), " (", t->dump(), ")");
+    if (!c.has_logits())
+      detail::fail("config field 'tau': variant '", variant, "' has a gate without logits (", to_string(c.gate),
+                   "), so no temperature is read; found ", detail::excerpt(*t));
+    if (!t->is_number())
+      detail::fail("config field 'tau': expected a number, found ", t->type_name(), " (", detail::excerpt(*t), ")");
     c.tau = t->get<double>();
+    // A subnormal temperature turns every finite logit into an infinite one.
+    if (!std::isnormal(c.tau) || c.tau < 0 || c.tau > 1e300)
+      detail::fail("config field 'tau': expected a normal number in [", std::numeric_limits<double>::min(),
+                   ", 1e300], found ", detail::excerpt(*t));
   }
   auto k = j.find("topk");
   if (k != j.end()) {
     if (!k->is_number_integer())
-      detail::fail("config field 'topk': expected an integer, found ", k->type_name(), " (", k->dump(), ")");
-    const long long kv = k->get<long long>();
-    if (kv < 1 || kv > 1000000000) detail::fail("config field 'topk': expected a value in 1..N, found ", kv);
-    c.topk = int(kv);
+      detail::fail("config field 'topk': expected an integer, found ", k->type_name(), " (", detail::excerpt(*k), ")");
+    if (!c.has_logits() || c.normalize != Normalize::topk_softmax)
+      detail::fail("config field 'topk': only read by normalize topk_softmax, but variant '", variant,
+                   "' normalizes with ", c.has_logits() ? to_string(c.normalize) : "nothing (a gate without logits)",
+                   "; found ", detail::excerpt(*k));
+    // Judged on the JSON text, so that 18446744073709551615 is not reported as -1.
+    const bool in_range = k->is_number_unsigned() ? k->get<std::uint64_t>() >= 1 && k->get<std::uint64_t>() <= 1000000000
+                                                  : false;
+    if (!in_range) detail::fail("config field 'topk': expected a value in 1..N, found ", detail::excerpt(*k));
+    c.topk = int(k->get<std::uint64_t>());
   }
   c.validate();
   return c;
 }
 
-/// Parses the text of a "radargate.config" entry.
+/// Parses the text of a "radargate.config" entry (at most 16 levels deep, no repeated key).
 inline LayerConfig parse_config(const std::string& text) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    detail::fail("config: not valid JSON: ", e.what());
-  }
-  return config_from_json(j);
+  return config_from_json(detail::parse_json_checked(text, "config"));
 }
 
 // --- value checks --------------------------------------------------------------------------------
@@ -131,7 +152,8 @@ void require_finite(const std::string& name, const Tensor<S>& t) {
       idx[k] = index_t(rest % std::size_t(t.shape[k]));
       rest /= std::size_t(t.shape[k]);
     }
-    detail::fail("tensor '", name, "': expected finite values, found ", t.data[i], " at index ", detail::shape_str(idx));
+    detail::fail("tensor '", detail::printable(name), "': expected finite values, found ", t.data[i], " at index ",
+                 detail::shape_str(idx));
   }
 }
 
@@ -144,7 +166,7 @@ auto in_file(const std::string& source, F&& f) -> decltype(f()) {
   } catch (const radargate::error& e) {
     const std::string what = e.what();
     if (what.rfind("file '", 0) == 0) throw;
-    fail("file '", source, "': ", what);
+    fail("file '", printable(source), "': ", what);
   }
 }
 
@@ -264,16 +286,19 @@ struct Activations {
   Tensor<S> dy;  // [T, d], empty unless asked for
 };
 
-/// Reads an input file for a model of dimensions D stored as `dtype`: x, and dy when `with_dy`.
-/// Names other than x and dy are errors, so a misspelt tensor is never silently ignored.
+/// Reads an input file for a model of dimensions D stored as `dtype`: x, and dy (required when
+/// `with_dy`; checked whenever present). Names other than x and dy are errors, so a misspelt
+/// tensor is never silently ignored.
 template <class S>
 Activations<S> load_activations(const SafetensorsFile& f, const Dims& D, DType dtype, bool with_dy) {
   for (const TensorInfo& t : f.tensors())
     if (t.name != "x" && t.name != "dy") f.fail_tensor(t.name, "unknown input name; expected x [T, d_in] or dy [T, d]");
   Activations<S> a;
   a.x = read_matrix<S>(f, "x", dtype, D.d_in, "d_in");
-  if (with_dy) {
-    if (!f.has("dy")) f.fail_tensor("dy", "missing from the file (backward needs dy [", a.x.shape[0], ", ", D.d, "])");
+  if (with_dy && !f.has("dy"))
+    f.fail_tensor("dy", "missing from the file (backward needs dy [", a.x.shape[0], ", ", D.d, "])");
+  // A dy that is present is checked even when it is not used: a file with a bad tensor is a bad file.
+  if (f.has("dy")) {
     a.dy = read_matrix<S>(f, "dy", dtype, D.d, "d");
     if (a.dy.shape[0] != a.x.shape[0])
       f.fail_tensor("dy", "expected shape [", a.x.shape[0], ", ", D.d, "] (T from x), found ", detail::shape_str(a.dy.shape));

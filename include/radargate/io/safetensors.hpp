@@ -23,7 +23,10 @@
 // a reader never sees a partial file and a failed write leaves nothing behind.
 #pragma once
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -35,15 +38,18 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <string>
 #include <type_traits>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
+#include "../checked.hpp"
 #include "../config.hpp"
 #include "../error.hpp"
 #include "../model.hpp"
@@ -245,13 +251,109 @@ void encode(const S* src, DType t, std::size_t n, unsigned char* dst) {
   }
 }
 
-inline std::string shape_str(const std::vector<index_t>& s) {
-  std::string r = "[";
-  for (std::size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
-  return r + "]";
-}
+inline std::string shape_str(const std::vector<index_t>& s) { return checked::shape_text(s.data(), s.size()); }
 
 inline std::string errno_text(int e) { return std::strerror(e); }
+
+/// "a directory", "a character device", ... for messages about what a path names.
+inline const char* file_kind(mode_t m) {
+  if (S_ISREG(m)) return "a regular file";
+  if (S_ISDIR(m)) return "a directory";
+  if (S_ISCHR(m)) return "a character device";
+  if (S_ISBLK(m)) return "a block device";
+  if (S_ISFIFO(m)) return "a FIFO";
+  if (S_ISSOCK(m)) return "a socket";
+  if (S_ISLNK(m)) return "a symbolic link";
+  return "not a regular file";
+}
+
+/// s with every byte outside printable ASCII written as \xNN and '\' as "\\", so that a name read
+/// from a file (or a path) can neither split a message into two lines nor send terminal escapes.
+inline std::string printable(const std::string& s) {
+  static const char* hexd = "0123456789abcdef";
+  std::string r;
+  r.reserve(s.size());
+  for (unsigned char c : s) {
+    if (c == '\\') r += "\\\\";
+    else if (c >= 0x20 && c < 0x7f) r += char(c);
+    else {
+      r += "\\x";
+      r += hexd[c >> 4];
+      r += hexd[c & 15];
+    }
+  }
+  return r;
+}
+
+/// A JSON value for a message: its text, cut to `limit` characters.
+inline std::string excerpt(const std::string& text, std::size_t limit = 48) {
+  if (text.size() <= limit) return printable(text);
+  return printable(text.substr(0, limit)) + "...";
+}
+inline std::string excerpt(const nlohmann::json& j, std::size_t limit = 48) {
+  return excerpt(j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), limit);
+}
+
+/// Bytes this process may allocate at most: the smaller of the physical memory and the
+/// RLIMIT_AS / RLIMIT_DATA limits. Sizes read from a file are checked against it before anything
+/// is allocated for them.
+inline std::uint64_t memory_limit() {
+  std::uint64_t lim = std::numeric_limits<std::uint64_t>::max();
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
+  if (pages > 0 && page > 0) lim = std::uint64_t(pages) * std::uint64_t(page);
+  for (int res : {RLIMIT_AS, RLIMIT_DATA}) {
+    struct rlimit rl;
+    if (::getrlimit(res, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) lim = std::min<std::uint64_t>(lim, rl.rlim_cur);
+  }
+  return lim;
+}
+
+/// Parses JSON text that is not a safetensors header (e.g. the configuration stored in the
+/// metadata): a linear pass first rejects nesting deeper than `max_depth` and repeated keys in one
+/// object (which the DOM would silently collapse), so the DOM built after it is shallow and every
+/// later dump() of it is bounded. Errors read "<what>: ...".
+inline nlohmann::json parse_json_checked(const std::string& text, const std::string& what, int max_depth = 16) {
+  struct Checker {
+    const std::string& what;
+    int max_depth;
+    std::vector<std::unordered_set<std::string>> open;  // the keys of each open container (arrays: none)
+    std::vector<std::string> path;
+    bool open_one() {
+      if (int(open.size()) >= max_depth)
+        fail(what, ": nested deeper than ", max_depth, " levels: expected at most ", max_depth);
+      open.emplace_back();
+      return true;
+    }
+    bool null() { return true; }
+    bool boolean(bool) { return true; }
+    bool number_integer(nlohmann::json::number_integer_t) { return true; }
+    bool number_unsigned(nlohmann::json::number_unsigned_t) { return true; }
+    bool number_float(nlohmann::json::number_float_t, const std::string&) { return true; }
+    bool string(std::string&) { return true; }
+    bool binary(nlohmann::json::binary_t&) { return true; }
+    bool start_object(std::size_t) { return open_one(); }
+    bool start_array(std::size_t) { return open_one(); }
+    bool end_object() {
+      open.pop_back();
+      return true;
+    }
+    bool end_array() { return end_object(); }
+    bool key(std::string& k) {
+      if (!open.back().insert(k).second)
+        fail(what, ": key '", printable(k), "' appears more than once in one object: expected unique keys");
+      return true;
+    }
+    bool parse_error(std::size_t, const std::string&, const nlohmann::json::exception& e) {
+      fail(what, ": not valid JSON: ", printable(e.what()));
+    }
+  } checker{what, max_depth, {}, {}};
+  nlohmann::json::sax_parse(text.begin(), text.end(), &checker);
+  try {
+    return nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    fail(what, ": not valid JSON: ", printable(e.what()));
+  }
+}
 
 }  // namespace detail
 
@@ -264,32 +366,61 @@ struct TensorInfo {
   std::vector<index_t> shape;
   std::uint64_t begin = 0, end = 0;
 
-  index_t numel() const {
-    index_t n = 1;
-    for (index_t e : shape) n *= e;
-    return n;
-  }
+  /// Element count (representable: the reader checked it with radargate::checked::numel).
+  index_t numel() const { return checked::numel_or_throw(shape, "tensor"); }
 };
 
 /// Largest header accepted, as in the reference implementation.
 inline constexpr std::uint64_t max_header_size = 100000000;
+/// Largest rank accepted in a header (radargate's tensors have rank 3 at most).
+inline constexpr std::size_t max_rank = 64;
 
 /// A parsed safetensors file held in memory. Every accessor throws radargate::error with a
-/// message that starts with "file '<source>': ".
+/// message that starts with "file '<source>': ". Names read from the file and the source are
+/// printed through detail::printable.
 class SafetensorsFile {
  public:
-  /// Reads and validates a file.
+  /// Reads and validates a file. Only regular files are read (a device, a FIFO or a directory is
+  /// refused before any byte is read), and exactly as many bytes as fstat reports, after checking
+  /// that they fit in detail::memory_limit().
   static SafetensorsFile read(const std::string& path) {
-    std::FILE* f = std::fopen(path.c_str(), "rb");
-    if (!f) detail::fail("file '", path, "': cannot open: ", detail::errno_text(errno));
-    std::vector<unsigned char> bytes;
-    unsigned char buf[1 << 16];
-    std::size_t got;
-    while ((got = std::fread(buf, 1, sizeof buf, f)) > 0) bytes.insert(bytes.end(), buf, buf + got);
-    const bool bad = std::ferror(f) != 0;
-    const int err = errno;
-    std::fclose(f);
-    if (bad) detail::fail("file '", path, "': read error: ", detail::errno_text(err));
+    const std::string p = detail::printable(path);
+    // O_NONBLOCK: opening a FIFO must not wait for a writer; the flag is harmless for a regular file.
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) detail::fail("file '", p, "': cannot open: ", detail::errno_text(errno));
+    struct Closer {
+      int fd;
+      ~Closer() { ::close(fd); }
+    } closer{fd};
+    struct stat st;
+    if (::fstat(fd, &st) != 0) detail::fail("file '", p, "': cannot stat: ", detail::errno_text(errno));
+    if (!S_ISREG(st.st_mode))
+      detail::fail("file '", p, "': expected a regular file, found ", detail::file_kind(st.st_mode));
+    const std::uint64_t size = std::uint64_t(st.st_size);
+    const std::uint64_t limit = detail::memory_limit();
+    if (size > limit)
+      detail::fail("file '", p, "': ", size, " bytes: expected at most ", limit,
+                   " bytes (the memory this process may use), found a larger file");
+    std::vector<unsigned char> bytes(static_cast<std::size_t>(size));
+    std::size_t done = 0;
+    while (done < bytes.size()) {
+      const ssize_t got = ::read(fd, bytes.data() + done, bytes.size() - done);
+      if (got < 0) {
+        if (errno == EINTR) continue;
+        detail::fail("file '", p, "': read error: ", detail::errno_text(errno));
+      }
+      if (got == 0)
+        detail::fail("file '", p, "': expected ", size, " bytes (its size when opened), found ", done,
+                     " (the file shrank while being read)");
+      done += std::size_t(got);
+    }
+    unsigned char extra;
+    ssize_t more;
+    while ((more = ::read(fd, &extra, 1)) < 0 && errno == EINTR) {
+    }
+    if (more > 0)
+      detail::fail("file '", p, "': expected ", size, " bytes (its size when opened), found more (the file grew while "
+                   "being read)");
     return from_bytes(std::move(bytes), path);
   }
 
@@ -328,6 +459,10 @@ class SafetensorsFile {
     const TensorInfo& ti = info(name);
     if (!is_floating(ti.dtype))
       fail_tensor(name, "expected a floating-point dtype (F64, F32, F16 or BF16), found ", to_string(ti.dtype));
+    std::uint64_t need = 0;
+    if (!checked::mul(std::uint64_t(ti.numel()), std::uint64_t(sizeof(S)), need) || need > detail::memory_limit())
+      fail_tensor(name, "expected a tensor that fits in memory as ", sizeof(S) == 8 ? "double" : "float", " (at most ",
+                  detail::memory_limit(), " bytes), found shape ", detail::shape_str(ti.shape));
     Tensor<S> t;
     t.shape = ti.shape;
     t.data.resize(std::size_t(ti.numel()));
@@ -345,11 +480,11 @@ class SafetensorsFile {
 
   template <class... A>
   [[noreturn]] void fail_file(const A&... a) const {
-    detail::fail("file '", source_, "': ", a...);
+    detail::fail("file '", detail::printable(source_), "': ", a...);
   }
   template <class... A>
   [[noreturn]] void fail_tensor(const std::string& name, const A&... a) const {
-    detail::fail("file '", source_, "': tensor '", name, "': ", a...);
+    detail::fail("file '", detail::printable(source_), "': tensor '", detail::printable(name), "': ", a...);
   }
 
  private:
@@ -360,17 +495,218 @@ class SafetensorsFile {
   std::map<std::string, std::size_t> index_;
   std::map<std::string, std::string> metadata_;
 
-  static const char* json_type(const nlohmann::json& j) {
-    if (j.is_number_unsigned()) return "a non-negative integer";
-    if (j.is_number_integer()) return "a negative integer";
-    return j.type_name();
-  }
+  /// The header, read by nlohmann's SAX parser (iterative: no recursion whatever the nesting) into
+  /// TensorInfo directly, never into a DOM: time is linear in the header's length, memory is
+  /// linear in the number of valid entries, and every value is judged as it arrives. Repeated
+  /// names and repeated keys inside one entry or in __metadata__ are errors (a DOM would keep the
+  /// last one silently). Fields other than dtype, shape and data_offsets are skipped, whatever
+  /// they hold, as the reference implementation does.
+  struct HeaderReader {
+    HeaderReader(SafetensorsFile& file, std::uint64_t data_bytes) : f(file), data_size(data_bytes) {}
+    SafetensorsFile& f;
+    std::uint64_t data_size;
+    enum class At { start, top, top_value, meta, meta_value, entry, field_value, shape, offsets, skip, done };
+    At at = At::start;
+    std::size_t skip_depth = 0;
+    std::string name, field;
+    std::unordered_set<std::string> keys;  // the keys of the open entry or of __metadata__
+    bool has_dtype = false, has_shape = false, has_offsets = false;
+    TensorInfo cur;
+    std::vector<std::uint64_t> offsets;
+    std::vector<std::uint64_t> raw_shape;
 
-  std::uint64_t read_offset(const std::string& name, const char* field, const nlohmann::json& j) const {
-    if (!j.is_number_unsigned())
-      fail_tensor(name, "'", field, "': expected non-negative integers, found ", json_type(j), " (", j.dump(), ")");
-    return j.get<std::uint64_t>();
-  }
+    // What a value is, for messages: its kind with an article and its (shortened) text.
+    struct Found {
+      const char* kind;
+      std::string text;
+    };
+    std::string found(const Found& v) const { return v.text.empty() ? v.kind : std::string(v.kind) + " (" + v.text + ")"; }
+
+    bool value(const Found& v, std::uint64_t u = 0, bool is_unsigned = false, const std::string* str = nullptr) {
+      switch (at) {
+        case At::start: f.fail_file("header: expected a JSON object, found ", v.kind);
+        case At::top_value: bad_top_value(v);
+        case At::meta_value:
+          if (!str)
+            f.fail_file("'__metadata__' key '", detail::printable(field), "': expected a string value, found ", found(v));
+          f.metadata_[field] = *str;
+          at = At::meta;
+          return true;
+        case At::field_value:
+          if (field == "dtype") {
+            if (!str) f.fail_tensor(name, "'dtype': expected a string, found ", found(v));
+            if (!parse_dtype(*str, cur.dtype))
+              f.fail_tensor(name, "'dtype': expected a safetensors dtype (F64, F32, F16, BF16, I64, ...), found ", v.text);
+            has_dtype = true;
+          } else if (field == "shape") {
+            f.fail_tensor(name, "'shape': expected an array of non-negative integers, found ", found(v));
+          } else if (field == "data_offsets") {
+            f.fail_tensor(name, "'data_offsets': expected an array [begin, end], found ", found(v));
+          }
+          at = At::entry;
+          return true;
+        case At::shape:
+          if (!is_unsigned) f.fail_tensor(name, "'shape': expected non-negative integers, found ", found(v));
+          if (raw_shape.size() == max_rank)
+            f.fail_tensor(name, "'shape': expected at most ", max_rank, " dimensions, found more");
+          raw_shape.push_back(u);
+          return true;
+        case At::offsets:
+          if (!is_unsigned) f.fail_tensor(name, "'data_offsets': expected non-negative integers, found ", found(v));
+          if (offsets.size() == 2)
+            f.fail_tensor(name, "'data_offsets': expected an array [begin, end], found an array of more than 2 elements");
+          offsets.push_back(u);
+          return true;
+        case At::skip: return true;
+        default: f.fail_file("header: unexpected ", v.kind);  // unreachable: the parser checks the grammar
+      }
+    }
+    [[noreturn]] void bad_top_value(const Found& v) const {
+      if (name == "__metadata__") f.fail_file("'__metadata__': expected an object of strings, found ", v.kind);
+      f.fail_tensor(name, "expected an object with dtype, shape and data_offsets, found ", v.kind);
+    }
+
+    bool null() { return value({"null", "null"}); }
+    bool boolean(bool b) { return value({"boolean", b ? "true" : "false"}); }
+    bool number_integer(nlohmann::json::number_integer_t x) {
+      if (x >= 0) return number_unsigned(std::uint64_t(x));
+      return value({"a negative integer", std::to_string(x)});
+    }
+    bool number_unsigned(nlohmann::json::number_unsigned_t x) {
+      return value({"a non-negative integer", std::to_string(x)}, x, true);
+    }
+    bool number_float(nlohmann::json::number_float_t, const std::string& text) {
+      return value({"number", detail::excerpt(text)});
+    }
+    bool string(std::string& s) {
+      return value({"string", "\"" + detail::excerpt(s) + "\""}, 0, false, &s);
+    }
+    bool binary(nlohmann::json::binary_t&) { return value({"binary", ""}); }
+
+    bool start_object(std::size_t) {
+      switch (at) {
+        case At::start: at = At::top; return true;
+        case At::top_value:
+          keys.clear();
+          if (name == "__metadata__") {
+            at = At::meta;
+          } else {
+            at = At::entry;
+            has_dtype = has_shape = has_offsets = false;
+            cur = TensorInfo();
+            cur.name = name;
+            offsets.clear();
+            raw_shape.clear();
+          }
+          return true;
+        case At::field_value:
+          if (field == "dtype" || field == "shape" || field == "data_offsets") return value({"object", ""});
+          at = At::skip;
+          skip_depth = 1;
+          return true;
+        case At::skip: ++skip_depth; return true;
+        default: return value({"object", ""});
+      }
+    }
+    bool start_array(std::size_t) {
+      switch (at) {
+        case At::field_value:
+          if (field == "shape") {
+            at = At::shape;
+            has_shape = true;
+            return true;
+          }
+          if (field == "data_offsets") {
+            at = At::offsets;
+            has_offsets = true;
+            return true;
+          }
+          if (field == "dtype") return value({"array", ""});
+          at = At::skip;
+          skip_depth = 1;
+          return true;
+        case At::skip: ++skip_depth; return true;
+        default: return value({"array", ""});
+      }
+    }
+    bool end_array() {
+      if (at == At::skip) return end_skipped();
+      if (at == At::offsets && offsets.size() != 2)
+        f.fail_tensor(name, "'data_offsets': expected an array [begin, end], found an array of ", offsets.size(),
+                      offsets.size() == 1 ? " element" : " elements");
+      at = At::entry;  // shape or data_offsets
+      return true;
+    }
+    bool end_object() {
+      switch (at) {
+        case At::skip: return end_skipped();
+        case At::top: at = At::done; return true;
+        case At::meta: at = At::top; return true;
+        case At::entry: finish_entry(); at = At::top; return true;
+        default: return true;  // unreachable: the parser checks the grammar
+      }
+    }
+    bool end_skipped() {
+      if (--skip_depth == 0) at = At::entry;
+      return true;
+    }
+    bool key(std::string& k) {
+      if (at == At::top) {
+        if (f.index_.count(k) || (k == "__metadata__" && saw_metadata))
+          f.fail_file("header: name '", detail::printable(k), "' appears more than once");
+        if (k == "__metadata__") saw_metadata = true;
+        name = std::move(k);
+        at = At::top_value;
+        return true;
+      }
+      if (at == At::meta || at == At::entry) {
+        if (!keys.insert(k).second)
+          f.fail_file("header: key '", detail::printable(k), "' appears more than once (in '", detail::printable(name),
+                      "')");
+        field = std::move(k);
+        at = at == At::meta ? At::meta_value : At::field_value;
+        return true;
+      }
+      return true;  // inside a skipped value
+    }
+    bool parse_error(std::size_t, const std::string&, const nlohmann::json::exception& e) {
+      f.fail_file("header is not valid JSON: ", detail::printable(e.what()));
+    }
+    bool saw_metadata = false;
+
+    void finish_entry() {
+      if (!has_dtype) f.fail_tensor(name, "missing 'dtype'");
+      if (!has_shape) f.fail_tensor(name, "missing 'shape'");
+      if (!has_offsets) f.fail_tensor(name, "missing 'data_offsets'");
+      cur.begin = offsets[0];
+      cur.end = offsets[1];
+      if (cur.begin > cur.end)
+        f.fail_tensor(name, "'data_offsets': expected begin <= end, found [", cur.begin, ", ", cur.end, "]");
+      if (cur.end > data_size)
+        f.fail_tensor(name, "'data_offsets' [", cur.begin, ", ", cur.end, "] out of range: the data section has ",
+                      data_size, " bytes (file truncated?)");
+      bool representable = true;
+      for (std::uint64_t x : raw_shape) {
+        if (x > std::uint64_t(std::numeric_limits<index_t>::max())) representable = false;
+        cur.shape.push_back(representable ? index_t(x) : 0);
+      }
+      index_t numel = 0;
+      std::uint64_t bytes = 0;
+      if (!representable || !checked::numel(cur.shape, numel) ||
+          !checked::mul(std::uint64_t(numel), std::uint64_t(dtype_size(cur.dtype)), bytes)) {
+        std::string text = "[";
+        for (std::size_t i = 0; i < raw_shape.size(); ++i) text += (i ? ", " : "") + std::to_string(raw_shape[i]);
+        f.fail_tensor(name, "shape ", text, "] is too large: expected the product of its non-zero extents to fit in ",
+                      std::numeric_limits<index_t>::max());
+      }
+      if (bytes != cur.end - cur.begin)
+        f.fail_tensor(name, "expected ", bytes, " bytes (shape ", detail::shape_str(cur.shape), " of ",
+                      to_string(cur.dtype), "), found data_offsets [", cur.begin, ", ", cur.end, "] = ",
+                      cur.end - cur.begin, " bytes");
+      f.index_.emplace(name, f.infos_.size());
+      f.infos_.push_back(std::move(cur));
+    }
+  };
 
   void parse() {
     const std::uint64_t size = bytes_.size();
@@ -387,111 +723,36 @@ class SafetensorsFile {
     data_start_ = std::size_t(8 + n);
     const char* hb = reinterpret_cast<const char*>(bytes_.data() + 8);
     if (hb[0] != '{') fail_file("header: expected a JSON object starting with '{', found byte 0x", hex(bytes_[8]));
+    // JSON text never holds a NUL byte; a header padded with NULs (or cut short by one) is not a
+    // safetensors header, whatever follows.
+    if (const void* nul = std::memchr(hb, 0, std::size_t(n)))
+      fail_file("header: expected JSON text padded with spaces, found byte 0x00 at offset ",
+                8 + (static_cast<const char*>(nul) - hb));
 
-    // A repeated key would silently replace the earlier one in the parsed object (a tensor name,
-    // or a field such as "dtype" inside one entry); catch it while parsing.
-    using ev_t = nlohmann::json::parse_event_t;
-    std::vector<std::set<std::string>> keys;  // the keys seen in each open object
-    std::string top_key, duplicate;
-    nlohmann::json header;
-    try {
-      header = nlohmann::json::parse(hb, hb + n, [&](int depth, ev_t ev, nlohmann::json& parsed) {
-        if (ev == ev_t::object_start) keys.emplace_back();
-        if (ev == ev_t::object_end && !keys.empty()) keys.pop_back();
-        if (ev == ev_t::key && !keys.empty()) {
-          const std::string k = parsed.get<std::string>();
-          if (depth == 1) top_key = k;
-          if (!keys.back().insert(k).second && duplicate.empty())
-            duplicate = depth == 1 ? "name '" + k + "' appears more than once"
-                                   : "key '" + k + "' appears more than once (in '" + top_key + "')";
-        }
-        return true;
-      });
-    } catch (const nlohmann::json::exception& e) {
-      fail_file("header is not valid JSON: ", e.what());
-    }
-    if (!header.is_object()) fail_file("header: expected a JSON object, found ", header.type_name());
-    if (!duplicate.empty()) fail_file("header: ", duplicate);
+    HeaderReader reader(*this, size - 8 - n);
+    nlohmann::json::sax_parse(hb, hb + n, &reader);
 
-    const std::uint64_t data_size = size - 8 - n;
-    for (auto it = header.begin(); it != header.end(); ++it) {
-      const std::string& name = it.key();
-      const nlohmann::json& v = it.value();
-      if (name == "__metadata__") {
-        if (!v.is_object()) fail_file("'__metadata__': expected an object of strings, found ", v.type_name());
-        for (auto m = v.begin(); m != v.end(); ++m) {
-          if (!m.value().is_string())
-            fail_file("'__metadata__' key '", m.key(), "': expected a string value, found ", m.value().type_name(),
-                      " (", m.value().dump(), ")");
-          metadata_[m.key()] = m.value().get<std::string>();
-        }
-        continue;
-      }
-      if (!v.is_object()) fail_tensor(name, "expected an object with dtype, shape and data_offsets, found ", v.type_name());
-      TensorInfo ti;
-      ti.name = name;
-      // dtype
-      auto dt = v.find("dtype");
-      if (dt == v.end()) fail_tensor(name, "missing 'dtype'");
-      if (!dt->is_string()) fail_tensor(name, "'dtype': expected a string, found ", dt->type_name(), " (", dt->dump(), ")");
-      if (!parse_dtype(dt->get<std::string>(), ti.dtype))
-        fail_tensor(name, "'dtype': expected a safetensors dtype (F64, F32, F16, BF16, I64, ...), found \"",
-                    dt->get<std::string>(), "\"");
-      // shape
-      auto sh = v.find("shape");
-      if (sh == v.end()) fail_tensor(name, "missing 'shape'");
-      if (!sh->is_array()) fail_tensor(name, "'shape': expected an array of non-negative integers, found ", sh->type_name());
-      std::uint64_t numel = 1;
-      bool overflow = false;
-      for (const nlohmann::json& e : *sh) {
-        if (!e.is_number_unsigned())
-          fail_tensor(name, "'shape': expected non-negative integers, found ", json_type(e), " (", e.dump(), ")");
-        const std::uint64_t x = e.get<std::uint64_t>();
-        if (x > std::uint64_t(std::numeric_limits<index_t>::max())) overflow = true;
-        else if (x != 0 && numel > std::numeric_limits<std::uint64_t>::max() / x) overflow = true;
-        else numel *= x;
-        ti.shape.push_back(index_t(x));
-      }
-      // data_offsets
-      auto off = v.find("data_offsets");
-      if (off == v.end()) fail_tensor(name, "missing 'data_offsets'");
-      if (!off->is_array() || off->size() != 2)
-        fail_tensor(name, "'data_offsets': expected an array [begin, end], found ", off->dump());
-      ti.begin = read_offset(name, "data_offsets", (*off)[0]);
-      ti.end = read_offset(name, "data_offsets", (*off)[1]);
-      if (ti.begin > ti.end)
-        fail_tensor(name, "'data_offsets': expected begin <= end, found [", ti.begin, ", ", ti.end, "]");
-      if (ti.end > data_size)
-        fail_tensor(name, "'data_offsets' [", ti.begin, ", ", ti.end, "] out of range: the data section has ",
-                    data_size, " bytes (file truncated?)");
-      const std::uint64_t es = dtype_size(ti.dtype);
-      if (overflow || numel > std::numeric_limits<std::uint64_t>::max() / es)
-        fail_tensor(name, "shape ", sh->dump(), " is too large");
-      if (numel * es != ti.end - ti.begin)
-        fail_tensor(name, "expected ", numel * es, " bytes (shape ", detail::shape_str(ti.shape), " of ",
-                    to_string(ti.dtype), "), found data_offsets [", ti.begin, ", ", ti.end, "] = ", ti.end - ti.begin,
-                    " bytes");
-      infos_.push_back(std::move(ti));
-    }
     // Tensors must tile the data section exactly: no overlap, no gap, nothing after the last one.
     std::stable_sort(infos_.begin(), infos_.end(), [](const TensorInfo& a, const TensorInfo& b) {
       return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
     });
+    const std::uint64_t data_size = size - 8 - n;
     std::uint64_t covered = 0;
     const TensorInfo* prev = nullptr;
     for (const TensorInfo& t : infos_) {
       if (t.begin < covered)
-        fail_file("tensors '", prev->name, "' (bytes [", prev->begin, ", ", prev->end, ")) and '", t.name, "' (bytes [",
-                  t.begin, ", ", t.end, ")) overlap");
+        fail_file("tensors '", detail::printable(prev->name), "' (bytes [", prev->begin, ", ", prev->end, ")) and '",
+                  detail::printable(t.name), "' (bytes [", t.begin, ", ", t.end, ")) overlap");
       if (t.begin > covered)
         fail_file("bytes [", covered, ", ", t.begin, ") of the data section belong to no tensor (before tensor '",
-                  t.name, "')");
+                  detail::printable(t.name), "')");
       covered = t.end;
       if (t.end > t.begin || !prev) prev = &t;
     }
     if (covered != data_size)
       fail_file(data_size - covered, " trailing bytes: the data section has ", data_size, " bytes, the tensors cover ",
                 covered);
+    index_.clear();
     for (std::size_t i = 0; i < infos_.size(); ++i) index_[infos_[i].name] = i;
   }
 
@@ -503,51 +764,156 @@ class SafetensorsFile {
 
 // --- writing -------------------------------------------------------------------------------------
 
+namespace detail {
+/// The directory and the base name of a path ("a/b" -> "a", "b"; "b" -> ".", "b").
+inline std::pair<std::string, std::string> split_path(const std::string& path) {
+  const std::size_t slash = path.find_last_of('/');
+  if (slash == std::string::npos) return {".", path};
+  return {slash == 0 ? "/" : path.substr(0, slash), path.substr(slash + 1)};
+}
+
+/// True when `name` is ".<base>.tmp.<pid>.<counter>.<stamp>" (the temporary files of
+/// PendingFile), with the pid stored in *pid.
+inline bool is_temp_name(const std::string& name, const std::string& base, long* pid) {
+  const std::string head = "." + base + ".tmp.";
+  if (name.size() <= head.size() || name.compare(0, head.size(), head) != 0) return false;
+  int fields = 0;
+  long first = 0;
+  std::size_t i = head.size();
+  while (i < name.size()) {
+    std::size_t j = i;
+    long v = 0;
+    while (j < name.size() && name[j] >= '0' && name[j] <= '9' && j - i < 18) v = v * 10 + (name[j++] - '0');
+    if (j == i) return false;
+    if (fields == 0) first = v;
+    ++fields;
+    if (j == name.size()) break;
+    if (name[j] != '.') return false;
+    i = j + 1;
+    if (i == name.size()) return false;
+  }
+  if (fields != 3 || first <= 0) return false;
+  *pid = first;
+  return true;
+}
+}  // namespace detail
+
+/// The temporary files ".<name>.tmp.<pid>.<n>.<stamp>" next to `path` whose writer is gone: its
+/// process does not exist on this machine and the file has not changed for `min_age_s` seconds.
+/// A writer killed by SIGKILL (or a power cut) leaves one behind; nothing else makes such names.
+inline std::vector<std::string> stale_temp_files(const std::string& path, double min_age_s = 60) {
+  std::vector<std::string> out;
+  const auto [dir, base] = detail::split_path(path);
+  if (base.empty()) return out;
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return out;
+  const std::time_t now = std::time(nullptr);
+  while (const dirent* e = ::readdir(d)) {
+    long pid = 0;
+    const std::string name = e->d_name;
+    if (!detail::is_temp_name(name, base, &pid)) continue;
+    if (pid == long(::getpid()) || ::kill(pid_t(pid), 0) == 0 || errno != ESRCH) continue;
+    const std::string full = dir + "/" + name;
+    struct stat st;
+    if (::lstat(full.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
+    if (double(now - st.st_mtime) < min_age_s) continue;
+    out.push_back(full);
+  }
+  ::closedir(d);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+/// Removes the files stale_temp_files names; returns those removed.
+inline std::vector<std::string> remove_stale_temp_files(const std::string& path, double min_age_s = 60) {
+  std::vector<std::string> removed;
+  for (const std::string& f : stale_temp_files(path, min_age_s))
+    if (::unlink(f.c_str()) == 0) removed.push_back(f);
+  return removed;
+}
+
+/// A file written in two steps, so several outputs are published together or not at all: the
+/// constructor writes `bytes` to a temporary file in the destination's directory and fsyncs it;
+/// commit() renames it over `path`. A PendingFile destroyed without commit() removes its temporary
+/// file, so a failure before the renames leaves every destination as it was (absent, or with its
+/// previous content). An existing destination that is not a regular file (a directory, a device)
+/// is refused before anything is written.
+class PendingFile {
+ public:
+  PendingFile(const std::string& path, const std::vector<unsigned char>& bytes) : path_(path) {
+    const std::string p = detail::printable(path);
+    const auto [dir, base] = detail::split_path(path);
+    dir_ = dir;
+    if (base.empty()) detail::fail("output '", p, "': expected a file name, found a directory path");
+    struct stat st;
+    if (::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode))
+      detail::fail("output '", p, "': expected a new file or a regular file to replace, found ",
+                   detail::file_kind(st.st_mode));
+    static std::atomic<unsigned> counter{0};
+    for (int attempt = 0; attempt < 100 && fd_ < 0; ++attempt) {
+      const auto stamp = std::uint64_t(std::chrono::steady_clock::now().time_since_epoch().count());
+      const std::size_t slash = path.find_last_of('/');
+      tmp_ = (slash == std::string::npos ? std::string() : path.substr(0, slash + 1)) + "." + base + ".tmp." +
+             std::to_string(::getpid()) + "." + std::to_string(counter++) + "." + std::to_string(stamp % 1000000);
+      fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+      if (fd_ < 0 && errno != EEXIST)
+        detail::fail("output '", p, "': cannot create a temporary file in '", detail::printable(dir),
+                     "': ", detail::errno_text(errno));
+    }
+    if (fd_ < 0) detail::fail("output '", p, "': cannot create a unique temporary file in '", detail::printable(dir), "'");
+    std::size_t done = 0;
+    while (done < bytes.size()) {
+      const ssize_t w = ::write(fd_, bytes.data() + done, bytes.size() - done);
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        abandon("write failed", errno);
+      }
+      done += std::size_t(w);
+    }
+    if (::fsync(fd_) != 0) abandon("fsync failed", errno);
+    const int c = ::close(fd_);
+    fd_ = -1;
+    if (c != 0) abandon("close failed", errno);
+  }
+  PendingFile(const PendingFile&) = delete;
+  PendingFile& operator=(const PendingFile&) = delete;
+  ~PendingFile() {
+    if (fd_ >= 0) ::close(fd_);
+    if (!committed_) ::unlink(tmp_.c_str());
+  }
+
+  /// Renames the temporary file over the destination (then fsyncs the directory).
+  void commit() {
+    if (::rename(tmp_.c_str(), path_.c_str()) != 0) abandon("rename failed", errno);
+    committed_ = true;
+    // Make the rename itself durable; failure here cannot undo it and is not reported.
+    const int dfd = ::open(dir_.c_str(), O_RDONLY | O_CLOEXEC);
+    if (dfd >= 0) {
+      (void)::fsync(dfd);
+      ::close(dfd);
+    }
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_, dir_, tmp_;
+  int fd_ = -1;
+  bool committed_ = false;
+
+  [[noreturn]] void abandon(const std::string& what, int err) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+    ::unlink(tmp_.c_str());
+    committed_ = true;  // nothing left to remove
+    detail::fail("output '", detail::printable(path_), "': ", what, ": ", detail::errno_text(err));
+  }
+};
+
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory is written, fsync'ed
 /// and renamed over `path`. On any failure the temporary file is removed and radargate::error is
 /// thrown; `path` is then either absent or still holds its previous content.
 inline void write_file_atomic(const std::string& path, const std::vector<unsigned char>& bytes) {
-  const std::size_t slash = path.find_last_of('/');
-  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
-  const std::string base = slash == std::string::npos ? path : path.substr(slash + 1);
-  if (base.empty()) detail::fail("output '", path, "': expected a file name, found a directory path");
-  static std::atomic<unsigned> counter{0};
-  std::string tmp;
-  int fd = -1;
-  for (int attempt = 0; attempt < 100 && fd < 0; ++attempt) {
-    const auto stamp = std::uint64_t(std::chrono::steady_clock::now().time_since_epoch().count());
-    tmp = (slash == std::string::npos ? std::string() : path.substr(0, slash + 1)) + "." + base + ".tmp." +
-          std::to_string(::getpid()) + "." + std::to_string(counter++) + "." + std::to_string(stamp % 1000000);
-    fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    if (fd < 0 && errno != EEXIST)
-      detail::fail("output '", path, "': cannot create a temporary file in '", dir, "': ", detail::errno_text(errno));
-  }
-  if (fd < 0) detail::fail("output '", path, "': cannot create a unique temporary file in '", dir, "'");
-  auto abandon = [&](const std::string& what, int err) {
-    if (fd >= 0) ::close(fd);
-    ::unlink(tmp.c_str());
-    detail::fail("output '", path, "': ", what, ": ", detail::errno_text(err));
-  };
-  std::size_t done = 0;
-  while (done < bytes.size()) {
-    const ssize_t w = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      abandon("write failed", errno);
-    }
-    done += std::size_t(w);
-  }
-  if (::fsync(fd) != 0) abandon("fsync failed", errno);
-  const int c = ::close(fd);
-  fd = -1;
-  if (c != 0) abandon("close failed", errno);
-  if (::rename(tmp.c_str(), path.c_str()) != 0) abandon("rename failed", errno);
-  // Make the rename itself durable; failure here cannot undo it and is not reported.
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_CLOEXEC);
-  if (dfd >= 0) {
-    (void)::fsync(dfd);
-    ::close(dfd);
-  }
+  PendingFile(path, bytes).commit();
 }
 
 /// Collects tensors and metadata and writes one safetensors file. Tensors are laid out in the
@@ -619,11 +985,7 @@ class SafetensorsWriter {
   std::vector<Entry> entries_;
   std::map<std::string, std::string> metadata_;
 
-  static index_t count(const std::vector<index_t>& shape) {
-    index_t n = 1;
-    for (index_t e : shape) n *= e;
-    return n;
-  }
+  static index_t count(const std::vector<index_t>& shape) { return checked::numel_or_throw(shape, "tensor"); }
   Entry make_entry(const std::string& name, DType dtype, const std::vector<index_t>& shape) const {
     if (name.empty() || name == "__metadata__")
       detail::fail("tensor name: expected a non-empty name other than __metadata__, found \"", name, "\"");
