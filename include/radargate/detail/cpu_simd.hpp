@@ -18,12 +18,14 @@
 
 #include <cmath>
 #include <cstring>
+#include <new>
 #include <type_traits>
 #include <utility>
 #include <vector>
 #include <xsimd/xsimd.hpp>
 
 #include "../config.hpp"
+#include "../error.hpp"
 #include "../layer_config.hpp"
 #include "math.hpp"
 
@@ -168,9 +170,44 @@ constexpr const char* kernel_set() {
     return "scalar";
 }
 
-/// A std::vector whose storage is 64-byte aligned (whole cache lines, any SIMD width).
+/// Storage aligned to 64 bytes (whole cache lines, any SIMD width). Unlike xsimd's allocator it
+/// also compiles without exceptions (error.hpp): running out of memory is then reported as a failure.
+template <class T>
+struct aligned_allocator {
+  using value_type = T;
+  static constexpr std::size_t alignment = 64;
+  template <class U>
+  struct rebind {
+    using other = aligned_allocator<U>;
+  };
+  aligned_allocator() = default;
+  template <class U>
+  aligned_allocator(const aligned_allocator<U>&) noexcept {}  // NOLINT: as std::allocator
+  T* allocate(std::size_t n) {
+    void* p = xsimd::aligned_malloc(n * sizeof(T), alignment);
+    if (p == nullptr && n > 0) {
+#if RG_EXCEPTIONS
+      throw std::bad_alloc();
+#else
+      fail("memory: expected room for ", n * sizeof(T), " more bytes, found none (out of memory)");
+#endif
+    }
+    return static_cast<T*>(p);
+  }
+  void deallocate(T* p, std::size_t) noexcept { xsimd::aligned_free(p); }
+  template <class U>
+  bool operator==(const aligned_allocator<U>&) const noexcept {
+    return true;
+  }
+  template <class U>
+  bool operator!=(const aligned_allocator<U>&) const noexcept {
+    return false;
+  }
+};
+
+/// A std::vector whose storage is 64-byte aligned.
 template <class S>
-using avec = std::vector<S, xsimd::aligned_allocator<S, 64>>;
+using avec = std::vector<S, aligned_allocator<S>>;
 
 template <class S>
 RG_INLINE batch<S> load(const S* p) {
