@@ -106,22 +106,23 @@ int bench_layer(const BenchArgs& a, const Model<S>& m, L& layer) {
   const char* backend = a.reference ? "reference" : "cpu";
   const char* dtype = a.f64 ? "f64" : "f32";
   const char* gemm = a.reference ? "none" : cpu_gemm_route();
+  const char* kernels = a.reference ? "none" : cpu_kernel_set();  // the SIMD kernel set (runtime dispatch)
   if (a.json) {
     std::printf(
-        "{\"variant\": \"%s\", \"backend\": \"%s\", \"gemm\": \"%s\", \"dtype\": \"%s\", \"tokens\": %lld, \"experts\": %lld, "
+        "{\"variant\": \"%s\", \"backend\": \"%s\", \"gemm\": \"%s\", \"kernels\": \"%s\", \"dtype\": \"%s\", \"tokens\": %lld, \"experts\": %lld, "
         "\"d_in\": %lld, \"d\": %lld, \"rank\": %lld, \"angle_rank\": %lld, \"planes\": %lld, \"base\": %s, "
         "\"backward\": %s, \"threads\": %d, \"repeat\": %d, \"median_s\": %.9g, \"min_s\": %.9g, "
         "\"median_forward_s\": %.9g, \"median_backward_s\": %.9g, \"flops\": %.9g, \"gflops\": %.6g, "
         "\"bytes\": %.9g, \"peak_rss_mb\": %.3f, \"base_rss_mb\": %.3f, \"checksum\": %.9g}\n",
-        to_string(a.cfg.variant), backend, gemm, dtype, (long long)T, (long long)a.D.N, (long long)din, (long long)d,
+        to_string(a.cfg.variant), backend, gemm, kernels, dtype, (long long)T, (long long)a.D.N, (long long)din, (long long)d,
         (long long)a.D.r, (long long)a.D.k, (long long)a.D.P, a.base ? "true" : "false", a.backward ? "true" : "false",
         a.threads, a.repeat, med, *std::min_element(total.begin(), total.end()), median(fwd),
         a.backward ? median(bwd) : 0.0, w.flops, gflops, w.elements * double(sizeof(S)), peak, base_rss, checksum);
   } else {
-    std::printf("radargate bench: variant %s, backend %s (GEMM: %s), %s, T=%lld N=%lld d_in=%lld d=%lld r=%lld k=%lld P=%lld%s, "
+    std::printf("radargate bench: variant %s, backend %s (GEMM: %s, kernels: %s), %s, T=%lld N=%lld d_in=%lld d=%lld r=%lld k=%lld P=%lld%s, "
                 "%d thread%s\n",
-                to_string(a.cfg.variant), backend, gemm, dtype, (long long)T, (long long)a.D.N, (long long)din, (long long)d,
-                (long long)a.D.r, (long long)a.D.k, (long long)a.D.P, a.base ? ", base" : "", a.threads,
+                to_string(a.cfg.variant), backend, gemm, kernels, dtype, (long long)T, (long long)a.D.N, (long long)din,
+                (long long)d, (long long)a.D.r, (long long)a.D.k, (long long)a.D.P, a.base ? ", base" : "", a.threads,
                 a.threads == 1 ? "" : "s");
     std::printf("  %s: median %.6f s over %d runs (min %.6f s)", a.backward ? "forward + backward" : "forward", med,
                 a.repeat, *std::min_element(total.begin(), total.end()));
@@ -229,7 +230,8 @@ int cmd_bench(int argc, char** argv) {
                  "random inputs, with no file I/O, and prints the median time, the essential GFLOP/s (FLOP count in\n"
                  "docs/PERFORMANCE.md) and the peak resident memory of the process. For the cpu backend it\n"
                  "also names how its matrix products run: 'eigen', or 'blas' in a build with\n"
-                 "-DRADARGATE_USE_BLAS=ON (--json: \"gemm\").");
+                 "-DRADARGATE_USE_BLAS=ON (--json: \"gemm\"), and the SIMD kernel set it runs (--json: \"kernels\":\n"
+                 "avx512bw, fma3<avx2>, sse2, neon64, scalar, ...; see docs/CPU_BACKEND.md).");
   o.optional("--variant", "NAME", "sum | uniform | static | softmax | topk | stretch_only | rotation_only | radargate");
   o.required("--tokens", "T", "tokens per call");
   o.optional("--experts", "N", "number of LoRA experts");

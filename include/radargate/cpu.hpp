@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "backend.hpp"
+#include "detail/cpu_arch.hpp"
 #include "detail/cpu_kernels.hpp"
 #include "detail/cpu_matrix.hpp"
 #include "detail/cpu_pool.hpp"
@@ -96,62 +97,86 @@ inline std::uint64_t next_cpu_generation() {
 }
 }  // namespace detail
 
+namespace detail {
+
+/// What backward needs: per token and expert only rank-space quantities, and per token at most
+/// one vector of length d (the mixture, for the softmax stretch gate); never one per expert.
+/// x is referenced, not copied: keep it alive and unchanged until backward returns.
 template <class S>
-class Layer<S, backend::cpu> {
+struct CpuContext {
+  index_t tokens = 0;
+  View<const S, 2> x;
+  std::vector<S> h;                // [T, N, r]  h_i = A_i x (zero for experts a top-k gate skips)
+  std::vector<S> z;                // [T, N, k]  angle-generator outputs (rotation on)
+  std::vector<S> g;                // [T, N]     gate weights
+  std::vector<unsigned char> sel;  // [T, N]     experts computed
+  std::vector<S> mix;              // [T, d]     sum_i g_i u_i (one-pass stretch path, softmax)
+  std::uint64_t generation = 0;    // which weights produced it
+};
+
+/// The interface of one instruction set's build of the cpu backend (CpuLayer), through which
+/// Layer<S, backend::cpu> reaches the build that runtime dispatch chose (cpu_dispatch.hpp).
+/// Without dispatch, Layer holds the CpuLayer of its own translation unit, whose class is final,
+/// so every call is direct.
+template <class S>
+class CpuLayerBase {
+ public:
+  using Context = CpuContext<S>;
+  virtual ~CpuLayerBase() = default;
+  virtual const LayerConfig& config() const = 0;
+  virtual const Params<S>& params() const = 0;
+  virtual const Dims& dims() const = 0;
+  virtual const CpuOptions& options() const = 0;
+  virtual const char* kernels() const = 0;
+  virtual void set_params(const Params<S>& params) = 0;
+  virtual void weights_changed() = 0;
+  virtual void set_threads(int n) = 0;
+  virtual Context forward(View<const S, 2> x, View<S, 2> y) const = 0;
+  virtual void backward(const Context& ctx, View<const S, 2> dy, const Gradients<S>& grads, GradMode mode) const = 0;
+};
+
+inline namespace RG_CPU_NS {
+
+/// The cpu backend compiled for the instruction set of this translation unit (cpu_arch.hpp).
+template <class S>
+class CpuLayer final : public CpuLayerBase<S> {
   static_assert(std::is_floating_point<S>::value, "radargate::Layer: Scalar must be float or double");
 
  public:
   using Scalar = S;
+  using Context = CpuContext<S>;
 
-  /// What backward needs: per token and expert only rank-space quantities, and per token at most
-  /// one vector of length d (the mixture, for the softmax stretch gate); never one per expert.
-  /// x is referenced, not copied: keep it alive and unchanged until backward returns.
-  struct Context {
-    index_t tokens = 0;
-    View<const S, 2> x;
-    std::vector<S> h;                // [T, N, r]  h_i = A_i x (zero for experts a top-k gate skips)
-    std::vector<S> z;                // [T, N, k]  angle-generator outputs (rotation on)
-    std::vector<S> g;                // [T, N]     gate weights
-    std::vector<unsigned char> sel;  // [T, N]     experts computed
-    std::vector<S> mix;              // [T, d]     sum_i g_i u_i (one-pass stretch path, softmax)
-    std::uint64_t generation = 0;    // which weights produced it
-  };
-
-  Layer(const LayerConfig& config, const Params<S>& params, const CpuOptions& options = {})
+  CpuLayer(const LayerConfig& config, const Params<S>& params, const CpuOptions& options)
       : cfg_(config), p_(params), opt_(checked(options)), pool_(std::make_unique<detail::ThreadPool>(opt_.threads)) {
     D_ = validate(cfg_, p_);
     weights_changed();
   }
 
-  const LayerConfig& config() const { return cfg_; }
-  const Params<S>& params() const { return p_; }
-  const Dims& dims() const { return D_; }
-  const CpuOptions& options() const { return opt_; }
-  int threads() const { return opt_.threads; }
+  const LayerConfig& config() const override { return cfg_; }
+  const Params<S>& params() const override { return p_; }
+  const Dims& dims() const override { return D_; }
+  const CpuOptions& options() const override { return opt_; }
+  const char* kernels() const override { return detail::simd::kernel_set<S>(); }
 
-  /// Replaces the parameter views (same configuration) and rebuilds the caches.
-  void set_params(const Params<S>& params) {
+  void set_params(const Params<S>& params) override {
     D_ = validate(cfg_, params);
     p_ = params;
     weights_changed();
   }
 
-  /// Rebuilds the rank-space caches (Wv B_i, Wc B_i, the slot-space copies of B, U, bias, ws,
-  /// the map weights) from the current parameter memory. Call it after changing parameter
-  /// values in place; contexts from before are then rejected by backward.
-  void weights_changed() {
+  void weights_changed() override {
     W_.build(cfg_, p_, D_, opt_.tile_planes);
     W_.generation = detail::next_cpu_generation();
   }
 
-  void set_threads(int n) {
+  void set_threads(int n) override {
     CpuOptions o = opt_;
     o.threads = n;
     opt_ = checked(o);
     pool_->resize(opt_.threads);
   }
 
-  Context forward(View<const S, 2> x, View<S, 2> y) const {
+  Context forward(View<const S, 2> x, View<S, 2> y) const override {
     detail::check_xy(D_, x, "x", D_.d_in, &y, "y", D_.d);
     const index_t T = x.shape[0], N = D_.N, r = D_.r, k = D_.k;
     Context ctx;
@@ -178,7 +203,7 @@ class Layer<S, backend::cpu> {
   }
 
   void backward(const Context& ctx, View<const S, 2> dy, const Gradients<S>& grads,
-                GradMode mode = GradMode::overwrite) const {
+                GradMode mode) const override {
     const index_t T = ctx.tokens;
     if (dy.shape[0] != T || dy.shape[1] != D_.d)
       detail::fail("tensor 'dy': expected shape [", T, ", ", D_.d, "], found ", detail::shape_string(dy));
@@ -415,7 +440,7 @@ class Layer<S, backend::cpu> {
   struct TileScratch {
     avec<S> cb, sb, db, dva, dvb, dpre;
     detail::kernels::Scratch<S> sc;
-    explicit TileScratch(const Layer& l) {
+    explicit TileScratch(const CpuLayer& l) {
       constexpr index_t TB = detail::kernels::max_block;
       const std::size_t L = std::size_t(TB * l.W_.max_len);
       for (avec<S>* v : {&cb, &sb, &db, &dva, &dvb, &dpre}) v->assign(L, S(0));
@@ -1252,6 +1277,77 @@ class Layer<S, backend::cpu> {
   std::unique_ptr<detail::ThreadPool> pool_;
   Dims D_;
   detail::CpuWeights<S> W_;
+};
+
+}  // namespace RG_CPU_NS
+
+/// With RADARGATE_CPU_DISPATCH (the radargate::cpu_dispatch target, src/cpu_dispatch.cpp): the
+/// CpuLayer of the best instruction set of the running CPU, for Layer<S, backend::cpu>.
+std::unique_ptr<CpuLayerBase<float>> make_dispatched_cpu_layer(const LayerConfig& config, const Params<float>& params,
+                                                              const CpuOptions& options);
+std::unique_ptr<CpuLayerBase<double>> make_dispatched_cpu_layer(const LayerConfig& config,
+                                                               const Params<double>& params,
+                                                               const CpuOptions& options);
+}  // namespace detail
+
+#if defined(RADARGATE_CPU_DISPATCH)
+/// The instruction set of the kernels that runtime dispatch chose for this CPU ("avx512bw",
+/// "fma3<avx2>", "sse2", "neon64", ...; RADARGATE_CPU_KERNELS overrides the choice).
+const char* cpu_kernel_set();
+#else
+/// The instruction set of the kernels the cpu backend uses: the one this translation unit is
+/// compiled for ("avx512bw", "fma3<avx2>", "sse2", "neon64", "scalar", ...).
+inline const char* cpu_kernel_set() { return detail::simd::kernel_set<float>(); }
+#endif
+
+template <class S>
+class Layer<S, backend::cpu> {
+  static_assert(std::is_floating_point<S>::value, "radargate::Layer: Scalar must be float or double");
+
+ public:
+  using Scalar = S;
+  using Context = detail::CpuContext<S>;
+
+  Layer(const LayerConfig& config, const Params<S>& params, const CpuOptions& options = {})
+#if defined(RADARGATE_CPU_DISPATCH)
+      : impl_(detail::make_dispatched_cpu_layer(config, params, options)) {
+  }
+#else
+      : impl_(std::make_unique<detail::CpuLayer<S>>(config, params, options)) {
+  }
+#endif
+
+  const LayerConfig& config() const { return impl_->config(); }
+  const Params<S>& params() const { return impl_->params(); }
+  const Dims& dims() const { return impl_->dims(); }
+  const CpuOptions& options() const { return impl_->options(); }
+  int threads() const { return impl_->options().threads; }
+  /// The instruction set of the kernels this layer runs (see cpu_kernel_set).
+  const char* kernels() const { return impl_->kernels(); }
+
+  /// Replaces the parameter views (same configuration) and rebuilds the caches.
+  void set_params(const Params<S>& params) { impl_->set_params(params); }
+
+  /// Rebuilds the rank-space caches (Wv B_i, Wc B_i, the slot-space copies of B, U, bias, ws,
+  /// the map weights) from the current parameter memory. Call it after changing parameter
+  /// values in place; contexts from before are then rejected by backward.
+  void weights_changed() { impl_->weights_changed(); }
+
+  void set_threads(int n) { impl_->set_threads(n); }
+
+  Context forward(View<const S, 2> x, View<S, 2> y) const { return impl_->forward(x, y); }
+
+  void backward(const Context& ctx, View<const S, 2> dy, const Gradients<S>& grads,
+                GradMode mode = GradMode::overwrite) const {
+    impl_->backward(ctx, dy, grads, mode);
+  }
+
+ private:
+#if defined(RADARGATE_CPU_DISPATCH)
+  std::unique_ptr<detail::CpuLayerBase<S>> impl_;
+#else
+  std::unique_ptr<detail::CpuLayer<S>> impl_;
+#endif
 };
 
 }  // namespace radargate

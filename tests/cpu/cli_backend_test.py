@@ -67,6 +67,7 @@ def case_bench(a):
                 assert key in j and j[key] > 0, (key, j)
             assert j["backend"] == backend and j["variant"] == variant and j["backward"] is True, j
             assert j["gemm"] in (("none",) if backend == "reference" else ("eigen", "blas")), j
+            assert (j["kernels"] == "none") if backend == "reference" else bool(j["kernels"]), j
             res[backend] = j
         c_ref, c_cpu = res["reference"]["checksum"], res["cpu"]["checksum"]
         assert abs(c_ref - c_cpu) <= 1e-9 * max(1.0, abs(c_ref)), (variant, c_ref, c_cpu)

@@ -27,6 +27,8 @@
 // separate loop whose iterations are independent.
 #pragma once
 
+#include "cpu_arch.hpp"
+
 #include <type_traits>
 
 #include "cpu_simd.hpp"
@@ -35,6 +37,7 @@
 
 namespace radargate {
 namespace detail {
+inline namespace RG_CPU_NS {
 namespace kernels {
 
 using simd::batch;
@@ -42,8 +45,8 @@ using simd::hsum;
 
 /// A value that C tokens of a block use, pinned to a register when C > 1 (simd::in_register);
 /// a value used once is left to be folded into its FMA.
-template <int C, class S>
-RG_INLINE batch<S> shared(const batch<S>& v) {
+template <int C, class B>
+RG_INLINE B shared(const B& v) {
   if constexpr (C > 1)
     return simd::in_register(v);
   else
@@ -222,14 +225,14 @@ RG_INLINE index_t block_angles_steps(const Args<S>& K, const Tile& tl, const S* 
         const batch<S> u0 = shared<C>(load(up + g * k * W + q * W));
         const batch<S> u1 = shared<C>(load(up + g * k * W + (q + 1) * W));
         for (int u = 0; u < C; ++u) {
-          pre.v[g * C + u] = xsimd::fma(u0, batch<S>(b.z[u][q]), pre.v[g * C + u]);
-          odd[g * C + u] = xsimd::fma(u1, batch<S>(b.z[u][q + 1]), odd[g * C + u]);
+          pre.v[g * C + u] = simd::fma(u0, batch<S>(b.z[u][q]), pre.v[g * C + u]);
+          odd[g * C + u] = simd::fma(u1, batch<S>(b.z[u][q + 1]), odd[g * C + u]);
         }
       }
     if (q < k)
       for (int g = 0; g < G; ++g) {
         const batch<S> u0 = load(up + g * k * W + q * W);
-        for (int u = 0; u < C; ++u) pre.v[g * C + u] = xsimd::fma(u0, batch<S>(b.z[u][q]), pre.v[g * C + u]);
+        for (int u = 0; u < C; ++u) pre.v[g * C + u] = simd::fma(u0, batch<S>(b.z[u][q]), pre.v[g * C + u]);
       }
     for (int u = 0; u < U; ++u) pre.v[u] += odd[u];
     lanes_angles<S, U, Bd>(pre, c, s, d);
@@ -277,11 +280,11 @@ RG_INLINE void block_expand(const S* p, index_t r, const Block<S>& b, batch<S>* 
       const batch<S> bq = shared<C>(load(p + (r + q) * W));
       for (int u = 0; u < C; ++u) {
         const batch<S> hq(hs[u][q]);
-        va[u] = xsimd::fma(a, hq, va[u]);
-        vb[u] = xsimd::fma(bq, hq, vb[u]);
+        va[u] = simd::fma(a, hq, va[u]);
+        vb[u] = simd::fma(bq, hq, vb[u]);
       }
     } else {
-      for (int u = 0; u < C; ++u) va[u] = xsimd::fma(a, batch<S>(hs[u][q]), va[u]);
+      for (int u = 0; u < C; ++u) va[u] = simd::fma(a, batch<S>(hs[u][q]), va[u]);
     }
   }
 }
@@ -311,17 +314,17 @@ void rot_forward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_i
       rotate_pair(load(cb + j * max_block + u * W), load(sb + j * max_block + u * W), va[u], vb[u]);
       if (Out == Put::add) {
         const batch<S> g(gv[u]);
-        store(at<Il>(ya, u, j), xsimd::fma(g, va[u], load(at<Il>(ya, u, j))));
-        store(at<Il>(yb, u, j), xsimd::fma(g, vb[u], load(at<Il>(yb, u, j))));
+        store(at<Il>(ya, u, j), simd::fma(g, va[u], load(at<Il>(ya, u, j))));
+        store(at<Il>(yb, u, j), simd::fma(g, vb[u], load(at<Il>(yb, u, j))));
       } else if (Out == Put::set) {
         store(at<Il>(ya, u, j), va[u]);
         store(at<Il>(yb, u, j), vb[u]);
       }
       if (Dot && Centered)
-        acc[u] = xsimd::fma(load(at<Il>(wa, u, j)), va[u] - load(at<Il>(ma, u, j)),
-                            xsimd::fma(load(at<Il>(wb, u, j)), vb[u] - load(at<Il>(mb, u, j)), acc[u]));
+        acc[u] = simd::fma(load(at<Il>(wa, u, j)), va[u] - load(at<Il>(ma, u, j)),
+                            simd::fma(load(at<Il>(wb, u, j)), vb[u] - load(at<Il>(mb, u, j)), acc[u]));
       else if (Dot)
-        acc[u] = xsimd::fma(load(at<Il>(wa, u, j)), va[u], xsimd::fma(load(at<Il>(wb, u, j)), vb[u], acc[u]));
+        acc[u] = simd::fma(load(at<Il>(wa, u, j)), va[u], simd::fma(load(at<Il>(wb, u, j)), vb[u], acc[u]));
     }
   }
   if (Dot)
@@ -336,9 +339,9 @@ void scale_add(S* acc, const S* u, index_t n, S a, S w) {
   if (a == S(0))
     for (index_t j = 0; j < n; j += W) store(acc + j, wv * load(u + j));
   else if (a == S(1))
-    for (index_t j = 0; j < n; j += W) store(acc + j, xsimd::fma(wv, load(u + j), load(acc + j)));
+    for (index_t j = 0; j < n; j += W) store(acc + j, simd::fma(wv, load(u + j), load(acc + j)));
   else
-    for (index_t j = 0; j < n; j += W) store(acc + j, xsimd::fma(av, load(acc + j), wv * load(u + j)));
+    for (index_t j = 0; j < n; j += W) store(acc + j, simd::fma(av, load(acc + j), wv * load(u + j)));
 }
 
 /// Forward over a pass-through tile: y += g v (Put::add) or y = v (Put::set), and/or dot = w . v
@@ -358,12 +361,12 @@ void pass_forward(const Args<S>& K, const Tile& tl, const S* BPi, Block<S>& b) {
     batch<S> v[C];
     block_expand<S, C, false>(p, r, b, v, nullptr);
     for (int u = 0; u < C; ++u) {
-      if (Out == Put::add) store(at<Il>(ya, u, j), xsimd::fma(batch<S>(gv[u]), v[u], load(at<Il>(ya, u, j))));
+      if (Out == Put::add) store(at<Il>(ya, u, j), simd::fma(batch<S>(gv[u]), v[u], load(at<Il>(ya, u, j))));
       if (Out == Put::set) store(at<Il>(ya, u, j), v[u]);
       if (Dot && Centered)
-        acc[u] = xsimd::fma(load(at<Il>(wa, u, j)), v[u] - load(at<Il>(ma, u, j)), acc[u]);
+        acc[u] = simd::fma(load(at<Il>(wa, u, j)), v[u] - load(at<Il>(ma, u, j)), acc[u]);
       else if (Dot)
-        acc[u] = xsimd::fma(load(at<Il>(wa, u, j)), v[u], acc[u]);
+        acc[u] = simd::fma(load(at<Il>(wa, u, j)), v[u], acc[u]);
     }
   }
   if (Dot)
@@ -392,8 +395,8 @@ void block_rank_update(const S* p0, S* dp0, index_t r, index_t len, const BwdWan
       batch<S> da = want_dB ? load(dp) : batch<S>(S(0));
       for (int u = 0; u < C; ++u) {
         const batch<S> x = load(dva + u * L + j);
-        if (want_e) acc[u] = xsimd::fma(a, x, acc[u]);
-        if (want_dB) da = xsimd::fma(hq[u], x, da);
+        if (want_e) acc[u] = simd::fma(a, x, acc[u]);
+        if (want_dB) da = simd::fma(hq[u], x, da);
       }
       if (want_dB) store(dp, da);
       if (Two) {
@@ -401,8 +404,8 @@ void block_rank_update(const S* p0, S* dp0, index_t r, index_t len, const BwdWan
         batch<S> db = want_dB ? load(dp + r * W) : batch<S>(S(0));
         for (int u = 0; u < C; ++u) {
           const batch<S> y = load(dvb + u * L + j);
-          if (want_e) acc[u] = xsimd::fma(bq, y, acc[u]);
-          if (want_dB) db = xsimd::fma(hq[u], y, db);
+          if (want_e) acc[u] = simd::fma(bq, y, acc[u]);
+          if (want_dB) db = simd::fma(hq[u], y, db);
         }
         if (want_dB) store(dp + r * W, db);
       }
@@ -457,9 +460,9 @@ void rot_backward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_
         for (index_t j = 0; j < len; j += W) {
           const batch<S> a = load(pua + j * JS), bb = load(pub + j * JS), ya = load(pya + j * JS),
                          yb = load(pyb + j * JS);
-          if constexpr (Dg) dga = xsimd::fma(ya, a, xsimd::fma(yb, bb, dga));
-          batch<S> dua = xsimd::fma(dl, load(wsa + j), g * ya);
-          batch<S> dub = xsimd::fma(dl, load(wsb + j), g * yb);
+          if constexpr (Dg) dga = simd::fma(ya, a, simd::fma(yb, bb, dga));
+          batch<S> dua = simd::fma(dl, load(wsa + j), g * ya);
+          batch<S> dub = simd::fma(dl, load(wsb + j), g * yb);
           if constexpr (Dp) store(pdp + j, rotation_angle_grad(dua, dub, a, bb) * load(pd + j * max_block));
           if constexpr (Dv) {
             rotate_pair_transpose(load(pc + j * max_block), load(ps + j * max_block), dua, dub);
@@ -478,8 +481,8 @@ void rot_backward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_
           if (want_dbias) dbias += load(dpre_p + u * LD + j);
           if (want_dws) {
             const batch<S> dl(dlv[u]);
-            dws_a = xsimd::fma(dl, load(at<Il>(ua_p, u, j)), dws_a);
-            dws_b = xsimd::fma(dl, load(at<Il>(ub_p, u, j)), dws_b);
+            dws_a = simd::fma(dl, load(at<Il>(ua_p, u, j)), dws_a);
+            dws_b = simd::fma(dl, load(at<Il>(ub_p, u, j)), dws_b);
           }
         }
         if (want_dbias) store(dbias_p + j, load(dbias_p + j) + dbias);
@@ -498,18 +501,18 @@ void rot_backward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_
         const batch<S> c = load(cb + j * max_block + u * W), s = load(sb + j * max_block + u * W);
         rotate_pair(c, s, ua[u], ub[u]);
         const batch<S> ya = load(dya_p[u] + j), yb = load(dyb_p[u] + j);
-        if (want_dg) dgacc[u] = xsimd::fma(ya, ua[u], xsimd::fma(yb, ub[u], dgacc[u]));
+        if (want_dg) dgacc[u] = simd::fma(ya, ua[u], simd::fma(yb, ub[u], dgacc[u]));
         const batch<S> g(gv[u]), dl(dlv[u]);
-        batch<S> dua = xsimd::fma(dl, wa, g * ya);
-        batch<S> dub = xsimd::fma(dl, wb, g * yb);
+        batch<S> dua = simd::fma(dl, wa, g * ya);
+        batch<S> dub = simd::fma(dl, wb, g * yb);
         if (want_dpre) {
           const batch<S> dpre = rotation_angle_grad(dua, dub, ua[u], ub[u]) * load(db + j * max_block + u * W);
           store(dpre_p + u * LD + j, dpre);
           dbias += dpre;
         }
         if (want_dws) {
-          dws_a = xsimd::fma(dl, ua[u], dws_a);
-          dws_b = xsimd::fma(dl, ub[u], dws_b);
+          dws_a = simd::fma(dl, ua[u], dws_a);
+          dws_b = simd::fma(dl, ub[u], dws_b);
         }
         if (want_dv) {
           rotate_pair_transpose(c, s, dua, dub);
@@ -543,8 +546,8 @@ void rot_backward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_
         batch<S> du = want_dU ? load(dup) : batch<S>(S(0));
         for (int u = 0; u < C; ++u) {
           const batch<S> x = load(dpre_p + u * LD + j);
-          if (want_dz) acc[u] = xsimd::fma(uq, x, acc[u]);
-          if (want_dU) du = xsimd::fma(zq[u], x, du);
+          if (want_dz) acc[u] = simd::fma(uq, x, acc[u]);
+          if (want_dU) du = simd::fma(zq[u], x, du);
         }
         if (want_dU) {
           store(dup, du);
@@ -585,9 +588,9 @@ void pass_backward(const Args<S>& K, const Tile& tl, const S* BPi, const Block<S
     batch<S> dws(S(0));
     for (int u = 0; u < C; ++u) {
       const batch<S> y = load(at<Il>(dya, u, j)), dl(dlv[u]);
-      if (want_dg) dgacc[u] = xsimd::fma(y, v[u], dgacc[u]);
-      if (want_dws) dws = xsimd::fma(dl, v[u], dws);
-      if (want_dv) store(dva + u * L + j, xsimd::fma(dl, load(ws + j), batch<S>(gv[u]) * y));
+      if (want_dg) dgacc[u] = simd::fma(y, v[u], dgacc[u]);
+      if (want_dws) dws = simd::fma(dl, v[u], dws);
+      if (want_dv) store(dva + u * L + j, simd::fma(dl, load(ws + j), batch<S>(gv[u]) * y));
     }
     if (want_dws) store(dws_p + j, load(dws_p + j) + dws);
   }
@@ -597,5 +600,6 @@ void pass_backward(const Args<S>& K, const Tile& tl, const S* BPi, const Block<S
 }
 
 }  // namespace kernels
+}  // namespace RG_CPU_NS
 }  // namespace detail
 }  // namespace radargate

@@ -7,6 +7,8 @@
 // dense storage once (parameters: per weight update; inputs and outputs: per call).
 #pragma once
 
+#include "cpu_arch.hpp"
+
 #include <Eigen/Core>
 #include <algorithm>
 #include <vector>
@@ -15,6 +17,7 @@
 
 namespace radargate {
 namespace detail {
+inline namespace RG_CPU_NS {
 
 template <class S>
 using RowMat = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
@@ -140,5 +143,6 @@ class OutMatrix {
   bool direct_ = false;
 };
 
+}  // namespace RG_CPU_NS
 }  // namespace detail
 }  // namespace radargate

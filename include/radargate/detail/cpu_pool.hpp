@@ -3,7 +3,7 @@
 // run(f) calls f(tid) once for every tid in [0, size()), tid 0 on the calling thread, and returns
 // when all have finished. The work each tid does is decided by the caller from tid alone (a fixed
 // partition), so results never depend on scheduling. The first exception (lowest tid) is
-// rethrown. Calls are serialised: one Layer may be used from several threads, one call at a time.
+// rethrown (without exceptions, error.hpp, a failure ends the program). Calls are serialised: one Layer may be used from several threads, one call at a time.
 #pragma once
 
 #include <condition_variable>
@@ -13,6 +13,8 @@
 #include <mutex>
 #include <thread>
 #include <vector>
+
+#include "../error.hpp"
 
 namespace radargate {
 namespace detail {
@@ -39,9 +41,12 @@ class ThreadPool {
       f(0);
       return;
     }
+#if RG_EXCEPTIONS
     std::vector<std::exception_ptr> errors(static_cast<std::size_t>(n_));
+#endif
     {
       std::lock_guard<std::mutex> lk(m_);
+#if RG_EXCEPTIONS
       job_ = [&](int tid) {
         try {
           f(tid);
@@ -49,6 +54,9 @@ class ThreadPool {
           errors[std::size_t(tid)] = std::current_exception();
         }
       };
+#else
+      job_ = [&](int tid) { f(tid); };  // a failure ends the program (error.hpp)
+#endif
       done_ = 0;
       ++generation_;
     }
@@ -59,8 +67,10 @@ class ThreadPool {
       finished_.wait(lk, [&] { return done_ == n_ - 1; });
       job_ = nullptr;
     }
+#if RG_EXCEPTIONS
     for (auto& e : errors)
       if (e) std::rethrow_exception(e);
+#endif
   }
 
  private:

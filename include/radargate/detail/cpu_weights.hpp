@@ -22,6 +22,8 @@
 // so that per token z_i = Wx x + s_i WvB_i h_i + sum_j m_ij s_j WcB_j h_j costs O(N r k + N^2 k).
 #pragma once
 
+#include "cpu_arch.hpp"
+
 #include <algorithm>
 #include <cstdint>
 #include <vector>
@@ -34,6 +36,7 @@
 
 namespace radargate {
 namespace detail {
+inline namespace RG_CPU_NS {
 
 /// A block of output coordinates processed together: planes [a0, a0 + len) (slots a0.. and
 /// b0..) when rot, else the pass-through slots [a0, a0 + len).
@@ -199,5 +202,6 @@ struct CpuWeights {
   }
 };
 
+}  // namespace RG_CPU_NS
 }  // namespace detail
 }  // namespace radargate
