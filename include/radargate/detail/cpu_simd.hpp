@@ -122,7 +122,9 @@ RG_INLINE std::pair<scalar_batch<S>, scalar_batch<S>> sincos(scalar_batch<S> a) 
   return {scalar_batch<S>(std::sin(a.v)), scalar_batch<S>(std::cos(a.v))};
 }
 
-// xsimd's operations for xsimd batches (found beside the scalar ones above).
+// xsimd's operations for xsimd batches (found beside the scalar ones above). Without a supported
+// architecture xsimd declares no batch and none of these.
+#if !defined(XSIMD_NO_SUPPORTED_ARCHITECTURE)
 using xsimd::abs;
 using xsimd::copysign;
 using xsimd::fma;
@@ -135,20 +137,32 @@ using xsimd::nearbyint;
 using xsimd::select;
 using xsimd::sincos;
 using xsimd::tanh;
+#endif
 
 /// True when xsimd has a SIMD register for S on the architecture this code is compiled for
 /// (and RADARGATE_CPU_SCALAR does not ask for the scalar kernels).
 template <class S>
 constexpr bool has_vector() {
-#if defined(RADARGATE_CPU_SCALAR)
+#if defined(RADARGATE_CPU_SCALAR) || defined(XSIMD_NO_SUPPORTED_ARCHITECTURE)
   return false;
 #else
   return xsimd::has_simd_register<S, xsimd::default_arch>::value;
 #endif
 }
 
+template <class S, bool Vector = has_vector<S>()>
+struct batch_of {
+  using type = scalar_batch<S>;
+};
+#if !defined(XSIMD_NO_SUPPORTED_ARCHITECTURE)
 template <class S>
-using batch = typename std::conditional<has_vector<S>(), xsimd::batch<S>, scalar_batch<S>>::type;
+struct batch_of<S, true> {
+  using type = xsimd::batch<S>;
+};
+#endif
+
+template <class S>
+using batch = typename batch_of<S>::type;
 
 template <class B>
 struct is_scalar_batch : std::false_type {};
@@ -164,10 +178,10 @@ constexpr index_t width() {
 /// "scalar", ... (xsimd's name of its default architecture, or "scalar").
 template <class S>
 constexpr const char* kernel_set() {
-  if constexpr (has_vector<S>())
-    return xsimd::default_arch::name();
-  else
-    return "scalar";
+#if !defined(XSIMD_NO_SUPPORTED_ARCHITECTURE)
+  if constexpr (has_vector<S>()) return xsimd::default_arch::name();
+#endif
+  return "scalar";
 }
 
 /// Storage aligned to 64 bytes (whole cache lines, any SIMD width). Unlike xsimd's allocator it
@@ -287,11 +301,14 @@ RG_INLINE batch<S> pow2_int(const batch<S>& n) {
   using C = angle_constants<S>;
   if constexpr (is_scalar_batch<batch<S>>::value) {
     return batch<S>(std::ldexp(S(1), int(n.v)));
-  } else {
+  }
+#if !defined(XSIMD_NO_SUPPORTED_ARCHITECTURE)
+  else {
     // the low mantissa bits of n + 2^m + bias, shifted into the exponent field
     using I = xsimd::batch<xsimd::as_integer_t<S>>;
     return xsimd::bitwise_cast<batch<S>>(xsimd::bitwise_cast<I>(n + batch<S>(C::magic)) << C::mantissa_bits);
   }
+#endif
 }
 
 /// exp(x) for x in [-40, 0].
@@ -401,11 +418,14 @@ template <class B>
 RG_INLINE B reciprocal_refined(const B& q) {
   if constexpr (is_scalar_batch<B>::value) {
     return B(1.0f / q.v);
-  } else {
+  }
+#if !defined(XSIMD_NO_SUPPORTED_ARCHITECTURE)
+  else {
     B r = xsimd::reciprocal(q);
     for (int i = 0; i < reciprocal_newton_steps; ++i) r = r * fnma(q, r, B(2.0f));
     return r;
   }
+#endif
 }
 RG_INLINE batch<float> reciprocal(const batch<float>& q) { return reciprocal_refined(q); }
 template <class B, int U>
