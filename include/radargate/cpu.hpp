@@ -1,6 +1,6 @@
 // radargate/cpu.hpp -- the fused CPU backend: Layer<S, backend::cpu> (Eigen + xsimd + threads).
 //
-// Same interface and same results as the reference backend (SPEC section 6), computed without
+// Same interface and same results as the reference backend (docs/CPU_BACKEND.md), computed without
 // ever forming the [T, N, d] tensor of expert outputs:
 //
 //   H = X A^T                           shrink: one GEMM over the stacked A [N*r, d_in]

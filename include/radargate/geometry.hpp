@@ -1,4 +1,4 @@
-// radargate/geometry.hpp -- the geometry of mixing experts (SPEC section 4). Needs Eigen
+// radargate/geometry.hpp -- the geometry of mixing experts (docs/GEOMETRY.md). Needs Eigen
 // (link radargate::cpu).
 //
 //   radargate/geometry/nnls.hpp        min ||V lambda - y||, lambda >= 0        (Lawson–Hanson)

@@ -1,6 +1,6 @@
 // radargate/layer_config.hpp -- what a layer computes, chosen at run time.
 //
-// A variant is a rotation switch plus a gate kind (SPEC section 2). With u_i = vt_i when rotation
+// A variant is a rotation switch plus a gate kind (docs/MATH.md, "Forward"). With u_i = vt_i when rotation
 // is on and u_i = v_i when it is off:
 //
 //   gate none     g_i = 1

@@ -1,6 +1,6 @@
 // radargate/reference.hpp -- the reference backend: the plainest correct code, and the oracle the
-// fused CPU and CUDA backends are tested against. It materialises every intermediate of SPEC
-// section 1 for every token (h, v, c, z, pre-activation, rotated u, g) and loops in the order the
+// fused CPU and CUDA backends are tested against. It materialises every intermediate of docs/MATH.md
+// ("Forward") for every token (h, v, c, z, pre-activation, rotated u, g) and loops in the order the
 // maths is written:
 //
 //   h_i = A_i x            v_i = s_i B_i h_i          c_i = sum_{j != i} m_ij v_j

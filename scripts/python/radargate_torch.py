@@ -1,4 +1,4 @@
-"""RadarGate in eager PyTorch: the layer of SPEC sections 1-2, written the way a PyTorch user would.
+"""RadarGate in eager PyTorch: the layer of docs/MATH.md, written the way a PyTorch user would.
 
 It materialises the [T, N, d] expert outputs and leaves gradients to autograd, so it serves as an
 independent oracle for the C++ backends and as their eager-mode peer in benchmarks. It runs on any
@@ -58,7 +58,7 @@ _CHOICES = {
 
 
 def resolve_config(config):
-    """The `radargate.config` dict (or its JSON text) with every default of SPEC section 5 filled
+    """The `radargate.config` dict (or its JSON text) with every default of docs/FORMAT.md filled
     in, plus the derived fields `rotation` and `gate`. Raises ValueError on a bad field."""
     if isinstance(config, (str, bytes)):
         config = json.loads(config)
@@ -156,7 +156,7 @@ def _rotate(cfg, params, x, v):
 
 
 def forward(config, params, x):
-    """y [T, d] of the layer for x [T, d_in]. `params` maps the file names of SPEC section 5
+    """y [T, d] of the layer for x [T, d_in]. `params` maps the file names of docs/FORMAT.md
     ("lora.A", "angle.U", ...) to tensors; absent optional tensors take their defaults. Set
     requires_grad on whatever tensors need gradients and call backward on a function of y."""
     cfg = resolve_config(config)

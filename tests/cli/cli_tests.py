@@ -3,7 +3,7 @@
 
     cli_tests.py --radargate BIN --workdir DIR CASE
 
-Each CASE is one class of bad input from SPEC section 5 (or the happy path). For every bad input
+Each CASE is one class of bad input from docs/FORMAT.md (or the happy path). For every bad input
 the test asserts the exact one-line message (which names the file, the tensor or field, the
 expected and the found value), the exit code, and that neither the output file nor any temporary
 file was left in the directory.

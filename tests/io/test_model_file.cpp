@@ -49,7 +49,7 @@ SafetensorsFile edited_model(Edit&& edit, const std::string& config = R"({"varia
 }
 }  // namespace
 
-TEST_CASE("config JSON: defaults per SPEC section 5", "[io]") {
+TEST_CASE("config JSON: defaults per docs/FORMAT.md", "[io]") {
   const LayerConfig r = parse_config(R"({"variant": "radargate"})");
   CHECK(r.variant == Variant::radargate);
   CHECK(r.map == MapMode::learned);

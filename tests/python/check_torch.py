@@ -4,7 +4,7 @@
     /usr/bin/python3 check_torch.py <path to the radargate binary>
 
 Part 1 checks the PyTorch implementation (scripts/python/radargate_torch.py) on its own: against a
-per-token loop written straight from the SPEC formulas, with torch.autograd.gradcheck, and on
+per-token loop written straight from the formulas of docs/MATH.md, with torch.autograd.gradcheck, and on
 properties (zero angles rotate nothing, rotations keep each plane's norm, sum/uniform need no gate
 parameters, top-k ties go to the lower index); and the safetensors module on round trips.
 
@@ -70,7 +70,7 @@ def file_dtype(a):
     return "BF16" if isinstance(a, st.BF16Array) else {np.dtype(np.float64): "F64", np.dtype(np.float32): "F32",
                                                         np.dtype(np.float16): "F16"}.get(a.dtype, str(a.dtype))
 
-# variant -> (rotation, gate kind, default normalize); restated from SPEC section 2 so the loop
+# variant -> (rotation, gate kind, default normalize); restated from docs/MATH.md, "Forward" so the loop
 # oracle below does not share code with radargate_torch.
 TABLE = {
     "sum": (False, "none", None),
@@ -143,7 +143,7 @@ def random_model(case, seed):
 
 
 # ------------------------------------------------------------------------------------------------
-# A per-token loop oracle for the forward pass, written from the SPEC formulas.
+# A per-token loop oracle for the forward pass, written from the formulas of docs/MATH.md.
 
 
 def loop_forward(cfg, p, x):

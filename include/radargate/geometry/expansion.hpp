@@ -1,7 +1,7 @@
 // radargate/geometry/expansion.hpp -- does a layer leave the cone of its experts?
 //
 // For each token, with v_i the unrotated expert outputs, u_i what the layer combined (rotated
-// when rotation is on) and g the gate weights (SPEC sections 1 and 4):
+// when rotation is on) and g the gate weights (docs/MATH.md and docs/GEOMETRY.md):
 //
 //   lora part            p   = sum_i g_i u_i        (the layer's output minus its frozen base)
 //   weighted-sum point   p_w = sum_i g_i v_i        (the same weights on the unrotated outputs)

@@ -1,4 +1,4 @@
-// radargate/io/model_file.hpp -- model and activation files (SPEC section 5).
+// radargate/io/model_file.hpp -- model and activation files (docs/FORMAT.md).
 //
 // A model file is a safetensors file whose tensors are named after the parameters
 //
@@ -12,7 +12,7 @@
 //   {"variant": "radargate", "map": "learned", "bound": "pi_tanh", "pairing": "adjacent",
 //    "normalize": "softmax", "tau": 1, "topk": 2}
 //
-// Only "variant" is required; the other fields default as in SPEC section 5. An input file holds
+// Only "variant" is required; the other fields default as in docs/FORMAT.md. An input file holds
 // x [T, d_in] and, for backward, dy [T, d], in the model's dtype; an output file holds y [T, d]
 // and grad.<name> for each gradient.
 //
