@@ -13,10 +13,11 @@ def _core_class(dtype):
     return _core.Layer32 if np.dtype(dtype) == np.float32 else _core.Layer64
 
 
-def load_model(path):
-    """(config dict, file dtype, {name: array}) of a model file: float64 arrays for F64 files,
-    float32 for F32, F16 and BF16 files. Raises ValueError naming what is wrong with the file."""
-    text, dtype, tensors = _core.load_model(str(path))
+def load_model(path, layer=None):
+    """(config dict, file dtype, {name: array}) of a model file's layer: float64 arrays for F64
+    files, float32 for F32, F16 and BF16 files. `layer` names one layer of a file of many layers
+    (required when it holds several). Raises ValueError naming what is wrong with the file."""
+    text, dtype, tensors = _core.load_model(str(path), "" if layer is None else str(layer))
     return json.loads(text), dtype, tensors
 
 
@@ -66,9 +67,7 @@ class Layer:
     @classmethod
     def load(cls, path, layer=None, backend="cpu", threads=1):
         """The layer of a model file (F64 files in float64, the others in float32)."""
-        config, _, tensors = load_model(path)
-        if layer is not None:
-            raise ValueError(f"file '{path}': holds one unnamed layer, so layer={layer!r} names nothing in it")
+        config, _, tensors = load_model(path, layer)
         return cls(config, tensors, backend=backend, threads=threads)
 
     @classmethod

@@ -164,9 +164,7 @@ class RadarGate(torch.nn.Module):
     @classmethod
     def load(cls, path, layer=None, backend="cpu"):
         """The layer of a model file: float64 for F64 files, float32 for F32, F16 and BF16 files."""
-        config, _, arrays = load_model(path)
-        if layer is not None:
-            raise ValueError(f"file '{path}': holds one unnamed layer, so layer={layer!r} names nothing in it")
+        config, _, arrays = load_model(path, layer)
         return cls(config=config, tensors={n: torch.from_numpy(a) for n, a in arrays.items()}, backend=backend)
 
     def save(self, path, dtype=None):

@@ -5,6 +5,7 @@
 
 #include "binding.hpp"
 #include "radargate/io/model_file.hpp"
+#include "radargate/io/model_set.hpp"
 
 namespace radargate {
 namespace python {
@@ -31,19 +32,21 @@ nb::dict tensors_to_numpy(std::map<std::string, Tensor<S>>& tensors) {
 }
 
 template <class S>
-nb::tuple load_typed(const io::SafetensorsFile& f, io::DType dtype) {
-  io::LoadedModel<S> lm = io::load_model<S>(f);
+nb::tuple load_typed(const io::SafetensorsFile& f, const std::string& layer, io::DType dtype) {
+  io::LoadedModel<S> lm = io::load_layer<S>(f, layer);
   const std::string cfg = io::config_to_json(lm.model.config).dump();
   nb::dict tensors = tensors_to_numpy<S>(lm.model.tensors);
   return nb::make_tuple(cfg, std::string(io::to_string(dtype)), tensors);
 }
 
-/// (config JSON, file dtype, {name: array}): float64 arrays for F64 files, float32 otherwise.
-nb::tuple load_model(const std::string& path) {
+/// (config JSON, file dtype, {name: array}) of one layer: float64 arrays for F64 files, float32
+/// otherwise. `layer` names a layer of a file of many layers ("" for a one-layer file, or for the
+/// only layer; an error lists the names when there are several).
+nb::tuple load_model(const std::string& path, const std::string& layer) {
   const io::SafetensorsFile f = io::SafetensorsFile::read(path);
-  const io::DType dtype = io::model_dtype(f);
-  if (dtype == io::DType::F64) return load_typed<double>(f, dtype);
-  return load_typed<float>(f, dtype);
+  const io::DType dtype = io::layer_dtype(f, layer);
+  if (dtype == io::DType::F64) return load_typed<double>(f, layer, dtype);
+  return load_typed<float>(f, layer, dtype);
 }
 
 template <class S>
@@ -124,7 +127,7 @@ std::string normalize_config(const std::string& config_json) {
 }  // namespace
 
 void bind_files(nb::module_& m) {
-  m.def("load_model", &load_model, nb::arg("path"));
+  m.def("load_model", &load_model, nb::arg("path"), nb::arg("layer") = "");
   m.def("save_model", &save_model, nb::arg("path"), nb::arg("config"), nb::arg("tensors"), nb::arg("dtype"));
   m.def("random_model", &random_model, nb::arg("config"), nb::arg("d_in"), nb::arg("d"), nb::arg("N"), nb::arg("r"),
         nb::arg("k"), nb::arg("P"), nb::arg("seed"), nb::arg("base"));

@@ -230,7 +230,7 @@ def test_bad_input(tmp_path):
     with pytest.raises(ValueError, match="missing __metadata__ entry 'radargate.config'"):
         RadarGate.load(tmp_path / "noconfig.safetensors")
     m.save(tmp_path / "m.safetensors")
-    with pytest.raises(ValueError, match="holds one unnamed layer, so layer='q_proj'"):
+    with pytest.raises(ValueError, match="layer 'q_proj': this is a one-layer file"):
         RadarGate.load(tmp_path / "m.safetensors", layer="q_proj")
     with pytest.raises(ValueError, match="backend"):
         RadarGate(variant="sum", d_in=2, d=2, experts=2, rank=1, backend="gpu")
@@ -252,3 +252,24 @@ def test_cuda_is_a_clear_error():
         m(torch.zeros(2, 8, device="cuda"))
     with pytest.raises(RuntimeError, match="no CUDA backend|CPU only"):
         m.cuda()(torch.zeros(2, 8, device="cuda"))
+
+
+def test_load_a_layer_of_many(tmp_path):
+    """layer= picks one layer of a file of many layers; without it, the error lists the names."""
+    import json
+
+    a = RadarGate(variant="radargate", d_in=6, d=4, experts=3, rank=2, seed=1)
+    b = RadarGate(variant="softmax", d_in=6, d=4, experts=3, rank=2, seed=2)
+    tensors, layers = {}, []
+    for name, m in (("model.layers.0.q_proj", a), ("model.layers.0.v_proj", b)):
+        m.save(tmp_path / "one.safetensors")
+        t, md = st.load(tmp_path / "one.safetensors")
+        tensors.update({name + "." + k: v for k, v in t.items()})
+        layers.append({"name": name, "config": json.loads(md["radargate.config"])})
+    st.save(tmp_path / "set.safetensors", tensors, {"radargate.layers": json.dumps(layers)})
+    with pytest.raises(ValueError, match="model.layers.0.q_proj, model.layers.0.v_proj"):
+        RadarGate.load(tmp_path / "set.safetensors")
+    v = RadarGate.load(tmp_path / "set.safetensors", layer="model.layers.0.v_proj")
+    x = torch.randn(5, 6)
+    assert torch.equal(v(x), b(x))
+    assert v.config["variant"] == "softmax"
