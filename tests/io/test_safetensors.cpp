@@ -214,7 +214,11 @@ TEST_CASE("half: known values, rounding to nearest even, overflow, subnormals, N
   CHECK((qn & 0x7C00) == 0x7C00);
   CHECK((qn & 0x03FF) != 0);
   CHECK(std::isnan(half_to_float(qn)));
-  CHECK(std::signbit(half_to_float(float_to_half(-std::nan("")))));
+#if !defined(__riscv)
+  // RISC-V's floating-point operations return the canonical (positive) NaN, so a NaN's sign is
+  // not kept there; elsewhere it is.
+  CHECK(std::signbit(half_to_float(float_to_half(-std::nanf("")))));
+#endif
   CHECK(half_to_float(0x7BFF) == 65504.0f);
   CHECK(half_to_float(0x0001) == std::ldexp(1.0f, -24));
   CHECK(std::isinf(half_to_float(0x7C00)));
