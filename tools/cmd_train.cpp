@@ -188,7 +188,7 @@ class Progress {
  public:
   Progress(std::int64_t epochs, std::int64_t steps_per_epoch, std::int64_t first_epoch)
       : tty_(isatty(fileno(stderr)) != 0), epochs_(epochs), spe_(steps_per_epoch),
-        todo_((epochs - first_epoch + 1) * steps_per_epoch), start_(clock::now()), last_draw_(start_) {}
+        total_steps_((epochs - first_epoch + 1) * steps_per_epoch), start_(clock::now()), last_draw_(start_) {}
 
   void step(const train::StepInfo& s) {
     ++done_;
@@ -205,7 +205,7 @@ class Progress {
     std::fprintf(stderr, "\r\033[Kepoch %lld/%lld [%s] step %lld/%lld loss %.4g%s %.0f tok/s left %s",
                  (long long)s.epoch, (long long)epochs_, bar.c_str(), (long long)s.step, (long long)s.steps_in_epoch,
                  s.loss, val_.c_str(), tokens_ / std::max(el, 1e-9),
-                 clock_text(el / double(done_) * double(todo_ - done_)).c_str());
+                 clock_text(el / double(done_) * double(total_steps_ - done_)).c_str());
     std::fflush(stderr);
   }
   void set_val(const std::string& v) { val_ = v; }
@@ -224,7 +224,7 @@ class Progress {
  private:
   using clock = std::chrono::steady_clock;
   bool tty_;
-  std::int64_t epochs_, spe_, todo_, done_ = 0;
+  std::int64_t epochs_, spe_, total_steps_, done_ = 0;
   double tokens_ = 0;
   clock::time_point start_, last_draw_;
   std::string val_;
