@@ -4,12 +4,14 @@
 // when all have finished. The work each tid does is decided by the caller from tid alone (a fixed
 // partition), so results never depend on scheduling. The first exception (lowest tid) is
 // rethrown (without exceptions, error.hpp, a failure ends the program). Calls are serialised: one Layer may be used from several threads, one call at a time.
+// A call allocates nothing: the job is a function pointer and the address of the caller's functor,
+// and the per-thread error slots are sized when the pool starts.
 #pragma once
 
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
-#include <functional>
+#include <type_traits>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -36,47 +38,57 @@ class ThreadPool {
 
   template <class F>
   void run(F&& f) {
-    std::lock_guard<std::mutex> call(call_mutex_);
+    std::lock_guard<std::mutex> serial(call_mutex_);
     if (n_ == 1) {
       f(0);
       return;
     }
-#if RG_EXCEPTIONS
-    std::vector<std::exception_ptr> errors(static_cast<std::size_t>(n_));
-#endif
+    using Fn = std::remove_reference_t<F>;
     {
       std::lock_guard<std::mutex> lk(m_);
-#if RG_EXCEPTIONS
-      job_ = [&](int tid) {
-        try {
-          f(tid);
-        } catch (...) {
-          errors[std::size_t(tid)] = std::current_exception();
-        }
-      };
-#else
-      job_ = [&](int tid) { f(tid); };  // a failure ends the program (error.hpp)
-#endif
+      job_ = [](void* fp, int tid) { (*static_cast<Fn*>(fp))(tid); };
+      arg_ = const_cast<void*>(static_cast<const void*>(&f));
       done_ = 0;
       ++generation_;
     }
     wake_.notify_all();
-    job_(0);
+    call(0);
     {
       std::unique_lock<std::mutex> lk(m_);
       finished_.wait(lk, [&] { return done_ == n_ - 1; });
       job_ = nullptr;
+      arg_ = nullptr;
     }
 #if RG_EXCEPTIONS
-    for (auto& e : errors)
-      if (e) std::rethrow_exception(e);
+    for (auto& e : errors_)
+      if (e) {
+        std::exception_ptr first = e;
+        for (auto& x : errors_) x = nullptr;
+        std::rethrow_exception(first);
+      }
 #endif
   }
 
  private:
+  // Runs the current job for `tid` (no allocation: a function pointer and the caller's functor).
+  void call(int tid) {
+#if RG_EXCEPTIONS
+    try {
+      job_(arg_, tid);
+    } catch (...) {
+      errors_[std::size_t(tid)] = std::current_exception();
+    }
+#else
+    job_(arg_, tid);  // a failure ends the program (error.hpp)
+#endif
+  }
+
   void start(int n) {
     n_ = n;
     quit_ = false;
+#if RG_EXCEPTIONS
+    errors_.assign(std::size_t(n), nullptr);
+#endif
     const std::uint64_t now = generation_;  // no call is in flight while the pool starts
     for (int tid = 1; tid < n; ++tid) workers_.emplace_back([this, tid, now] { loop(tid, now); });
   }
@@ -93,15 +105,13 @@ class ThreadPool {
 
   void loop(int tid, std::uint64_t seen) {
     for (;;) {
-      std::function<void(int)> job;
       {
         std::unique_lock<std::mutex> lk(m_);
         wake_.wait(lk, [&] { return quit_ || generation_ != seen; });
         if (quit_) return;
         seen = generation_;
-        job = job_;
       }
-      job(tid);
+      call(tid);
       {
         std::lock_guard<std::mutex> lk(m_);
         ++done_;
@@ -114,7 +124,11 @@ class ThreadPool {
   bool quit_ = false;
   int done_ = 0;
   std::uint64_t generation_ = 0;
-  std::function<void(int)> job_;
+  void (*job_)(void*, int) = nullptr;  // set by run() while a call is in flight
+  void* arg_ = nullptr;
+#if RG_EXCEPTIONS
+  std::vector<std::exception_ptr> errors_;  // per tid, sized when the pool starts
+#endif
   std::vector<std::thread> workers_;
   std::mutex m_, call_mutex_;
   std::condition_variable wake_, finished_;
