@@ -34,6 +34,7 @@
 #include <radargate/detail/layer_checks.hpp>
 #include <radargate/grad_plan.hpp>
 #include <radargate/view.hpp>
+#include <radargate/workspace.hpp>
 #include <type_traits>
 
 #include "detail/fused.cuh"
@@ -47,11 +48,7 @@ namespace radargate {
 /// Results are the same up to float rounding order.
 enum class TileShape { automatic, small, large };
 
-/// Caller-owned device memory for one forward or backward call.
-struct Workspace {
-  void* data = nullptr;
-  std::size_t bytes = 0;
-};
+// Workspace (radargate/workspace.hpp): caller-owned device memory for one forward or backward call.
 
 namespace detail {
 namespace gpu {

@@ -30,6 +30,9 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
+#include <new>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -38,6 +41,7 @@
 #include "detail/cpu_kernels.hpp"
 #include "detail/cpu_matrix.hpp"
 #include "detail/cpu_pool.hpp"
+#include "detail/cpu_scratch.hpp"
 #include "detail/cpu_simd.hpp"
 #include "detail/cpu_weights.hpp"
 #include "detail/layer_checks.hpp"
@@ -46,6 +50,7 @@
 #include "grad_plan.hpp"
 #include "params.hpp"
 #include "view.hpp"
+#include "workspace.hpp"
 
 // With RADARGATE_USE_BLAS (CMake option of the same name) Eigen hands the backend's matrix products
 // to the linked BLAS (EIGEN_USE_BLAS). OpenBLAS's thread control is declared weak so that a
@@ -101,7 +106,9 @@ namespace detail {
 
 /// What backward needs: per token and expert only rank-space quantities, and per token at most
 /// one vector of length d (the mixture, for the softmax stretch gate); never one per expert.
-/// x is referenced, not copied: keep it alive and unchanged until backward returns.
+/// x is referenced, not copied: keep it alive and unchanged until backward returns. A context
+/// passed back to forward is refilled in place: once its vectors have grown to a call's size,
+/// forward allocates nothing for it.
 template <class S>
 struct CpuContext {
   index_t tokens = 0;
@@ -133,6 +140,15 @@ class CpuLayerBase {
   virtual void set_threads(int n) = 0;
   virtual Context forward(View<const S, 2> x, View<S, 2> y) const = 0;
   virtual void backward(const Context& ctx, View<const S, 2> dy, const Gradients<S>& grads, GradMode mode) const = 0;
+  // Caller-owned memory (radargate::Workspace): the sizes, for T tokens, x_copy / y_copy values of
+  // inputs and outputs that are not row-major matrices (detail::copy_size), then the calls.
+  virtual std::size_t forward_workspace_bytes(index_t T, index_t x_copy, index_t y_copy) const = 0;
+  virtual std::size_t backward_workspace_bytes(index_t T, const Gradients<S>& grads, index_t x_copy,
+                                               index_t dy_copy) const = 0;
+  virtual void forward(View<const S, 2> x, View<S, 2> y, Context& ctx) const = 0;
+  virtual void forward(View<const S, 2> x, View<S, 2> y, Context& ctx, Workspace ws) const = 0;
+  virtual void backward(const Context& ctx, View<const S, 2> dy, const Gradients<S>& grads, GradMode mode,
+                        Workspace ws) const = 0;
 };
 
 inline namespace RG_CPU_NS {
@@ -177,80 +193,122 @@ class CpuLayer final : public CpuLayerBase<S> {
   }
 
   Context forward(View<const S, 2> x, View<S, 2> y) const override {
+    Context ctx;
+    forward(x, y, ctx);
+    return ctx;
+  }
+
+  // The calls without a workspace run in one the layer keeps (grown to the largest call so far).
+  void forward(View<const S, 2> x, View<S, 2> y, Context& ctx) const override {
+    detail::check_xy(D_, x, "x", D_.d_in, &y, "y", D_.d);
+    std::lock_guard<std::mutex> lock(own_mutex_);
+    forward(x, y, ctx, own_workspace(forward_workspace_bytes(x.shape[0], detail::copy_size(x), y_copy(y))));
+  }
+
+  void backward(const Context& ctx, View<const S, 2> dy, const Gradients<S>& grads,
+                GradMode mode) const override {
+    std::lock_guard<std::mutex> lock(own_mutex_);
+    const std::size_t bytes = check_backward(ctx, dy, grads)
+                                  ? backward_workspace_bytes(ctx.tokens, grads, detail::copy_size(ctx.x),
+                                                             detail::copy_size(dy))
+                                  : 0;
+    backward(ctx, dy, grads, mode, own_workspace(bytes));
+  }
+
+  // Workspace of forward: the staged copies of x and y, then one scratch arena per thread.
+  std::size_t forward_workspace_bytes(index_t T, index_t x_copy, index_t y_copy) const override {
+    if (T <= 0) return 0;
+    const int nt = pool_->size();
+    return detail::scratch_align + detail::arena_bytes<S>(x_copy) + detail::arena_bytes<S>(y_copy) +
+           std::size_t(nt) * forward_thread_bytes((T + nt - 1) / nt);
+  }
+
+  std::size_t backward_workspace_bytes(index_t T, const Gradients<S>& grads, index_t x_copy,
+                                       index_t dy_copy) const override {
+    if (T <= 0) return 0;
+    const detail::BackwardNeeds need = detail::backward_needs(cfg_, grads);
+    Bwd b(grads, need);
+    b.T = T;
+    detail::Arena count;
+    carve_backward(count, b, x_copy, dy_copy, nullptr);
+    return detail::scratch_align + count.used();
+  }
+
+  void forward(View<const S, 2> x, View<S, 2> y, Context& ctx, Workspace ws) const override {
     detail::check_xy(D_, x, "x", D_.d_in, &y, "y", D_.d);
     const index_t T = x.shape[0], N = D_.N, r = D_.r, k = D_.k;
-    Context ctx;
     ctx.tokens = T;
     ctx.x = x;
     ctx.generation = W_.generation;
     ctx.h.assign(std::size_t(T * N * r), S(0));
     ctx.g.assign(std::size_t(T * N), S(0));
     ctx.sel.assign(std::size_t(T * N), 1);
+    ctx.z.clear();
+    ctx.mix.clear();
     if (cfg_.rotation) ctx.z.assign(std::size_t(T * N * k), S(0));
     if (one_pass() && cfg_.normalize == Normalize::softmax) ctx.mix.assign(std::size_t(T * D_.d), S(0));
-    if (T == 0) return ctx;
-    std::vector<S> xstore;
-    const detail::MatRef<S> X = detail::matrix_of(x, xstore);
-    detail::OutMatrix<S, 2> Y(y);
+    if (T == 0) return;
+    const index_t x_copy = detail::copy_size(x), y_copy_n = y_copy(y);
+    check_workspace("forward", ws, forward_workspace_bytes(T, x_copy, y_copy_n), T);
+    detail::Arena A(ws.data, ws.bytes);
+    const detail::MatRef<S> X = detail::matrix_of(x, A.take<S>(x_copy));
+    detail::OutMatrix<S, 2> Y(y, A.take<S>(y_copy_n));
     const int nt = pool_->size();
+    const std::size_t tb = forward_thread_bytes((T + nt - 1) / nt);
+    unsigned char* tbase = A.take<unsigned char>(index_t(std::size_t(nt) * tb));
     pool_->run([&](int th) {
       index_t t0, t1;
       detail::token_range(T, nt, th, t0, t1);
-      if (t0 < t1) forward_rows(ctx, X, Y.mat(), t0, t1);
+      detail::Arena ar(tbase + std::size_t(th) * tb, tb);
+      if (t0 < t1) forward_rows(ctx, X, Y.mat(), t0, t1, ar);
     });
     Y.finish(false);
-    return ctx;
   }
 
-  void backward(const Context& ctx, View<const S, 2> dy, const Gradients<S>& grads,
-                GradMode mode) const override {
+  void backward(const Context& ctx, View<const S, 2> dy, const Gradients<S>& grads, GradMode mode,
+                Workspace ws) const override {
     const index_t T = ctx.tokens;
-    if (dy.shape[0] != T || dy.shape[1] != D_.d)
-      detail::fail("tensor 'dy': expected shape [", T, ", ", D_.d, "], found ", detail::shape_string(dy));
-    if (T > 0 && !dy.present()) detail::fail("tensor 'dy': null data for ", T, " tokens");
-    if (ctx.generation != W_.generation)
-      detail::fail("context: expected one produced by this layer's forward with the current weights, found one "
-                   "from another layer or from before the last weights_changed(); run forward again");
-    validate_gradients(D_, T, p_, grads);
+    const bool work = check_backward(ctx, dy, grads);
     if (mode == GradMode::overwrite) {
       detail::zero_view(grads.x);
       for_each_param(grads, [](const char*, const auto& g) { detail::zero_view(g); });
     }
+    if (!work) return;
     const detail::BackwardNeeds need = detail::backward_needs(cfg_, grads);
-    if (T == 0 || !(need.dv || need.dz || need.dlogits || grads.base_W0.present() || grads.base_b0.present()))
-      return;
+    const index_t x_copy = detail::copy_size(ctx.x), dy_copy = detail::copy_size(dy);
+    check_workspace("backward", ws, backward_workspace_bytes(T, grads, x_copy, dy_copy), T);
 
     Bwd b(grads, need);
     b.T = T;
-    std::vector<S> xstore, dystore;
-    b.X = detail::matrix_of(ctx.x, xstore);
-    b.DY = detail::matrix_of(dy, dystore);
-    const index_t N = D_.N, r = D_.r, k = D_.k;
-    if (need.dv) b.DH.assign(std::size_t(T * N * r), S(0));
-    if (need.dlogits) b.DL.assign(std::size_t(T * N), S(0));
-    if (cfg_.rotation && (grads.angle_Wx.present() || grads.x.present())) b.DZS.assign(std::size_t(T * k), S(0));
-    std::unique_ptr<detail::OutMatrix<S, 2>> DX;
-    if (grads.x.present()) DX = std::make_unique<detail::OutMatrix<S, 2>>(grads.x);
+    detail::Arena A(ws.data, ws.bytes);
+    Outs out;
+    carve_backward(A, b, x_copy, dy_copy, &out);
+    b.X = detail::matrix_of(ctx.x, out.xstore);
+    b.DY = detail::matrix_of(dy, out.dystore);
+    std::optional<detail::OutMatrix<S, 2>> DX;
+    if (grads.x.present()) DX.emplace(grads.x, out.dx);
     const int nt = pool_->size();
-    b.part.resize(std::size_t(nt));
     pool_->run([&](int th) {
       index_t t0, t1;
       detail::token_range(T, nt, th, t0, t1);
-      alloc_partial(b, b.part[std::size_t(th)]);
-      if (t0 < t1) backward_rows(ctx, b, b.part[std::size_t(th)], DX ? &DX->mat() : nullptr, t0, t1);
+      Partial& part = b.part[std::size_t(th)];
+      zero_partial(part);
+      detail::Arena ar(out.tbase + std::size_t(th) * out.tb, out.tb);
+      if (t0 < t1) backward_rows(ctx, b, part, DX ? &DX->mat() : nullptr, t0, t1, ar);
     });
-    std::unique_ptr<detail::OutMatrix<S, 3>> dA;
-    std::unique_ptr<detail::OutMatrix<S, 2>> dWg, dWx, dW0;
-    if (grads.lora_A.present()) dA = std::make_unique<detail::OutMatrix<S, 3>>(grads.lora_A);
-    if (grads.stretch_Wg.present()) dWg = std::make_unique<detail::OutMatrix<S, 2>>(grads.stretch_Wg);
-    if (grads.angle_Wx.present()) dWx = std::make_unique<detail::OutMatrix<S, 2>>(grads.angle_Wx);
-    if (grads.base_W0.present()) dW0 = std::make_unique<detail::OutMatrix<S, 2>>(grads.base_W0);
+    std::optional<detail::OutMatrix<S, 3>> dA;
+    std::optional<detail::OutMatrix<S, 2>> dWg, dWx, dW0;
+    if (grads.lora_A.present()) dA.emplace(grads.lora_A, out.dA);
+    if (grads.stretch_Wg.present()) dWg.emplace(grads.stretch_Wg, out.dWg);
+    if (grads.angle_Wx.present()) dWx.emplace(grads.angle_Wx, out.dWx);
+    if (grads.base_W0.present()) dW0.emplace(grads.base_W0, out.dW0);
     pool_->run([&](int th) {
+      detail::Arena ar(out.tbase + std::size_t(th) * out.tb, out.tb);
       reduce_gradients(ctx, b, th, nt, dA ? &dA->mat() : nullptr, dWg ? &dWg->mat() : nullptr,
-                       dWx ? &dWx->mat() : nullptr, dW0 ? &dW0->mat() : nullptr);
+                       dWx ? &dWx->mat() : nullptr, dW0 ? &dW0->mat() : nullptr, ar);
     });
-    for (auto* m : {dWg.get(), dWx.get(), dW0.get(), DX.get()})
-      if (m) m->finish(true);
+    for (auto* m : {&dWg, &dWx, &dW0, &DX})
+      if (*m) (*m)->finish(true);
     if (dA) dA->finish(true);
   }
 
@@ -264,6 +322,87 @@ class CpuLayer final : public CpuLayerBase<S> {
     if (o.threads < 1) detail::fail("cpu option 'threads': expected a value >= 1, found ", o.threads);
     if (o.tile_planes < 0) detail::fail("cpu option 'tile_planes': expected a value >= 0, found ", o.tile_planes);
     return o;
+  }
+
+  // ---- workspace -------------------------------------------------------------------------------
+
+  static index_t y_copy(const View<S, 2>& y) { return detail::OutMatrix<S, 2>::scratch_size(y); }
+
+  static void check_workspace(const char* call, const Workspace& ws, std::size_t need, index_t T) {
+    if (ws.bytes < need || (need > 0 && !ws.data))
+      detail::fail("cpu ", call, " workspace: expected at least ", need, " bytes for ", T, " tokens (",
+                   call, "_workspace_bytes), found ", ws.data ? ws.bytes : 0, " bytes",
+                   ws.data ? "" : " (null data)");
+  }
+
+  // The layer's own workspace, grown to `bytes` (callers hold own_mutex_).
+  Workspace own_workspace(std::size_t bytes) const {
+    if (own_ws_.size() < bytes) {
+      own_ws_.clear();
+      own_ws_.shrink_to_fit();
+      own_ws_.resize(bytes);
+    }
+    return Workspace{own_ws_.data(), own_ws_.size()};
+  }
+
+  // Validates a backward call; true when it has anything to compute.
+  bool check_backward(const Context& ctx, const View<const S, 2>& dy, const Gradients<S>& grads) const {
+    const index_t T = ctx.tokens;
+    if (dy.shape[0] != T || dy.shape[1] != D_.d)
+      detail::fail("tensor 'dy': expected shape [", T, ", ", D_.d, "], found ", detail::shape_string(dy));
+    if (T > 0 && !dy.present()) detail::fail("tensor 'dy': null data for ", T, " tokens");
+    if (ctx.generation != W_.generation)
+      detail::fail("context: expected one produced by this layer's forward with the current weights, found one "
+                   "from another layer or from before the last weights_changed(); run forward again");
+    validate_gradients(D_, T, p_, grads);
+    const detail::BackwardNeeds need = detail::backward_needs(cfg_, grads);
+    return T > 0 && (need.dv || need.dz || need.dlogits || grads.base_W0.present() || grads.base_b0.present());
+  }
+
+  // Scratch of one thread's forward_rows over n tokens: the largest of its steps' buffers (each
+  // step gives its buffers back) plus the packing buffers of the largest matrix product.
+  std::size_t forward_thread_bytes(index_t n) const {
+    constexpr index_t TB = detail::kernels::max_block;
+    const index_t N = D_.N, r = D_.r, k = D_.k, Nr = N * r, d = D_.d, din = D_.d_in, L = W_.max_len, dp = W_.dpad;
+    auto B = [](index_t m) { return detail::arena_bytes<S>(m); };
+    auto G = [](index_t a, index_t b, index_t c) { return detail::gemm_bytes<S>(a, b, c); };
+    const std::size_t tile_scratch = 6 * B(TB * L);
+    const std::size_t bufs = std::max({B(n * Nr) + 2 * B(TB * L) + tile_scratch,           // tiles_forward
+                                       B(n * Nr) + 2 * B(TB * dp) + tile_scratch,          // forward_one_pass
+                                       detail::arena_bytes<index_t>(n) + B(n * din) + B(n * r),  // sparse_shrink
+                                       B(n * Nr),                                          // dense expand
+                                       B(n * k) + 2 * B(N * n * k)});                      // angle_inputs
+    const std::size_t gemms = std::max({G(n, d, din), G(n, N, din), G(n, Nr, din), G(n, d, Nr), G(n, r, din),
+                                        G(n, k, din), G(n, k, r), G(N, n * k, N)});
+    return detail::round_bytes(bufs + gemms);
+  }
+
+  // Scratch of one thread of backward: backward_rows over n tokens, then reduce_gradients.
+  std::size_t backward_thread_bytes(index_t n, index_t T, int nt) const {
+    constexpr index_t TB = detail::kernels::max_block;
+    const index_t N = D_.N, r = D_.r, k = D_.k, Nr = N * r, d = D_.d, din = D_.d_in, L = W_.max_len, dp = W_.dpad,
+                  Pp = W_.Ppad;
+    auto B = [](index_t m) { return detail::arena_bytes<S>(m); };
+    auto G = [](index_t a, index_t b, index_t c) { return detail::gemm_bytes<S>(a, b, c); };
+    const std::size_t tile_scratch = 6 * B(TB * L);
+    const index_t SG = std::min<index_t>(n, 8 * TB), GR = (SG + TB - 1) / TB * TB;
+    const std::size_t rows =
+        2 * B(n * Nr) + B(n * N * k) +                                   // E, e, dz
+        std::max({B(n * Nr) + 2 * B(TB * L) + tile_scratch,             // tiles_backward
+                  B(n * Nr) + 3 * B(GR * dp) + 3 * B(GR * Pp) + 3 * B(TB * L) + B(SG) +
+                      detail::arena_bytes<detail::kernels::Block<S>>(GR / TB),  // backward_one_pass
+                  2 * B(N * k) + B(r),                                   // rank_space_backward
+                  detail::arena_bytes<index_t>(n) + B(n * r) + B(n * din)}) +  // sparse_dx
+        std::max({G(n, Nr, d), G(n, din, Nr), G(n, din, k), G(n, din, N), G(n, din, d), G(n, din, r)});
+    const index_t nc = (din + nt - 1) / nt, ni = (N + nt - 1) / nt;
+    const std::size_t reduce =
+        detail::arena_bytes<index_t>(T) + B(T * r) + B(T * nc) +                         // sparse dA
+        2 * B(k * ni * r) + 2 * B(ni * r * d) + B(T * ni * r) +                          // reduce_dB
+        B(N) + B(N * N) + B(k * Pp) + B(N * Pp) + B(N * r) + 2 * B(dp) +                 // reduce_small
+        2 * (2 * B(N * k * r) + B(k * dp)) +
+        std::max({G(Nr, nc, T), G(r, nc, T), G(N, nc, T), G(k, nc, T), G(d, nc, T), G(ni * r, d, k),
+                  G(ni * r, d, T), G(k, dp, Nr)});
+    return detail::round_bytes(std::max(rows, reduce));
   }
 
   Path path() const {
@@ -298,9 +437,10 @@ class CpuLayer final : public CpuLayerBase<S> {
   }
 
   // s_i h_i for tokens [t0, t1): [n, N, r].
-  std::vector<S> scaled_h(const Context& ctx, index_t t0, index_t t1) const {
+  detail::Buf<S> scaled_h(const Context& ctx, index_t t0, index_t t1, detail::Arena& ar) const {
     const index_t N = D_.N, r = D_.r;
-    std::vector<S> hs(ctx.h.begin() + t0 * N * r, ctx.h.begin() + t1 * N * r);
+    const detail::Buf<S> hs = ar.buf<S>((t1 - t0) * N * r);
+    std::copy(ctx.h.begin() + t0 * N * r, ctx.h.begin() + t1 * N * r, hs.begin());
     for (index_t t = 0; t < t1 - t0; ++t)
       for (index_t i = 0; i < N; ++i)
         for (index_t q = 0; q < r; ++q) hs[std::size_t((t * N + i) * r + q)] *= scale(i);
@@ -315,13 +455,13 @@ class CpuLayer final : public CpuLayerBase<S> {
   // ---- forward ---------------------------------------------------------------------------------
 
   void forward_rows(Context& ctx, const detail::MatRef<S>& X, const detail::MatMut<S>& Y, index_t t0,
-                    index_t t1) const {
+                    index_t t1, detail::Arena& ar) const {
     const index_t n = t1 - t0, N = D_.N, r = D_.r, k = D_.k, Nr = N * r, d = D_.d;
     const auto Xr = X.rows_of(t0, n);
     auto Yr = Y.rows_of(t0, n);
     // y = W0 x + b0
     if (W_.W0.present())
-      Yr.noalias() = Xr * W_.W0.map().transpose();
+      detail::gemm(Yr, Xr, W_.W0.map().transpose(), false, ar);
     else
       Yr.setZero();
     if (p_.base_b0.present())
@@ -337,7 +477,7 @@ class CpuLayer final : public CpuLayerBase<S> {
     if (cfg_.has_logits()) {
       detail::MMap<S> L(g, n, N, Eigen::OuterStride<>(N));
       if (cfg_.gate != GateKind::static_ && W_.Wg.present())
-        L.noalias() = Xr * W_.Wg.map().transpose();
+        detail::gemm(L, Xr, W_.Wg.map().transpose(), false, ar);
       else
         L.setZero();
       if (p_.stretch_bg.present())
@@ -353,9 +493,9 @@ class CpuLayer final : public CpuLayerBase<S> {
 
     // Shrink: h = A x for all experts in one GEMM (top-k: the selected ones only).
     if (pth == Path::sparse)
-      sparse_shrink(X, t0, t1, h, sel);
+      sparse_shrink(X, t0, t1, h, sel, ar);
     else
-      detail::MMap<S>(h, n, Nr, Eigen::OuterStride<>(Nr)).noalias() = Xr * W_.A.map().transpose();
+      detail::gemm(detail::MMap<S>(h, n, Nr, Eigen::OuterStride<>(Nr)), Xr, W_.A.map().transpose(), false, ar);
 
     if (pth == Path::dense) {
       if (stretch()) {  // l_i += ws . v_i = s_i (B_i^T ws) . h_i
@@ -369,45 +509,49 @@ class CpuLayer final : public CpuLayerBase<S> {
         std::fill(sel, sel + n * N, 1);
       }
       // y += sum_i g_i s_i B_i h_i = (g s h) B^T
-      std::vector<S> wt(static_cast<std::size_t>(n * Nr));
+      detail::Arena::Mark keep(ar);
+      const detail::Buf<S> wt = ar.buf<S>(n * Nr);
       for (index_t t = 0; t < n; ++t)
         for (index_t i = 0; i < N; ++i)
           for (index_t q = 0; q < r; ++q)
             wt[std::size_t((t * N + i) * r + q)] = g[t * N + i] * scale(i) * h[(t * N + i) * r + q];
-      Yr.noalias() += detail::CMap<S>(wt.data(), n, Nr, Eigen::OuterStride<>(Nr)) * bt_matrix();
+      detail::gemm(Yr, detail::CMap<S>(wt.data(), n, Nr, Eigen::OuterStride<>(Nr)), bt_matrix(), true, ar);
       return;
     }
     if (pth == Path::fused) {
-      angle_inputs(X, t0, t1, h, &ctx.z[std::size_t(t0 * N * k)]);
+      angle_inputs(X, t0, t1, h, &ctx.z[std::size_t(t0 * N * k)], ar);
       if (one_pass()) {
-        forward_one_pass(ctx, t0, t1, Y, g);  // g: logits without ws . u in, complete logits out
+        forward_one_pass(ctx, t0, t1, Y, g, ar);  // g: logits without ws . u in, complete logits out
         normalize_rows(g, sel, n);
         std::fill(sel, sel + n * N, 1);
         return;
       }
       if (stretch()) {
-        tiles_forward<detail::kernels::Put::none, true>(ctx, t0, t1, Y, g);  // g holds the logits: l_i += ws . u_i
+        tiles_forward<detail::kernels::Put::none, true>(ctx, t0, t1, Y, g, ar);  // g holds the logits: l_i += ws . u_i
         normalize_rows(g, sel, n);
         std::fill(sel, sel + n * N, 1);
       }
     }
-    tiles_forward<detail::kernels::Put::add, false>(ctx, t0, t1, Y, nullptr);
+    tiles_forward<detail::kernels::Put::add, false>(ctx, t0, t1, Y, nullptr, ar);
   }
 
   // h_i = A_i x for the selected (token, expert) pairs only, one GEMM per expert.
-  void sparse_shrink(const detail::MatRef<S>& X, index_t t0, index_t t1, S* h, const unsigned char* sel) const {
+  void sparse_shrink(const detail::MatRef<S>& X, index_t t0, index_t t1, S* h, const unsigned char* sel,
+                     detail::Arena& ar) const {
     const index_t n = t1 - t0, N = D_.N, r = D_.r, din = D_.d_in;
-    std::vector<index_t> idx;
-    detail::RowMat<S> Xg, Hg;
+    detail::Arena::Mark keep(ar);
+    index_t* idx = ar.take<index_t>(n);
+    S* xg = ar.take<S>(n * din);
+    S* hg = ar.take<S>(n * r);
     for (index_t i = 0; i < N; ++i) {
-      idx.clear();
+      index_t ni = 0;
       for (index_t t = 0; t < n; ++t)
-        if (sel[t * N + i]) idx.push_back(t);
-      if (idx.empty()) continue;
-      const index_t ni = index_t(idx.size());
-      Xg.resize(ni, din);
+        if (sel[t * N + i]) idx[ni++] = t;
+      if (ni == 0) continue;
+      detail::MMap<S> Xg(xg, ni, din, Eigen::OuterStride<>(std::max<index_t>(din, 1)));
+      detail::MMap<S> Hg(hg, ni, r, Eigen::OuterStride<>(r));
       for (index_t a = 0; a < ni; ++a) Xg.row(a) = X.rows_of(t0 + idx[std::size_t(a)], 1);
-      Hg.noalias() = Xg * W_.A.rows_of(i * r, r).transpose();
+      detail::gemm(Hg, Xg, W_.A.rows_of(i * r, r).transpose(), false, ar);
       for (index_t a = 0; a < ni; ++a)
         for (index_t q = 0; q < r; ++q) h[(idx[std::size_t(a)] * N + i) * r + q] = Hg(a, q);
     }
@@ -418,19 +562,20 @@ class CpuLayer final : public CpuLayerBase<S> {
   //   V_i [n, k] = s_i H_i (Wv B_i)^T,  Q_j [n, k] = s_j H_j (Wc B_j)^T   (H_i = h of expert i)
   //   C = M Q, with Q stacked as [N, n k]                                (the map, one GEMM)
   //   z_i = Wx x + V_i + C_i
-  void angle_inputs(const detail::MatRef<S>& X, index_t t0, index_t t1, const S* h, S* z) const {
+  void angle_inputs(const detail::MatRef<S>& X, index_t t0, index_t t1, const S* h, S* z, detail::Arena& ar) const {
     const index_t n = t1 - t0, N = D_.N, r = D_.r, k = D_.k, nk = n * k;
-    detail::RowMat<S> wx = detail::RowMat<S>::Zero(n, k);
-    if (W_.Wx.present()) wx.noalias() = X.rows_of(t0, n) * W_.Wx.map().transpose();
-    detail::RowMat<S> V(N, nk), Q(N, nk);
+    detail::Arena::Mark keep(ar);
+    detail::MMap<S> wx(ar.zeros<S>(n * k).data(), n, k, Eigen::OuterStride<>(k));
+    if (W_.Wx.present()) detail::gemm(wx, X.rows_of(t0, n), W_.Wx.map().transpose(), false, ar);
+    detail::MMap<S> V(ar.take<S>(N * nk), N, nk, Eigen::OuterStride<>(nk)), Q(ar.take<S>(N * nk), N, nk, Eigen::OuterStride<>(nk));
     for (index_t i = 0; i < N; ++i) {
       const detail::CMap<S> Hi(h + i * r, n, r, Eigen::OuterStride<>(N * r));
-      detail::MMap<S>(V.data() + i * nk, n, k, Eigen::OuterStride<>(k)).noalias() =
-          scale(i) * Hi * detail::CMap<S>(&W_.WvB[std::size_t(i * k * r)], k, r, Eigen::OuterStride<>(r)).transpose();
-      detail::MMap<S>(Q.data() + i * nk, n, k, Eigen::OuterStride<>(k)).noalias() =
-          scale(i) * Hi * detail::CMap<S>(&W_.WcB[std::size_t(i * k * r)], k, r, Eigen::OuterStride<>(r)).transpose();
+      detail::gemm(detail::MMap<S>(V.data() + i * nk, n, k, Eigen::OuterStride<>(k)), scale(i) * Hi,
+                   detail::CMap<S>(&W_.WvB[std::size_t(i * k * r)], k, r, Eigen::OuterStride<>(r)).transpose(), false, ar);
+      detail::gemm(detail::MMap<S>(Q.data() + i * nk, n, k, Eigen::OuterStride<>(k)), scale(i) * Hi,
+                   detail::CMap<S>(&W_.WcB[std::size_t(i * k * r)], k, r, Eigen::OuterStride<>(r)).transpose(), false, ar);
     }
-    V.noalias() += detail::CMap<S>(W_.m.data(), N, N, Eigen::OuterStride<>(N)) * Q;
+    detail::gemm(V, detail::CMap<S>(W_.m.data(), N, N, Eigen::OuterStride<>(N)), Q, true, ar);
     for (index_t t = 0; t < n; ++t)
       for (index_t i = 0; i < N; ++i)
         for (index_t a = 0; a < k; ++a) z[(t * N + i) * k + a] = wx(t, a) + V(i, t * k + a);
@@ -438,12 +583,12 @@ class CpuLayer final : public CpuLayerBase<S> {
 
   // Scratch of one thread for the tile kernels.
   struct TileScratch {
-    avec<S> cb, sb, db, dva, dvb, dpre;
+    detail::Buf<S> cb, sb, db, dva, dvb, dpre;
     detail::kernels::Scratch<S> sc;
-    explicit TileScratch(const CpuLayer& l) {
+    TileScratch(const CpuLayer& l, detail::Arena& ar) {
       constexpr index_t TB = detail::kernels::max_block;
-      const std::size_t L = std::size_t(TB * l.W_.max_len);
-      for (avec<S>* v : {&cb, &sb, &db, &dva, &dvb, &dpre}) v->assign(L, S(0));
+      const index_t L = TB * l.W_.max_len;
+      for (detail::Buf<S>* v : {&cb, &sb, &db, &dva, &dvb, &dpre}) *v = ar.zeros<S>(L);
       sc.dstride = l.W_.max_len;
       sc.cb = cb.data();
       sc.sb = sb.data();
@@ -459,13 +604,15 @@ class CpuLayer final : public CpuLayerBase<S> {
   // One pass over the tiles for tokens [t0, t1), in blocks of up to max_block tokens.
   // Out: y += sum_i g_i u_i. Dot: l_i += ws . u_i.
   template <detail::kernels::Put Out, bool Dot>
-  void tiles_forward(const Context& ctx, index_t t0, index_t t1, const detail::MatMut<S>& Y, S* l) const {
+  void tiles_forward(const Context& ctx, index_t t0, index_t t1, const detail::MatMut<S>& Y, S* l,
+                     detail::Arena& ar) const {
     constexpr int TB = detail::kernels::max_block;
     const index_t n = t1 - t0, N = D_.N, r = D_.r, k = D_.k, L = W_.max_len;
     const auto K = kargs();
-    const std::vector<S> hs = scaled_h(ctx, t0, t1);
-    avec<S> ya(std::size_t(TB * L)), yb(std::size_t(TB * L));
-    const TileScratch ts(*this);
+    detail::Arena::Mark keep(ar);
+    const detail::Buf<S> hs = scaled_h(ctx, t0, t1, ar);
+    const detail::Buf<S> ya = ar.zeros<S>(TB * L), yb = ar.zeros<S>(TB * L);
+    const TileScratch ts(*this, ar);
     const S* z = cfg_.rotation ? &ctx.z[std::size_t(t0 * N * k)] : nullptr;
     const S* g = &ctx.g[std::size_t(t0 * N)];
     const unsigned char* sel = &ctx.sel[std::size_t(t0 * N)];
@@ -525,14 +672,16 @@ class CpuLayer final : public CpuLayerBase<S> {
   // every tile into one row per token, then l_i += ws . u_i, and the running weighted sum
   // acc = a acc + w u_i; for softmax w = exp(l_i/tau - max) and a rescales acc whenever the
   // maximum grows (as in an online softmax), and y += acc / sum at the end.
-  void forward_one_pass(Context& ctx, index_t t0, index_t t1, const detail::MatMut<S>& Y, S* l) const {
+  void forward_one_pass(Context& ctx, index_t t0, index_t t1, const detail::MatMut<S>& Y, S* l,
+                        detail::Arena& ar) const {
     using detail::kernels::Put;
     constexpr int TB = detail::kernels::max_block;
     const index_t n = t1 - t0, N = D_.N, r = D_.r, k = D_.k, d = D_.d, dp = W_.dpad;
     const auto K = kargs();
-    const std::vector<S> hs = scaled_h(ctx, t0, t1);
-    avec<S> ub(std::size_t(TB * dp)), acc(std::size_t(TB * dp));
-    const TileScratch ts(*this);
+    detail::Arena::Mark keep(ar);
+    const detail::Buf<S> hs = scaled_h(ctx, t0, t1, ar);
+    const detail::Buf<S> ub = ar.zeros<S>(TB * dp), acc = ar.zeros<S>(TB * dp);
+    const TileScratch ts(*this, ar);
     const S* z = &ctx.z[std::size_t(t0 * N * k)];
     const S inv_tau = S(1) / S(cfg_.tau);
     const bool softmax = cfg_.normalize == Normalize::softmax;
@@ -607,10 +756,11 @@ class CpuLayer final : public CpuLayerBase<S> {
   // ---- backward --------------------------------------------------------------------------------
 
   // Per-thread partial sums of the parameter gradients, reduced in thread order.
+  // Per-thread partial sums of the parameter gradients, reduced in thread order (in the workspace).
   struct Partial {
-    avec<S> dBP, dUP, dbias, dws;   // slot space; dBP, dUP packed like BP, UP
-    std::vector<S> ds, dm, Gv, Gc;  // [N], [N, N], [N, k, r], [N, k, r]
-    std::vector<S> Cws;             // [N, r]: sum_t dl_i s_i h_i (dense stretch)
+    detail::Buf<S> dBP, dUP, dbias, dws;  // slot space; dBP, dUP packed like BP, UP
+    detail::Buf<S> ds, dm, Gv, Gc;        // [N], [N, N], [N, k, r], [N, k, r]
+    detail::Buf<S> Cws;                   // [N, r]: sum_t dl_i s_i h_i (dense stretch)
   };
 
   struct Bwd {
@@ -619,31 +769,72 @@ class CpuLayer final : public CpuLayerBase<S> {
     detail::BackwardNeeds need;
     index_t T = 0;
     detail::MatRef<S> X, DY;
-    std::vector<S> DH;   // [T, N, r]  dL/dh
-    std::vector<S> DL;   // [T, N]     dL/d(raw logits)
-    std::vector<S> DZS;  // [T, k]     sum_i dL/dz_i
-    std::vector<Partial> part;
+    detail::Buf<S> DH;   // [T, N, r]  dL/dh
+    detail::Buf<S> DL;   // [T, N]     dL/d(raw logits)
+    detail::Buf<S> DZS;  // [T, k]     sum_i dL/dz_i
+    detail::Buf<Partial> part;
     bool want_dh() const { return G.x.present() || G.lora_A.present() || G.lora_scale.present(); }
   };
 
-  void alloc_partial(const Bwd& b, Partial& p) const {
+  void alloc_partial(const Bwd& b, Partial& p, detail::Arena& ar) const {
     const index_t N = D_.N, r = D_.r, k = D_.k;
     const auto& G = b.G;
     const Path pth = path();
-    if (G.lora_B.present() && pth != Path::dense) p.dBP.assign(std::size_t(N * r * W_.dpad), S(0));
-    if (G.angle_U.present()) p.dUP.assign(std::size_t(k * W_.Ppad), S(0));
-    if (G.angle_bias.present()) p.dbias.assign(std::size_t(N * W_.Ppad), S(0));
-    if (G.stretch_ws.present() && pth != Path::dense) p.dws.assign(std::size_t(W_.dpad), S(0));
-    if (G.lora_scale.present()) p.ds.assign(std::size_t(N), S(0));
-    if (G.map_M.present()) p.dm.assign(std::size_t(N * N), S(0));
-    if (pth == Path::fused && (G.lora_B.present() || G.angle_Wv.present())) p.Gv.assign(std::size_t(N * k * r), S(0));
-    if (pth == Path::fused && (G.lora_B.present() || G.angle_Wc.present())) p.Gc.assign(std::size_t(N * k * r), S(0));
+    if (G.lora_B.present() && pth != Path::dense) p.dBP = ar.buf<S>(N * r * W_.dpad);
+    if (G.angle_U.present()) p.dUP = ar.buf<S>(k * W_.Ppad);
+    if (G.angle_bias.present()) p.dbias = ar.buf<S>(N * W_.Ppad);
+    if (G.stretch_ws.present() && pth != Path::dense) p.dws = ar.buf<S>(W_.dpad);
+    if (G.lora_scale.present()) p.ds = ar.buf<S>(N);
+    if (G.map_M.present()) p.dm = ar.buf<S>(N * N);
+    if (pth == Path::fused && (G.lora_B.present() || G.angle_Wv.present())) p.Gv = ar.buf<S>(N * k * r);
+    if (pth == Path::fused && (G.lora_B.present() || G.angle_Wc.present())) p.Gc = ar.buf<S>(N * k * r);
     if (pth == Path::dense && stretch() && (G.lora_B.present() || G.stretch_ws.present()))
-      p.Cws.assign(std::size_t(N * r), S(0));
+      p.Cws = ar.buf<S>(N * r);
+  }
+
+  static void zero_partial(Partial& p) {
+    for (detail::Buf<S>* v : {&p.dBP, &p.dUP, &p.dbias, &p.dws, &p.ds, &p.dm, &p.Gv, &p.Gc, &p.Cws})
+      std::fill(v->begin(), v->end(), S(0));
+  }
+
+  // Where backward's shared buffers lie in its workspace.
+  struct Outs {
+    S *xstore = nullptr, *dystore = nullptr, *dx = nullptr, *dA = nullptr, *dWg = nullptr, *dWx = nullptr,
+      *dW0 = nullptr;
+    unsigned char* tbase = nullptr;
+    std::size_t tb = 0;
+  };
+
+  // Backward's workspace, in order: staged x and dy, dh, dl, sum dz, the scratch of outputs that
+  // are not row-major matrices, the per-thread partial sums, the per-thread arenas. With a
+  // counting arena (out null) it only measures.
+  void carve_backward(detail::Arena& A, Bwd& b, index_t x_copy, index_t dy_copy, Outs* out) const {
+    const index_t T = b.T, N = D_.N, r = D_.r, k = D_.k;
+    const auto& G = b.G;
+    const int nt = pool_->size();
+    S* xs = A.take<S>(x_copy);
+    S* dys = A.take<S>(dy_copy);
+    if (b.need.dv) b.DH = A.zeros<S>(T * N * r);
+    if (b.need.dlogits) b.DL = A.zeros<S>(T * N);
+    if (cfg_.rotation && (G.angle_Wx.present() || G.x.present())) b.DZS = A.zeros<S>(T * k);
+    S* dx = A.take<S>(detail::OutMatrix<S, 2>::scratch_size(G.x));
+    S* dA = A.take<S>(detail::OutMatrix<S, 3>::scratch_size(G.lora_A));
+    S* dWg = A.take<S>(detail::OutMatrix<S, 2>::scratch_size(G.stretch_Wg));
+    S* dWx = A.take<S>(detail::OutMatrix<S, 2>::scratch_size(G.angle_Wx));
+    S* dW0 = A.take<S>(detail::OutMatrix<S, 2>::scratch_size(G.base_W0));
+    b.part = A.buf<Partial>(nt);
+    for (int th = 0; th < nt; ++th) {
+      Partial scratch;
+      Partial* p = b.part.data() ? new (b.part.data() + th) Partial() : &scratch;
+      alloc_partial(b, *p, A);
+    }
+    const std::size_t tb = backward_thread_bytes((T + nt - 1) / nt, T, nt);
+    unsigned char* tbase = A.take<unsigned char>(index_t(std::size_t(nt) * tb));
+    if (out) *out = Outs{xs, dys, dx, dA, dWg, dWx, dW0, tbase, tb};
   }
 
   void backward_rows(const Context& ctx, Bwd& b, Partial& part, const detail::MatMut<S>* DX, index_t t0,
-                     index_t t1) const {
+                     index_t t1, detail::Arena& ar) const {
     const index_t n = t1 - t0, N = D_.N, r = D_.r, k = D_.k, Nr = N * r;
     const auto& G = b.G;
     const auto& need = b.need;
@@ -673,8 +864,8 @@ class CpuLayer final : public CpuLayerBase<S> {
     };
 
     if (pth == Path::dense) {
-      detail::RowMat<S> E;  // E_ti = B_i^T dy_t
-      if (need.dv || need.dlogits) E.noalias() = b.DY.rows_of(t0, n) * bt_matrix().transpose();
+      detail::MMap<S> E(ar.take<S>(n * Nr), n, Nr, Eigen::OuterStride<>(Nr));  // E_ti = B_i^T dy_t
+      if (need.dv || need.dlogits) detail::gemm(E, b.DY.rows_of(t0, n), bt_matrix().transpose(), false, ar);
       if (need.dlogits) {
         for (index_t t = 0; t < n; ++t)
           for (index_t i = 0; i < N; ++i) {
@@ -685,7 +876,7 @@ class CpuLayer final : public CpuLayerBase<S> {
         normalize_back();
       }
       if (need.dv) {
-        std::vector<S> e(static_cast<std::size_t>(n * Nr));
+        const detail::Buf<S> e = ar.buf<S>(n * Nr);
         for (index_t t = 0; t < n; ++t)
           for (index_t i = 0; i < N; ++i)
             for (index_t q = 0; q < r; ++q) {
@@ -705,7 +896,7 @@ class CpuLayer final : public CpuLayerBase<S> {
       const bool one = st && need.dlogits && one_pass();
       // Pass 1 (stretch, tile-major): dg_i = dy . u_i over all tiles, then dl.
       if (st && need.dlogits && !one) {
-        tiles_backward(ctx, b.DY, t0, t1, true, detail::kernels::BwdWant{}, nullptr, DL, nullptr, nullptr, part);
+        tiles_backward(ctx, b.DY, t0, t1, true, detail::kernels::BwdWant{}, nullptr, DL, nullptr, nullptr, part, ar);
         normalize_back();
       }
       detail::kernels::BwdWant w;
@@ -719,16 +910,16 @@ class CpuLayer final : public CpuLayerBase<S> {
       w.e = want_dh;
       w.dB = G.lora_B.present();
       w.dv = w.e || w.dB;
-      std::vector<S> e, dz;
-      if (w.e) e.assign(std::size_t(n * Nr), S(0));
-      if (w.dz) dz.assign(std::size_t(n * N * k), S(0));
+      detail::Buf<S> e, dz;
+      if (w.e) e = ar.zeros<S>(n * Nr);
+      if (w.dz) dz = ar.zeros<S>(n * N * k);
       if (one)
-        backward_one_pass(ctx, b, part, t0, t1, w, DL, w.e ? e.data() : nullptr, w.dz ? dz.data() : nullptr);
+        backward_one_pass(ctx, b, part, t0, t1, w, DL, w.e ? e.data() : nullptr, w.dz ? dz.data() : nullptr, ar);
       else if (w.dg || w.dpre || w.dws || w.dv)
         tiles_backward(ctx, b.DY, t0, t1, false, w, st ? DL : nullptr, w.dg ? DL : nullptr,
-                       w.e ? e.data() : nullptr, w.dz ? dz.data() : nullptr, part);
+                       w.e ? e.data() : nullptr, w.dz ? dz.data() : nullptr, part, ar);
       if (w.dg) normalize_back();
-      if (w.dz) rank_space_backward(ctx, b, part, t0, t1, e.data(), dz.data());
+      if (w.dz) rank_space_backward(ctx, b, part, t0, t1, e.data(), dz.data(), ar);
       else if (w.e) finish_dh(e.data());
     }
 
@@ -737,15 +928,16 @@ class CpuLayer final : public CpuLayerBase<S> {
     auto DXr = DX->rows_of(t0, n);
     if (need.dv) {
       if (pth == Path::sparse)
-        sparse_dx(DX, t0, t1, DH, sel);
+        sparse_dx(DX, t0, t1, DH, sel, ar);
       else
-        DXr.noalias() += detail::CMap<S>(DH, n, Nr, Eigen::OuterStride<>(Nr)) * W_.A.map();
+        detail::gemm(DXr, detail::CMap<S>(DH, n, Nr, Eigen::OuterStride<>(Nr)), W_.A.map(), true, ar);
     }
     if (!b.DZS.empty() && W_.Wx.present())
-      DXr.noalias() += detail::CMap<S>(&b.DZS[std::size_t(t0 * k)], n, k, Eigen::OuterStride<>(k)) * W_.Wx.map();
+      detail::gemm(DXr, detail::CMap<S>(&b.DZS[std::size_t(t0 * k)], n, k, Eigen::OuterStride<>(k)), W_.Wx.map(), true,
+                   ar);
     if (need.dlogits && cfg_.gate != GateKind::static_ && W_.Wg.present())
-      DXr.noalias() += detail::CMap<S>(DL, n, N, Eigen::OuterStride<>(N)) * W_.Wg.map();
-    if (W_.W0.present()) DXr.noalias() += b.DY.rows_of(t0, n) * W_.W0.map();
+      detail::gemm(DXr, detail::CMap<S>(DL, n, N, Eigen::OuterStride<>(N)), W_.Wg.map(), true, ar);
+    if (W_.W0.present()) detail::gemm(DXr, b.DY.rows_of(t0, n), W_.W0.map(), true, ar);
   }
 
   // Rank-space part of backward for tokens [t0, t1), from e_i = B_i^T R_i^T du_i and dz_i:
@@ -755,12 +947,13 @@ class CpuLayer final : public CpuLayerBase<S> {
   //                                              dWv = sum_i s_i Gv_i B_i^T, dWc likewise)
   //   dm_ij += dz_i . (s_j WcB_j h_j),  sum_i dz_i for Wx and x
   void rank_space_backward(const Context& ctx, Bwd& b, Partial& part, index_t t0, index_t t1, const S* e,
-                           const S* dz) const {
+                           const S* dz, detail::Arena& ar) const {
     const index_t n = t1 - t0, N = D_.N, r = D_.r, k = D_.k, Nr = N * r;
     const auto& G = b.G;
     const S* h = &ctx.h[std::size_t(t0 * Nr)];
     const bool want_dh = b.want_dh();
-    std::vector<S> dzc(static_cast<std::size_t>(N * k)), qv(static_cast<std::size_t>(N * k)), dh(static_cast<std::size_t>(r));
+    detail::Arena::Mark keep(ar);
+    const detail::Buf<S> dzc = ar.zeros<S>(N * k), qv = ar.zeros<S>(N * k), dh = ar.zeros<S>(r);
     for (index_t t = 0; t < n; ++t) {
       const S* ht = h + t * Nr;
       const S* dzt = dz + t * N * k;
@@ -837,13 +1030,15 @@ class CpuLayer final : public CpuLayerBase<S> {
   // Backward passes over the tiles for tokens [t0, t1), in blocks of up to max_block tokens.
   // Dot pass (dot_dy): dg_i += dy . u_i. Main pass: everything `w` asks for.
   void tiles_backward(const Context& ctx, const detail::MatRef<S>& DY, index_t t0, index_t t1, bool dot_dy,
-                      const detail::kernels::BwdWant& w, const S* dl, S* dg, S* e, S* dz, Partial& part) const {
+                      const detail::kernels::BwdWant& w, const S* dl, S* dg, S* e, S* dz, Partial& part,
+                      detail::Arena& ar) const {
     constexpr int TB = detail::kernels::max_block;
     const index_t n = t1 - t0, N = D_.N, r = D_.r, k = D_.k, L = W_.max_len;
     const auto K = kargs();
-    const std::vector<S> hs = scaled_h(ctx, t0, t1);
-    avec<S> dya(std::size_t(TB * L)), dyb(std::size_t(TB * L));
-    const TileScratch ts(*this);
+    detail::Arena::Mark keep(ar);
+    const detail::Buf<S> hs = scaled_h(ctx, t0, t1, ar);
+    const detail::Buf<S> dya = ar.zeros<S>(TB * L), dyb = ar.zeros<S>(TB * L);
+    const TileScratch ts(*this, ar);
     const S* z = cfg_.rotation ? &ctx.z[std::size_t(t0 * N * k)] : nullptr;
     const S* g = &ctx.g[std::size_t(t0 * N)];
     const unsigned char* sel = &ctx.sel[std::size_t(t0 * N)];
@@ -905,7 +1100,7 @@ class CpuLayer final : public CpuLayerBase<S> {
   // the difference is formed before the sum, so an expert that carries most of the weight
   // (u_i close to mix) loses no digits to cancellation.
   void backward_one_pass(const Context& ctx, const Bwd& bw, Partial& part, index_t t0, index_t t1,
-                         const detail::kernels::BwdWant& w, S* DL, S* e, S* dz) const {
+                         const detail::kernels::BwdWant& w, S* DL, S* e, S* dz, detail::Arena& ar) const {
     using detail::kernels::Put;
     constexpr int TB = detail::kernels::max_block;
     constexpr index_t SW = detail::simd::width<S>();
@@ -913,7 +1108,8 @@ class CpuLayer final : public CpuLayerBase<S> {
     const auto& tiles = W_.expert_tiles;
     const index_t LT = W_.max_len;
     const auto K = kargs();
-    const std::vector<S> hs = scaled_h(ctx, t0, t1);
+    detail::Arena::Mark keep(ar);
+    const detail::Buf<S> hs = scaled_h(ctx, t0, t1, ar);
     const bool rest = w.dpre || w.dws || w.dv;
     const bool centered = cfg_.normalize == Normalize::softmax;
     // tokens per group: 8 blocks, so each tile of one expert's B and dB is reused by 32 tokens
@@ -924,10 +1120,11 @@ class CpuLayer final : public CpuLayerBase<S> {
     // dy, the mixture and u of a group are stored interleaved (kernels::at): the four tokens of
     // a block alternate every W slots
     const index_t GR = (SG + TB - 1) / TB * TB;  // rows, a whole number of blocks
-    avec<S> mxs(centered ? std::size_t(GR * dp) : 0), dys(std::size_t(GR * dp));
-    avec<S> ub(std::size_t(GR * dp)), cb(std::size_t(GR * Pp)), sb(std::size_t(GR * Pp)),
-        db(std::size_t(GR * Pp)), dva(std::size_t(TB * LT)), dvb(std::size_t(TB * LT)), dpre(std::size_t(TB * LT));
-    std::vector<S> dg(static_cast<std::size_t>(SG));
+    const detail::Buf<S> mxs = ar.zeros<S>(centered ? GR * dp : 0), dys = ar.zeros<S>(GR * dp);
+    const detail::Buf<S> ub = ar.zeros<S>(GR * dp), cb = ar.zeros<S>(GR * Pp), sb = ar.zeros<S>(GR * Pp),
+                         db = ar.zeros<S>(GR * Pp), dva = ar.zeros<S>(TB * LT), dvb = ar.zeros<S>(TB * LT),
+                         dpre = ar.zeros<S>(TB * LT);
+    const detail::Buf<S> dg = ar.zeros<S>(SG);
     const S* z = &ctx.z[std::size_t(t0 * N * k)];
     const S* g = &ctx.g[std::size_t(t0 * N)];
     const S inv_tau = S(1) / S(cfg_.tau);
@@ -935,7 +1132,8 @@ class CpuLayer final : public CpuLayerBase<S> {
     detail::kernels::BwdOut<S> o;
     o.dUP = part.dUP.empty() ? nullptr : part.dUP.data();
     o.dws = part.dws.empty() ? nullptr : part.dws.data();
-    std::vector<detail::kernels::Block<S>> blocks(std::size_t(GR / TB));
+    const detail::Buf<detail::kernels::Block<S>> blocks = ar.buf<detail::kernels::Block<S>>(GR / TB);
+    for (auto& bl : blocks) new (&bl) detail::kernels::Block<S>();
     // offset of token c of block bi at slot s0 in the interleaved rows (a multiple of SW)
     auto il = [&](index_t bi, int c, index_t s0) { return bi * TB * dp + s0 * TB + c * SW; };
     for (index_t g0 = 0; g0 < n; g0 += SG) {
@@ -1057,20 +1255,23 @@ class CpuLayer final : public CpuLayerBase<S> {
   }
 
   // dx += sum_{i selected} A_i^T dh_i, grouped per expert.
-  void sparse_dx(const detail::MatMut<S>* DX, index_t t0, index_t t1, const S* DH, const unsigned char* sel) const {
-    const index_t n = t1 - t0, N = D_.N, r = D_.r;
-    std::vector<index_t> idx;
-    detail::RowMat<S> Dg, Xg;
+  void sparse_dx(const detail::MatMut<S>* DX, index_t t0, index_t t1, const S* DH, const unsigned char* sel,
+                 detail::Arena& ar) const {
+    const index_t n = t1 - t0, N = D_.N, r = D_.r, din = D_.d_in;
+    detail::Arena::Mark keep(ar);
+    index_t* idx = ar.take<index_t>(n);
+    S* dg = ar.take<S>(n * r);
+    S* xg = ar.take<S>(n * din);
     for (index_t i = 0; i < N; ++i) {
-      idx.clear();
+      index_t ni = 0;
       for (index_t t = 0; t < n; ++t)
-        if (sel[t * N + i]) idx.push_back(t);
-      if (idx.empty()) continue;
-      const index_t ni = index_t(idx.size());
-      Dg.resize(ni, r);
+        if (sel[t * N + i]) idx[ni++] = t;
+      if (ni == 0) continue;
+      detail::MMap<S> Dg(dg, ni, r, Eigen::OuterStride<>(r));
+      detail::MMap<S> Xg(xg, ni, din, Eigen::OuterStride<>(std::max<index_t>(din, 1)));
       for (index_t a = 0; a < ni; ++a)
         for (index_t q = 0; q < r; ++q) Dg(a, q) = DH[(idx[std::size_t(a)] * N + i) * r + q];
-      Xg.noalias() = Dg * W_.A.rows_of(i * r, r);
+      detail::gemm(Xg, Dg, W_.A.rows_of(i * r, r), false, ar);
       for (index_t a = 0; a < ni; ++a) DX->rows_of(t0 + idx[std::size_t(a)], 1) += Xg.row(a);
     }
   }
@@ -1080,8 +1281,8 @@ class CpuLayer final : public CpuLayerBase<S> {
   // Thread th of nt: a block of d_in columns of the GEMM gradients (A, Wg, Wx, W0), a block of
   // experts of dB, and (last thread) the small gradients. Partial sums are added in thread order.
   void reduce_gradients(const Context& ctx, const Bwd& b, int th, int nt, const detail::MatMut<S>* dA,
-                        const detail::MatMut<S>* dWg, const detail::MatMut<S>* dWx,
-                        const detail::MatMut<S>* dW0) const {
+                        const detail::MatMut<S>* dWg, const detail::MatMut<S>* dWx, const detail::MatMut<S>* dW0,
+                        detail::Arena& ar) const {
     const index_t T = b.T, N = D_.N, r = D_.r, k = D_.k, Nr = N * r, din = D_.d_in;
     const auto& G = b.G;
     const Path pth = path();
@@ -1093,55 +1294,57 @@ class CpuLayer final : public CpuLayerBase<S> {
       const auto Xc = Xm.middleCols(c0, nc);
       if (dA) {
         if (pth == Path::sparse) {
-          std::vector<index_t> idx;
-          detail::RowMat<S> Dg, Xg;
+          detail::Arena::Mark keep(ar);
+          index_t* idx = ar.take<index_t>(T);
+          S* dg = ar.take<S>(T * r);
+          S* xg = ar.take<S>(T * nc);
           for (index_t i = 0; i < N; ++i) {
-            idx.clear();
+            index_t ni = 0;
             for (index_t t = 0; t < T; ++t)
-              if (ctx.sel[std::size_t(t * N + i)]) idx.push_back(t);
-            if (idx.empty()) continue;
-            const index_t ni = index_t(idx.size());
-            Dg.resize(ni, r);
-            Xg.resize(ni, nc);
+              if (ctx.sel[std::size_t(t * N + i)]) idx[ni++] = t;
+            if (ni == 0) continue;
+            detail::MMap<S> Dg(dg, ni, r, Eigen::OuterStride<>(r)), Xg(xg, ni, nc, Eigen::OuterStride<>(nc));
             for (index_t a = 0; a < ni; ++a) {
               for (index_t q = 0; q < r; ++q) Dg(a, q) = b.DH[std::size_t((idx[std::size_t(a)] * N + i) * r + q)];
               Xg.row(a) = Xc.row(idx[std::size_t(a)]);
             }
-            dA->map().block(i * r, c0, r, nc).noalias() += Dg.transpose() * Xg;
+            detail::gemm(dA->map().block(i * r, c0, r, nc), Dg.transpose(), Xg, true, ar);
           }
         } else {
-          dA->map().middleCols(c0, nc).noalias() +=
-              detail::CMap<S>(b.DH.data(), T, Nr, Eigen::OuterStride<>(Nr)).transpose() * Xc;
+          detail::gemm(dA->map().middleCols(c0, nc),
+                       detail::CMap<S>(b.DH.data(), T, Nr, Eigen::OuterStride<>(Nr)).transpose(), Xc, true, ar);
         }
       }
       if (dWg)
-        dWg->map().middleCols(c0, nc).noalias() +=
-            detail::CMap<S>(b.DL.data(), T, N, Eigen::OuterStride<>(N)).transpose() * Xc;
+        detail::gemm(dWg->map().middleCols(c0, nc),
+                     detail::CMap<S>(b.DL.data(), T, N, Eigen::OuterStride<>(N)).transpose(), Xc, true, ar);
       if (dWx)
-        dWx->map().middleCols(c0, nc).noalias() +=
-            detail::CMap<S>(b.DZS.data(), T, k, Eigen::OuterStride<>(k)).transpose() * Xc;
-      if (dW0) dW0->map().middleCols(c0, nc).noalias() += b.DY.map().transpose() * Xc;
+        detail::gemm(dWx->map().middleCols(c0, nc),
+                     detail::CMap<S>(b.DZS.data(), T, k, Eigen::OuterStride<>(k)).transpose(), Xc, true, ar);
+      if (dW0) detail::gemm(dW0->map().middleCols(c0, nc), b.DY.map().transpose(), Xc, true, ar);
     }
     if (G.lora_B.present()) {
       index_t i0, i1;
       detail::token_range(N, nt, th, i0, i1);
-      if (i0 < i1) reduce_dB(ctx, b, i0, i1);
+      if (i0 < i1) reduce_dB(ctx, b, i0, i1, ar);
     }
-    if (th == nt - 1) reduce_small(b);
+    if (th == nt - 1) reduce_small(b, ar);
   }
 
   // dB for experts [i0, i1): the thread partials (slot space) summed in thread order, plus (rotation)
   // the rank-space term s_i (Wv^T Gv_i + Wc^T Gc_i), added straight into the caller's view.
-  void reduce_dB(const Context& ctx, const Bwd& b, index_t i0, index_t i1) const {
+  void reduce_dB(const Context& ctx, const Bwd& b, index_t i0, index_t i1, detail::Arena& ar) const {
     const index_t T = b.T, N = D_.N, r = D_.r, k = D_.k, d = D_.d, dpad = W_.dpad, ni = i1 - i0;
     const auto& G = b.G;
     const Path pth = path();
     const View<S, 3>& dB = G.lora_B;
     // rank-space term of every expert of the range at once, transposed so that each expert reads
     // its own r rows in order: Rt [ni r, d] = Gv^T Wv + Gc^T Wc (columns of G scaled by s_i)
-    detail::RowMat<S> Rt;
+    detail::Arena::Mark keep(ar);
+    const S* Rtp = nullptr;
     if (pth == Path::fused && (W_.Wv.present() || W_.Wc.present())) {
-      detail::RowMat<S> Gv = detail::RowMat<S>::Zero(k, ni * r), Gc = detail::RowMat<S>::Zero(k, ni * r);
+      detail::MMap<S> Gv(ar.zeros<S>(k * ni * r).data(), k, ni * r, Eigen::OuterStride<>(ni * r)),
+          Gc(ar.zeros<S>(k * ni * r).data(), k, ni * r, Eigen::OuterStride<>(ni * r));
       for (const Partial& p : b.part)
         for (index_t i = i0; i < i1; ++i)
           for (index_t a = 0; a < k; ++a)
@@ -1153,19 +1356,21 @@ class CpuLayer final : public CpuLayerBase<S> {
         Gv.middleCols((i - i0) * r, r) *= scale(i);
         Gc.middleCols((i - i0) * r, r) *= scale(i);
       }
-      Rt = detail::RowMat<S>::Zero(ni * r, d);
-      if (W_.Wv.present()) Rt.noalias() += Gv.transpose() * W_.Wv.map();
-      if (W_.Wc.present()) Rt.noalias() += Gc.transpose() * W_.Wc.map();
+      detail::MMap<S> Rt(ar.zeros<S>(ni * r * d).data(), ni * r, d, Eigen::OuterStride<>(d));
+      if (W_.Wv.present()) detail::gemm(Rt, Gv.transpose(), W_.Wv.map(), true, ar);
+      if (W_.Wc.present()) detail::gemm(Rt, Gc.transpose(), W_.Wc.map(), true, ar);
+      Rtp = Rt.data();
     }
     if (pth == Path::dense) {
       // dB_i = s_i sum_t (g_i dy + dl_i ws) h_i^T, one GEMM for the range
-      detail::RowMat<S> wt(T, ni * r);
+      detail::MMap<S> wt(ar.take<S>(T * ni * r), T, ni * r, Eigen::OuterStride<>(ni * r));
       for (index_t t = 0; t < T; ++t)
         for (index_t i = i0; i < i1; ++i)
           for (index_t q = 0; q < r; ++q)
             wt(t, (i - i0) * r + q) =
                 ctx.g[std::size_t(t * N + i)] * scale(i) * ctx.h[std::size_t((t * N + i) * r + q)];
-      detail::RowMat<S> acc = wt.transpose() * b.DY.map();  // [ni r, d]
+      detail::MMap<S> acc(ar.take<S>(ni * r * d), ni * r, d, Eigen::OuterStride<>(d));  // [ni r, d]
+      detail::gemm(acc, wt.transpose(), b.DY.map(), false, ar);
       for (index_t i = i0; i < i1; ++i)
         for (index_t q = 0; q < r; ++q) {
           S cws = S(0);
@@ -1186,7 +1391,7 @@ class CpuLayer final : public CpuLayerBase<S> {
           const index_t o = W_.coord[std::size_t(s + l)];
           if (o < 0) continue;
           S* dst = out + o * dB.stride[1];
-          const S* rcol = Rt.size() ? Rt.data() + (i - i0) * r * d + o : nullptr;
+          const S* rcol = Rtp ? Rtp + (i - i0) * r * d + o : nullptr;
           for (index_t q = 0; q < r; ++q) {
             S v = rcol ? rcol[q * d] : S(0);
             for (const Partial& p : b.part) v += p.dBP[std::size_t(off + q * Wd + l)];
@@ -1197,12 +1402,12 @@ class CpuLayer final : public CpuLayerBase<S> {
     }
   }
 
-  void reduce_small(const Bwd& b) const {
+  void reduce_small(const Bwd& b, detail::Arena& ar) const {
     const index_t T = b.T, N = D_.N, r = D_.r, k = D_.k, d = D_.d, dpad = W_.dpad, Ppad = W_.Ppad;
     const auto& G = b.G;
     const Path pth = path();
     auto sum_parts = [&](auto member, std::size_t size) {
-      std::vector<S> acc(size, S(0));
+      const detail::Buf<S> acc = ar.zeros<S>(index_t(size));
       for (const Partial& p : b.part) {
         const auto& v = p.*member;
         for (std::size_t e = 0; e < size; ++e) acc[e] += v[e];
@@ -1233,10 +1438,10 @@ class CpuLayer final : public CpuLayerBase<S> {
         for (index_t m = 0; m < D_.P; ++m) G.angle_bias(i, m) += db[std::size_t(i * Ppad + m)];
     }
     if (G.stretch_ws.present()) {
-      std::vector<S> dws;
+      detail::Buf<S> dws;
       if (pth == Path::dense) {  // dws = sum_i B_i (sum_t dl_i s_i h_i)
         const auto C = sum_parts(&Partial::Cws, std::size_t(N * r));
-        dws.assign(std::size_t(dpad), S(0));
+        dws = ar.zeros<S>(dpad);
         Eigen::Map<Eigen::Matrix<S, 1, Eigen::Dynamic>>(dws.data(), d).noalias() =
             Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>>(C.data(), N * r) * bt_matrix();
       } else {
@@ -1247,12 +1452,14 @@ class CpuLayer final : public CpuLayerBase<S> {
     }
     // dWv = sum_i s_i Gv_i B_i^T, dWc = sum_i s_i Gc_i B_i^T: one GEMM [k, N r] x [N r, d]
     auto rank_weight_grad = [&](auto member, const View<S, 2>& out) {
+      detail::Arena::Mark keep(ar);
       const auto Gs = sum_parts(member, std::size_t(N * k * r));
-      detail::RowMat<S> Gcat(k, N * r);
+      detail::MMap<S> Gcat(ar.take<S>(k * N * r), k, N * r, Eigen::OuterStride<>(N * r));
       for (index_t i = 0; i < N; ++i)
         for (index_t a = 0; a < k; ++a)
           for (index_t q = 0; q < r; ++q) Gcat(a, i * r + q) = scale(i) * Gs[std::size_t((i * k + a) * r + q)];
-      const detail::RowMat<S> acc = Gcat * detail::CMap<S>(W_.BT.data(), N * r, dpad, Eigen::OuterStride<>(dpad));
+      detail::MMap<S> acc(ar.take<S>(k * dpad), k, dpad, Eigen::OuterStride<>(dpad));
+      detail::gemm(acc, Gcat, detail::CMap<S>(W_.BT.data(), N * r, dpad, Eigen::OuterStride<>(dpad)), false, ar);
       for (index_t s = 0; s < dpad; ++s) {
         const index_t o = W_.coord[std::size_t(s)];
         if (o < 0) continue;
@@ -1277,6 +1484,8 @@ class CpuLayer final : public CpuLayerBase<S> {
   std::unique_ptr<detail::ThreadPool> pool_;
   Dims D_;
   detail::CpuWeights<S> W_;
+  mutable std::vector<unsigned char> own_ws_;  // the workspace of the calls that take none
+  mutable std::mutex own_mutex_;
 };
 
 }  // namespace RG_CPU_NS
@@ -1335,11 +1544,45 @@ class Layer<S, backend::cpu> {
 
   void set_threads(int n) { impl_->set_threads(n); }
 
+  /// y = layer(x); the returned context is what backward needs. Scratch memory comes from a
+  /// workspace the layer keeps and grows to the largest call so far.
   Context forward(View<const S, 2> x, View<S, 2> y) const { return impl_->forward(x, y); }
+  /// As above, refilling `ctx` in place: once ctx and the layer's workspace have grown to a
+  /// call's size, the call allocates nothing.
+  void forward(View<const S, 2> x, View<S, 2> y, Context& ctx) const { impl_->forward(x, y, ctx); }
+  /// As above, with scratch memory from the caller: ws.bytes >= forward_workspace_bytes(x, y).
+  /// Nothing is allocated once ctx has grown to the call's size. The workspace is free again
+  /// when the call returns (the context holds what backward needs).
+  void forward(View<const S, 2> x, View<S, 2> y, Context& ctx, Workspace ws) const { impl_->forward(x, y, ctx, ws); }
 
   void backward(const Context& ctx, View<const S, 2> dy, const Gradients<S>& grads,
                 GradMode mode = GradMode::overwrite) const {
     impl_->backward(ctx, dy, grads, mode);
+  }
+  /// backward with scratch memory from the caller: ws.bytes >= backward_workspace_bytes(ctx, dy,
+  /// grads). Allocates nothing.
+  void backward(const Context& ctx, View<const S, 2> dy, const Gradients<S>& grads, GradMode mode,
+                Workspace ws) const {
+    impl_->backward(ctx, dy, grads, mode, ws);
+  }
+
+  /// Bytes of workspace forward needs for T tokens with row-major x and y (unit stride along a
+  /// row, as make_view gives), at the current thread count.
+  std::size_t forward_workspace_bytes(index_t T) const { return impl_->forward_workspace_bytes(T, 0, 0); }
+  /// Bytes of workspace forward(x, y, ...) needs: the above plus a copy of x or y when that view
+  /// is not a row-major matrix.
+  std::size_t forward_workspace_bytes(View<const S, 2> x, View<S, 2> y) const {
+    return impl_->forward_workspace_bytes(x.shape[0], detail::copy_size(x),
+                                          detail::OutMatrix<S, 2>::scratch_size(y));
+  }
+  /// Bytes of workspace backward needs for T tokens and these gradients (which and their layout),
+  /// with row-major x and dy, at the current thread count.
+  std::size_t backward_workspace_bytes(index_t T, const Gradients<S>& grads) const {
+    return impl_->backward_workspace_bytes(T, grads, 0, 0);
+  }
+  /// Bytes of workspace backward(ctx, dy, grads, ...) needs.
+  std::size_t backward_workspace_bytes(const Context& ctx, View<const S, 2> dy, const Gradients<S>& grads) const {
+    return impl_->backward_workspace_bytes(ctx.tokens, grads, detail::copy_size(ctx.x), detail::copy_size(dy));
   }
 
  private:

@@ -54,9 +54,17 @@ inline bool mappable(index_t rows, index_t cols, index_t rs, index_t cs) {
   return (cols <= 1 || cs == 1) && (rows <= 1 || rs >= cols);
 }
 
-/// The matrix of a 2-D view, mapped in place when possible, else copied into `store`.
+/// Values matrix_of copies a 2-D view into (0: it maps the view in place).
 template <class S>
-MatRef<S> matrix_of(const View<const S, 2>& v, std::vector<S>& store) {
+index_t copy_size(const View<S, 2>& v) {
+  if (!v.present() || mappable(v.shape[0], v.shape[1], v.stride[0], v.stride[1])) return 0;
+  return v.shape[0] * v.shape[1];
+}
+
+/// The matrix of a 2-D view, mapped in place when possible, else copied into `store`
+/// (copy_size(v) values).
+template <class S>
+MatRef<S> matrix_of(const View<const S, 2>& v, S* store) {
   MatRef<S> m;
   m.rows = v.shape[0];
   m.cols = v.shape[1];
@@ -66,12 +74,18 @@ MatRef<S> matrix_of(const View<const S, 2>& v, std::vector<S>& store) {
     m.ld = m.rows <= 1 ? std::max<index_t>(m.cols, 1) : v.stride[0];
     return m;
   }
-  store.resize(std::size_t(m.rows * m.cols));
   for (index_t i = 0; i < m.rows; ++i)
     for (index_t j = 0; j < m.cols; ++j) store[std::size_t(i * m.cols + j)] = v(i, j);
-  m.p = store.data();
+  m.p = store;
   m.ld = std::max<index_t>(m.cols, 1);
   return m;
+}
+
+/// The matrix of a 2-D view, mapped in place when possible, else copied into `store`.
+template <class S>
+MatRef<S> matrix_of(const View<const S, 2>& v, std::vector<S>& store) {
+  store.resize(std::size_t(copy_size(v)));
+  return matrix_of(v, store.data());
 }
 
 /// The stacked matrix [n*m, c] of a 3-D view [n, m, c], mapped in place when possible.
@@ -104,21 +118,31 @@ class OutMatrix {
   static_assert(R == 2 || R == 3, "OutMatrix: rank 2 or 3");
 
  public:
-  explicit OutMatrix(const View<S, R>& v) : v_(v) {
+  explicit OutMatrix(const View<S, R>& v) : OutMatrix(v, nullptr) {}
+  /// With `store` (scratch_size(v) values) for the scratch instead of memory of its own.
+  OutMatrix(const View<S, R>& v, S* store) : v_(v) {
     m_.cols = v.shape[R - 1];
     m_.rows = R == 2 ? v.shape[0] : v.shape[0] * v.shape[1];
-    const index_t rs = v.stride[R - 2];
-    bool ok = v.present() && mappable(m_.rows, m_.cols, rs, v.stride[R - 1]);
-    if (R == 3) ok = ok && (v.shape[0] <= 1 || v.shape[1] == 0 || v.stride[0] == v.shape[1] * v.stride[1]);
-    if (ok) {
+    if (direct(v)) {
       m_.p = v.data;
-      m_.ld = m_.rows <= 1 ? std::max<index_t>(m_.cols, 1) : rs;
+      m_.ld = m_.rows <= 1 ? std::max<index_t>(m_.cols, 1) : v.stride[R - 2];
       direct_ = true;
     } else {
-      store_.assign(std::size_t(m_.rows * m_.cols), S(0));
-      m_.p = store_.data();
+      const std::size_t n = std::size_t(m_.rows * m_.cols);
+      if (!store) {
+        own_.resize(n);
+        store = own_.data();
+      }
+      store_ = store;
+      std::fill(store_, store_ + n, S(0));
+      m_.p = store_;
       m_.ld = std::max<index_t>(m_.cols, 1);
     }
+  }
+  /// Values of scratch an OutMatrix over v needs (0: it writes into v directly).
+  static index_t scratch_size(const View<S, R>& v) {
+    if (direct(v)) return 0;
+    return v.shape[R - 1] * (R == 2 ? v.shape[0] : v.shape[0] * v.shape[1]);
   }
   const MatMut<S>& mat() const { return m_; }
   /// Adds (add) or copies the scratch into the view. Nothing to do when the view was mapped.
@@ -137,9 +161,17 @@ class OutMatrix {
   }
 
  private:
+  static bool direct(const View<S, R>& v) {
+    const index_t cols = v.shape[R - 1], rows = R == 2 ? v.shape[0] : v.shape[0] * v.shape[1];
+    bool ok = v.present() && mappable(rows, cols, v.stride[R - 2], v.stride[R - 1]);
+    if (R == 3) ok = ok && (v.shape[0] <= 1 || v.shape[1] == 0 || v.stride[0] == v.shape[1] * v.stride[1]);
+    return ok;
+  }
+
   View<S, R> v_;
   MatMut<S> m_;
-  std::vector<S> store_;
+  S* store_ = nullptr;
+  std::vector<S> own_;
   bool direct_ = false;
 };
 

@@ -86,7 +86,7 @@ struct CpuWeights {
     dpad = pass0 + simd::round_up(d - 2 * P, W);
 
     coord.assign(std::size_t(dpad), -1);
-    std::vector<unsigned char> used(static_cast<std::size_t>(d), 0);
+    used.assign(static_cast<std::size_t>(d), 0);
     for (index_t mm = 0; mm < P; ++mm) {
       index_t a, b;
       plane_coords(c.pairing, mm, d, a, b);
@@ -153,8 +153,8 @@ struct CpuWeights {
       for (index_t i = 0; i < N; ++i)
         map_weights(c.map, p.map_M.present() ? p.map_M.ptr(i) : static_cast<const S*>(nullptr),
                     p.map_M.present() ? p.map_M.stride[1] : 0, i, N, &m[std::size_t(i * N)]);
-      WvB = rank_product(p.angle_Wv);
-      WcB = rank_product(p.angle_Wc);
+      rank_product(p.angle_Wv, WvB);
+      rank_product(p.angle_Wc, WcB);
     }
 
     // Tiles: the expand weights of every expert for one tile stay in L2 across the tokens.
@@ -165,17 +165,17 @@ struct CpuWeights {
       tp = std::min<index_t>(std::max<index_t>(tp, 32), 512);
     }
     tp = std::max<index_t>(W, tp / W * W);
-    auto make_tiles = [&](index_t planes) {
-      std::vector<Tile> out;
+    auto make_tiles = [&](index_t planes, std::vector<Tile>& out) {  // reuses out's memory
+      out.clear();
       for (index_t m0 = 0; m0 < Ppad; m0 += planes) out.push_back({true, m0, Ppad + m0, std::min(planes, Ppad - m0)});
       for (index_t s0 = pass0; s0 < dpad; s0 += 2 * planes)
         out.push_back({false, s0, 0, std::min(2 * planes, dpad - s0)});
-      return out;
     };
-    tiles = make_tiles(tp);
-    long_tiles = make_tiles(std::max<index_t>(tp, 512));
+    make_tiles(tp, tiles);
+    make_tiles(std::max<index_t>(tp, 512), long_tiles);
     // one expert's packed expand weights and their gradient for a tile: 16 KiB, half of L1
-    expert_tiles = make_tiles(std::min<index_t>(512, std::max<index_t>(W, 16 * 1024 / (4 * r * index_t(sizeof(S))) / W * W)));
+    make_tiles(std::min<index_t>(512, std::max<index_t>(W, 16 * 1024 / (4 * r * index_t(sizeof(S))) / W * W)),
+               expert_tiles);
     max_len = 0;
     for (const auto* list : {&tiles, &long_tiles, &expert_tiles})
       for (const Tile& t : *list) max_len = std::max(max_len, t.len);
@@ -183,12 +183,17 @@ struct CpuWeights {
   }
 
  private:
+  std::vector<unsigned char> used;  // build(): output coordinates in a plane
+  std::vector<S> ws_slot;           // rank_product(): Wm in slot space
+
   // [N, k, r]: Wmat B_i for every expert, from the slot-space expand weights (zero if absent).
-  std::vector<S> rank_product(const View<const S, 2>& Wm) const {
+  // Reuses the memory of `out` and of the scratch above, so a rebuild of unchanged shapes
+  // allocates nothing.
+  void rank_product(const View<const S, 2>& Wm, std::vector<S>& out) {
     const index_t N = D.N, r = D.r, k = D.k;
-    std::vector<S> out(static_cast<std::size_t>(N * k * r), S(0));
-    if (!Wm.present()) return out;
-    std::vector<S> ws_slot(std::size_t(k * dpad), S(0));  // Wm in slot space
+    out.assign(static_cast<std::size_t>(N * k * r), S(0));
+    if (!Wm.present()) return;
+    ws_slot.assign(std::size_t(k * dpad), S(0));
     for (index_t q = 0; q < k; ++q)
       for (index_t s = 0; s < dpad; ++s)
         if (coord[std::size_t(s)] >= 0) ws_slot[std::size_t(q * dpad + s)] = Wm(q, coord[std::size_t(s)]);
@@ -198,7 +203,6 @@ struct CpuWeights {
       MMap<S> dst(&out[std::size_t(i * k * r)], k, r, Eigen::OuterStride<>(r));
       dst.noalias() = Wslot * Bi.transpose();
     }
-    return out;
   }
 };
 
