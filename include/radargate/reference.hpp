@@ -10,9 +10,14 @@
 //
 // Backward is the chain rule applied to the same steps in reverse; each step's formula is next to
 // its code. Nothing here is fast; everything here is obvious.
+//
+// Memory: forward fills a Context, which forward(x, y, ctx) refills in place (no allocation once
+// it has grown to the call's size); backward needs backward_workspace_bytes(T, grads) bytes of
+// scratch per call, from the caller (Workspace) or allocated by the call that takes none.
 #pragma once
 
 #include <algorithm>
+#include <cstdint>
 #include <vector>
 
 #include "backend.hpp"
@@ -22,6 +27,7 @@
 #include "grad_plan.hpp"
 #include "params.hpp"
 #include "view.hpp"
+#include "workspace.hpp"
 
 namespace radargate {
 
@@ -62,10 +68,16 @@ class Layer<S, backend::reference> {
   }
 
   Context forward(View<const S, 2> x, View<S, 2> y) const {
+    Context ctx;
+    forward(x, y, ctx);
+    return ctx;
+  }
+
+  /// forward refilling `ctx` in place: allocates nothing once ctx has grown to the call's size.
+  void forward(View<const S, 2> x, View<S, 2> y, Context& ctx) const {
     const Dims& D = D_;
     detail::check_xy(D, x, "x", D.d_in, &y, "y", D.d);
     const index_t T = x.shape[0], N = D.N, r = D.r, d = D.d, k = D.k, P = D.P;
-    Context ctx;
     ctx.tokens = T;
     ctx.x = x;
     ctx.h.assign(T * N * r, S(0));
@@ -73,6 +85,7 @@ class Layer<S, backend::reference> {
     ctx.u.assign(T * N * d, S(0));
     ctx.g.assign(T * N, S(0));
     ctx.sel.assign(T * N, 1);
+    for (auto* v : {&ctx.m, &ctx.c, &ctx.z, &ctx.pre}) v->clear();
     if (cfg_.rotation) {
       ctx.m.assign(N * N, S(0));
       for (index_t i = 0; i < N; ++i)
@@ -83,11 +96,27 @@ class Layer<S, backend::reference> {
       ctx.pre.assign(T * N * P, S(0));
     }
     for (index_t t = 0; t < T; ++t) forward_token(ctx, t, x[t], y[t]);
-    return ctx;
+  }
+
+  /// Forward needs no workspace (everything it keeps is in the Context); for the same calls as
+  /// the other backends.
+  std::size_t forward_workspace_bytes(index_t) const { return 0; }
+  void forward(View<const S, 2> x, View<S, 2> y, Context& ctx, Workspace) const { forward(x, y, ctx); }
+
+  /// Bytes of scratch backward needs (the same for any T and gradients: one token's).
+  std::size_t backward_workspace_bytes(index_t, const Gradients<S>&) const {
+    return scratch_values() * sizeof(S) + alignof(S);
   }
 
   void backward(const Context& ctx, View<const S, 2> dy, const Gradients<S>& grads,
                 GradMode mode = GradMode::overwrite) const {
+    std::vector<unsigned char> ws(backward_workspace_bytes(ctx.tokens, grads));
+    backward(ctx, dy, grads, mode, Workspace{ws.data(), ws.size()});
+  }
+
+  /// backward with scratch from the caller (ws.bytes >= backward_workspace_bytes): allocates nothing.
+  void backward(const Context& ctx, View<const S, 2> dy, const Gradients<S>& grads, GradMode mode,
+                Workspace ws) const {
     const Dims& D = D_;
     const index_t T = ctx.tokens;
     if (dy.shape[0] != T || dy.shape[1] != D.d)
@@ -99,10 +128,23 @@ class Layer<S, backend::reference> {
       for_each_param(grads, [](const char*, const auto& g) { detail::zero_view(g); });
     }
     const GradPlan need = plan_gradients(cfg_, grads);
-    for (index_t t = 0; t < T; ++t) backward_token(ctx, t, dy[t], grads, need);
+    const std::size_t bytes = backward_workspace_bytes(T, grads);
+    if (T > 0 && (ws.bytes < bytes || !ws.data))
+      detail::fail("reference backward workspace: expected at least ", bytes,
+                   " bytes (backward_workspace_bytes), found ", ws.data ? ws.bytes : 0, " bytes",
+                   ws.data ? "" : " (null data)");
+    if (T == 0) return;
+    const auto a = reinterpret_cast<std::uintptr_t>(ws.data);
+    S* scratch = reinterpret_cast<S*>(static_cast<unsigned char*>(ws.data) + (alignof(S) - a % alignof(S)) % alignof(S));
+    for (index_t t = 0; t < T; ++t) backward_token(ctx, t, dy[t], grads, need, scratch);
   }
 
  private:
+  // One token's scratch in backward: du, dv, dc [N, d], dl, dm [N], dz [k], dpre [P], dh [r].
+  std::size_t scratch_values() const {
+    return std::size_t(3 * D_.N * D_.d + 2 * D_.N + D_.k + D_.P + D_.r);
+  }
+
   S scale(index_t i) const { return p_.lora_scale.present() ? p_.lora_scale(i) : S(1); }
 
   // Raw gate logits that do not depend on the experts: (Wg x + bg)_i (or bg_i alone).
@@ -220,8 +262,17 @@ class Layer<S, backend::reference> {
   }
 
   void backward_token(const Context& ctx, index_t t, const View<const S, 1>& dy, const Gradients<S>& G,
-                      const GradPlan& need) const {
+                      const GradPlan& need, S* scratch) const {
     const index_t N = D_.N, r = D_.r, d = D_.d, k = D_.k, P = D_.P, din = D_.d_in;
+    std::fill(scratch, scratch + scratch_values(), S(0));
+    S* const du = scratch;
+    S* const dv = du + N * d;
+    S* const dc = dv + N * d;
+    S* const dl = dc + N * d;
+    S* const dm = dl + N;
+    S* const dz = dm + N;
+    S* const dpre = dz + k;
+    S* const dh = dpre + P;
     const View<const S, 1> x = ctx.x[t];
     const S* h = &ctx.h[t * N * r];
     const S* v = &ctx.v[t * N * d];
@@ -244,21 +295,19 @@ class Layer<S, backend::reference> {
       }
 
     // du_i = g_i dy
-    std::vector<S> du(N * d, S(0));
     for (index_t i = 0; i < N; ++i)
       if (sel[i])
         for (index_t o = 0; o < d; ++o) du[i * d + o] = g[i] * dy(o);
 
     // Gate: dg_i = dy . u_i ; dl = J_normalize^T dg ; then through l = Wg x + bg (+ ws . u_i).
     if (need.dlogits) {
-      std::vector<S> dl(N, S(0));
       for (index_t i = 0; i < N; ++i) {
         S acc = S(0);
         if (sel[i])
           for (index_t o = 0; o < d; ++o) acc += dy(o) * u[i * d + o];
         dl[i] = acc;
       }
-      detail::normalize_backward(cfg_.normalize, S(cfg_.tau), g, dl.data(), N);
+      detail::normalize_backward(cfg_.normalize, S(cfg_.tau), g, dl, N);
       if (G.stretch_bg.present())
         for (index_t i = 0; i < N; ++i) G.stretch_bg(i) += dl[i];
       if (cfg_.gate != GateKind::static_) {
@@ -285,12 +334,10 @@ class Layer<S, backend::reference> {
     if (!need.dv && !need.dz) return;
 
     // Rotation: dv_i = R_i^T du_i ; dalpha ; then back through the angle generator and the map.
-    std::vector<S> dv(N * d, S(0));
     if (cfg_.rotation) {
       const S* c = &ctx.c[t * N * d];
       const S* z = &ctx.z[t * N * k];
       const S* pre = &ctx.pre[t * N * P];
-      std::vector<S> dc(N * d, S(0)), dz(k), dpre(P);
       for (index_t i = 0; i < N; ++i) {
         for (index_t o = 0; o < d; ++o) dv[i * d + o] = du[i * d + o];
         for (index_t m = 0; m < P; ++m) {
@@ -342,7 +389,6 @@ class Layer<S, backend::reference> {
           }
       }
       // c_i = sum_{j != i} m_ij v_j : dv_j += m_ij dc_i ; dm_ij = dc_i . v_j ; then through softmax.
-      std::vector<S> dm(N);
       for (index_t i = 0; i < N; ++i) {
         for (index_t j = 0; j < N; ++j) {
           if (j == i) continue;
@@ -354,17 +400,16 @@ class Layer<S, backend::reference> {
           dm[j] = acc;
         }
         if (G.map_M.present() && cfg_.map == MapMode::learned && N > 1) {
-          detail::map_weights_backward(&ctx.m[i * N], dm.data(), i, N);
+          detail::map_weights_backward(&ctx.m[i * N], dm, i, N);
           for (index_t j = 0; j < N; ++j) G.map_M(i, j) += dm[j];
         }
       }
     } else {
-      dv = du;
+      std::copy(du, du + N * d, dv);
     }
 
     if (!need.dv) return;
     // v_i = s_i B_i h_i ; h_i = A_i x
-    std::vector<S> dh(r);
     for (index_t i = 0; i < N; ++i) {
       if (!sel[i]) continue;
       const S s = scale(i);
