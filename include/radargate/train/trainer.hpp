@@ -10,10 +10,10 @@
 //
 // One step: gather the batch's rows (in the epoch's shuffled order) -> forward -> loss and dL/dy
 // -> backward for the trained tensors only -> clip by global norm -> optimizer update in place in
-// the model's memory -> weights_changed() on backends that cache weights (cpu). The trainer's
-// own work allocates nothing after its first epoch on a data set: every buffer (batch rows,
-// outputs, dL/dy, gradients, optimizer state, the permutation) is sized once. What a backend's
-// forward and backward allocate inside (their Context) is the backend's.
+// the model's memory -> weights_changed() on backends that cache weights (cpu). A step after the
+// first allocates nothing: every buffer (batch rows, outputs, dL/dy, gradients, optimizer state,
+// the permutation) is sized once, and on a backend with a workspace API (cpu, reference) the
+// trainer keeps one Context, refilled in place, and one workspace for forward and backward.
 //
 // A loss or gradient norm that becomes NaN or Inf throws radargate::error naming the epoch and
 // the step, before any update is applied from it.
@@ -23,6 +23,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -31,6 +32,7 @@
 #include "../error.hpp"
 #include "../model.hpp"
 #include "../params.hpp"
+#include "../workspace.hpp"
 #include "loss.hpp"
 #include "optimizer.hpp"
 #include "schedule.hpp"
@@ -87,6 +89,30 @@ template <class L, class = void>
 struct has_weights_changed : std::false_type {};
 template <class L>
 struct has_weights_changed<L, std::void_t<decltype(std::declval<L&>().weights_changed())>> : std::true_type {};
+
+/// Whether L takes a caller's context and workspace (forward(x, y, ctx, ws), backward(..., ws)).
+template <class L, class S, class = void>
+struct has_workspace : std::false_type {};
+template <class L, class S>
+struct has_workspace<
+    L, S,
+    std::void_t<typename L::Context, decltype(std::declval<const L&>().forward_workspace_bytes(index_t(0))),
+                decltype(std::declval<const L&>().backward_workspace_bytes(index_t(0), std::declval<const Gradients<S>&>())),
+                decltype(std::declval<const L&>().forward(std::declval<View<const S, 2>>(), std::declval<View<S, 2>>(),
+                                                          std::declval<typename L::Context&>(), Workspace{})),
+                decltype(std::declval<const L&>().backward(std::declval<const typename L::Context&>(),
+                                                           std::declval<View<const S, 2>>(),
+                                                           std::declval<const Gradients<S>&>(), GradMode::overwrite,
+                                                           Workspace{}))>> : std::true_type {};
+
+template <class L, class S, bool = has_workspace<L, S>::value>
+struct SavedContext {
+  struct type {};
+};
+template <class L, class S>
+struct SavedContext<L, S, true> {
+  using type = typename L::Context;
+};
 
 /// SplitMix64: the shuffle's generator (fixed, so shuffles do not depend on the standard library).
 inline std::uint64_t splitmix64(std::uint64_t& s) {
@@ -286,8 +312,7 @@ class Trainer {
       const index_t n = std::min<index_t>(B, T - t0);
       gather_rows(data, nullptr, t0, n);
       const View<S, 2> y = make_view(out_.data(), n, D_.d);
-      auto ctx = layer_.forward(make_view(static_cast<const S*>(xb_.data()), n, D_.d_in), y);
-      (void)ctx;
+      forward(make_view(static_cast<const S*>(xb_.data()), n, D_.d_in), y);
       const View<S, 2> none;
       const double l = opt_.loss == LossKind::mse
                            ? mse_loss<S>(y, make_view(static_cast<const S*>(tb_.data()), n, D_.d), none)
@@ -315,6 +340,40 @@ class Trainer {
   std::vector<std::int64_t> lb_;
   std::vector<index_t> perm_;
   std::int64_t epochs_done_ = 0;
+  static constexpr bool kWorkspace = impl::has_workspace<L, S>::value;
+  typename impl::SavedContext<L, S>::type ctx_;  // with a workspace API: refilled by every forward
+  std::vector<unsigned char> ws_;                // the workspace of forward and backward
+
+  Workspace workspace(std::size_t bytes) {
+    if (ws_.size() < bytes) ws_.resize(bytes);
+    return Workspace{ws_.data(), ws_.size()};
+  }
+
+  // forward into the trainer's context (or, without a workspace API, the layer's own call).
+  auto forward(View<const S, 2> x, View<S, 2> y) {
+    if constexpr (kWorkspace) {
+      layer_.forward(x, y, ctx_, workspace(layer_.forward_workspace_bytes(x.shape[0])));
+      return std::ref(ctx_);
+    } else {
+      return layer_.forward(x, y);
+    }
+  }
+  template <class C>
+  void backward(const C& ctx, View<const S, 2> dy) {
+    if constexpr (kWorkspace)
+      layer_.backward(ctx, dy, gv_, GradMode::overwrite, workspace(layer_.backward_workspace_bytes(dy.shape[0], gv_)));
+    else
+      layer_.backward(ctx, dy, gv_, GradMode::overwrite);
+  }
+
+  template <class C>
+  static const C& unwrap(const C& c) {
+    return c;
+  }
+  template <class C>
+  static const C& unwrap(const std::reference_wrapper<C>& c) {
+    return c.get();
+  }
 
   void gather(const Dataset<S>& data, index_t t0, index_t n) { gather_rows(data, perm_.data(), t0, n); }
 
@@ -336,14 +395,14 @@ class Trainer {
     const View<const S, 2> x = make_view(static_cast<const S*>(xb_.data()), n, D_.d_in);
     const View<S, 2> y = make_view(out_.data(), n, D_.d);
     const View<S, 2> dy = make_view(dy_.data(), n, D_.d);
-    auto ctx = layer_.forward(x, y);
+    const auto ctx = forward(x, y);
     info.loss = opt_.loss == LossKind::mse ? mse_loss<S>(y, make_view(static_cast<const S*>(tb_.data()), n, D_.d), dy)
                                            : cross_entropy_loss<S>(y, lb_.data(), dy);
     if (!std::isfinite(info.loss))
       detail::fail("training diverged: the loss became ", impl::non_finite_name(info.loss), " at epoch ", info.epoch,
                    ", step ", info.step, " of ", info.steps_in_epoch, " (global step ", optim_.steps() + 1,
                    "); try a smaller learning rate or --clip");
-    layer_.backward(ctx, make_view(static_cast<const S*>(dy_.data()), n, D_.d), gv_, GradMode::overwrite);
+    backward(unwrap(ctx), make_view(static_cast<const S*>(dy_.data()), n, D_.d));
     info.grad_norm = clip_grad_norm(optim_.slots(), opt_.clip);
     if (!std::isfinite(info.grad_norm))
       detail::fail("training diverged: the gradient norm became ", impl::non_finite_name(info.grad_norm), " at epoch ",
