@@ -336,13 +336,14 @@ class CpuLayer final : public CpuLayerBase<S> {
   }
 
   // The layer's own workspace, grown to `bytes` (callers hold own_mutex_).
+  // Not zeroed: its pages are touched only as far as calls use them.
   Workspace own_workspace(std::size_t bytes) const {
-    if (own_ws_.size() < bytes) {
-      own_ws_.clear();
-      own_ws_.shrink_to_fit();
-      own_ws_.resize(bytes);
+    if (own_bytes_ < bytes) {
+      own_ws_.reset();
+      own_ws_.reset(new unsigned char[bytes]);
+      own_bytes_ = bytes;
     }
-    return Workspace{own_ws_.data(), own_ws_.size()};
+    return Workspace{own_ws_.get(), own_bytes_};
   }
 
   // Validates a backward call; true when it has anything to compute.
@@ -367,11 +368,14 @@ class CpuLayer final : public CpuLayerBase<S> {
     auto B = [](index_t m) { return detail::arena_bytes<S>(m); };
     auto G = [](index_t a, index_t b, index_t c) { return detail::gemm_bytes<S>(a, b, c); };
     const std::size_t tile_scratch = 6 * B(TB * L);
-    const std::size_t bufs = std::max({B(n * Nr) + 2 * B(TB * L) + tile_scratch,           // tiles_forward
-                                       B(n * Nr) + 2 * B(TB * dp) + tile_scratch,          // forward_one_pass
-                                       detail::arena_bytes<index_t>(n) + B(n * din) + B(n * r),  // sparse_shrink
-                                       B(n * Nr),                                          // dense expand
-                                       B(n * k) + 2 * B(N * n * k)});                      // angle_inputs
+    const Path pth = path();
+    const bool fused = pth == Path::fused;
+    const std::size_t bufs =
+        std::max({pth != Path::dense ? B(n * Nr) + 2 * B(TB * L) + tile_scratch : 0,              // tiles_forward
+                  one_pass() ? B(n * Nr) + 2 * B(TB * dp) + tile_scratch : 0,                      // forward_one_pass
+                  pth == Path::sparse ? detail::arena_bytes<index_t>(n) + B(n * din) + B(n * r) : 0,  // sparse_shrink
+                  pth == Path::dense ? B(n * Nr) : 0,                                               // dense expand
+                  fused ? B(n * k) + 2 * B(N * n * k) : 0});                                        // angle_inputs
     const std::size_t gemms = std::max({G(n, d, din), G(n, N, din), G(n, Nr, din), G(n, d, Nr), G(n, r, din),
                                         G(n, k, din), G(n, k, r), G(N, n * k, N)});
     return detail::round_bytes(bufs + gemms);
@@ -386,18 +390,22 @@ class CpuLayer final : public CpuLayerBase<S> {
     auto G = [](index_t a, index_t b, index_t c) { return detail::gemm_bytes<S>(a, b, c); };
     const std::size_t tile_scratch = 6 * B(TB * L);
     const index_t SG = std::min<index_t>(n, 8 * TB), GR = (SG + TB - 1) / TB * TB;
+    const Path pth = path();
+    const bool fused = pth == Path::fused;
     const std::size_t rows =
-        2 * B(n * Nr) + B(n * N * k) +                                   // E, e, dz
-        std::max({B(n * Nr) + 2 * B(TB * L) + tile_scratch,             // tiles_backward
-                  B(n * Nr) + 3 * B(GR * dp) + 3 * B(GR * Pp) + 3 * B(TB * L) + B(SG) +
-                      detail::arena_bytes<detail::kernels::Block<S>>(GR / TB),  // backward_one_pass
-                  2 * B(N * k) + B(r),                                   // rank_space_backward
-                  detail::arena_bytes<index_t>(n) + B(n * r) + B(n * din)}) +  // sparse_dx
+        (pth == Path::dense ? 2 * B(n * Nr) : B(n * Nr) + B(n * N * k)) +  // E and e, or e and dz
+        std::max({pth != Path::dense ? B(n * Nr) + 2 * B(TB * L) + tile_scratch : 0,  // tiles_backward
+                  one_pass() ? B(n * Nr) + 3 * B(GR * dp) + 3 * B(GR * Pp) + 3 * B(TB * L) + B(SG) +
+                                   detail::arena_bytes<detail::kernels::Block<S>>(GR / TB)
+                             : 0,                                                       // backward_one_pass
+                  fused ? 2 * B(N * k) + B(r) : 0,                                      // rank_space_backward
+                  pth == Path::sparse ? detail::arena_bytes<index_t>(n) + B(n * r) + B(n * din) : 0}) +  // sparse_dx
         std::max({G(n, Nr, d), G(n, din, Nr), G(n, din, k), G(n, din, N), G(n, din, d), G(n, din, r)});
     const index_t nc = (din + nt - 1) / nt, ni = (N + nt - 1) / nt;
     const std::size_t reduce =
-        detail::arena_bytes<index_t>(T) + B(T * r) + B(T * nc) +                         // sparse dA
-        2 * B(k * ni * r) + 2 * B(ni * r * d) + B(T * ni * r) +                          // reduce_dB
+        (pth == Path::sparse ? detail::arena_bytes<index_t>(T) + B(T * r) + B(T * nc) : 0) +  // sparse dA
+        (fused ? 2 * B(k * ni * r) + B(ni * r * d) : 0) +                                    // reduce_dB
+        (pth == Path::dense ? B(T * ni * r) + B(ni * r * d) : 0) +
         B(N) + B(N * N) + B(k * Pp) + B(N * Pp) + B(N * r) + 2 * B(dp) +                 // reduce_small
         2 * (2 * B(N * k * r) + B(k * dp)) +
         std::max({G(Nr, nc, T), G(r, nc, T), G(N, nc, T), G(k, nc, T), G(d, nc, T), G(ni * r, d, k),
@@ -1484,7 +1492,8 @@ class CpuLayer final : public CpuLayerBase<S> {
   std::unique_ptr<detail::ThreadPool> pool_;
   Dims D_;
   detail::CpuWeights<S> W_;
-  mutable std::vector<unsigned char> own_ws_;  // the workspace of the calls that take none
+  mutable std::unique_ptr<unsigned char[]> own_ws_;  // the workspace of the calls that take none
+  mutable std::size_t own_bytes_ = 0;
   mutable std::mutex own_mutex_;
 };
 
