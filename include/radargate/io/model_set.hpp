@@ -215,12 +215,8 @@ class ModelSet {
   std::vector<std::pair<std::string, LayerConfig>> parse_layer_list(const std::string& text) const {
     const SafetensorsFile& f = *file_;
     const std::string where = std::string("__metadata__ '") + layers_key + "'";
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(text);
-    } catch (const nlohmann::json::exception& e) {
-      f.fail_file(where, ": not valid JSON: ", e.what());
-    }
+    // Depth-limited and duplicate-checked, so that the dump() of a bad entry below stays bounded.
+    const nlohmann::json j = detail::in_file(f.source(), [&] { return detail::parse_json_checked(text, where); });
     if (!j.is_array() || j.empty())
       f.fail_file(where, ": expected a non-empty array of {\"name\": ..., \"config\": {...}}, found ", j.dump());
     std::vector<std::pair<std::string, LayerConfig>> out;
