@@ -57,7 +57,7 @@ def test_gradcheck_float64(case, backend):
 def test_gradcheck_function_every_input(case):
     """torch.autograd.gradcheck over x and every parameter at once, through radargate.torch's
     autograd.Function."""
-    from radargate.torch import _Binding, _Function
+    from radargate.torch import _Binding
     variant, opts = case
     m = RadarGate(variant=variant, d_in=4, d=4, experts=3, rank=2, seed=2, dtype=torch.float64, **opts)
     x = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
@@ -65,7 +65,7 @@ def test_gradcheck_function_every_input(case):
 
     def f(x, *q):
         # A binding over q itself, made per call: gradcheck perturbs q in place between calls.
-        return _Function.apply(_Binding(m._config_text, m._names, list(q), "cpu"), m._slots, x, *q)
+        return _Binding(m._config_text, m._names, list(q), "cpu").function.apply(x, *q)
 
     assert torch.autograd.gradcheck(f, (x, *ps), eps=1e-6, atol=1e-7, rtol=1e-6)
 
