@@ -54,7 +54,8 @@ def _pick_export():
 _export = _pick_export()
 _version_of = operator.attrgetter("_version")
 _data_ptr = torch.Tensor.data_ptr
-_CONTIGUOUS = torch.contiguous_format
+_numel = torch.Tensor.numel
+_unflatten = torch._C._nn.unflatten_dense_tensors  # views of one buffer, shaped like the tensors given
 
 
 class _Binding:
@@ -78,21 +79,21 @@ class _Binding:
         self.versions = [list(map(_version_of, params))]
         dims = self.core.dims
         self.d_in, self.d = dims["d_in"], dims["d"]
-        self.function = _function(self, tuple(_config.PARAM_NAMES.index(n) for n in names))
+        self.function = _function(self, len(params))
 
 
-def _function(binding, slots):
+def _function(binding, n_params):
     """An autograd.Function over one binding: y = layer(x, *params), whose backward runs the
     library's backward for x and the parameters that need it.
 
-    The binding and the parameters' slots are closed over rather than passed to apply(): in torch
-    1.13 every argument of apply() costs per call, tensor or not."""
+    The library is closed over rather than passed to apply(): in torch 1.13 every argument of
+    apply() costs per call, tensor or not. The parameters come in file order (those the layer has),
+    as the library's backward_flat takes them."""
     core = binding.core
-    forward_c, backward_c = core.forward, core.backward
+    forward_c, backward_flat = core.forward, core.backward_flat
     versions = binding.versions
     d = binding.d
-    n_names = len(_config.PARAM_NAMES)
-    no_grads = (None,) * (1 + len(slots))
+    no_grads = (None,) * (1 + n_params)
 
     class _Call(torch.autograd.Function):
         @staticmethod
@@ -120,20 +121,21 @@ def _function(binding, slots):
                                    "optimizer step, a no_grad edit) between its forward and this backward; run "
                                    "forward again")
             need = ctx.needs_input_grad
-            out = [torch.empty_like(x, memory_format=_CONTIGUOUS) if need[0] else None]
-            grads = [None] * n_names
-            for slot, p, want in zip(slots, params, need[1:]):
-                if want:
-                    g = torch.empty_like(p, memory_format=_CONTIGUOUS)
-                    grads[slot] = _export(g)
-                    out.append(g)
-                else:
-                    out.append(None)
+            # Every gradient asked for lives in one buffer that crosses once; autograd gets views of
+            # it, shaped like x and the parameters.
+            inputs = (x,) + params
+            wanted = inputs if all(need) else [t for t, w in zip(inputs, need) if w]
+            flat = x.new_empty(sum(map(_numel, wanted)))
             if dy.dtype != x.dtype:
                 dy = dy.to(x.dtype)
-            dx = out[0]
-            backward_c(ctx.cctx, _export(dy), None if dx is None else _export(dx), grads, False)
-            return tuple(out)
+            backward_flat(ctx.cctx, _export(dy), _export(flat), need)
+            views = _unflatten(flat, wanted)
+            if need[0] and x.numel() == 0:  # an empty tensor comes back as shape [0]
+                views[0] = x.new_empty(x.shape)
+            if len(views) == len(need):
+                return tuple(views)
+            it = iter(views)
+            return tuple(next(it) if w else None for w in need)
 
     return _Call
 
