@@ -62,7 +62,7 @@ class _Binding:
     """The C++ layer over one set of parameter tensors, re-read when they change, and the
     autograd.Function that calls it."""
 
-    __slots__ = ("core", "ptrs", "dtype", "device", "versions", "threads", "d_in", "d", "function")
+    __slots__ = ("core", "ptrs", "dtype", "device", "versions", "threads", "d_in", "d", "function", "on_cuda")
 
     def __init__(self, config, names, params, backend):
         dtype = params[0].dtype
@@ -80,6 +80,117 @@ class _Binding:
         dims = self.core.dims
         self.d_in, self.d = dims["d_in"], dims["d"]
         self.function = _function(self, len(params))
+        self.on_cuda = False
+
+    def changed(self, versions):
+        """The parameter values changed in place: the library re-reads them."""
+        self.core.weights_changed()
+        self.versions[0] = versions
+
+    def set_threads(self, n):
+        self.core.set_threads(n)
+        self.threads = n
+
+
+class _CudaBinding:
+    """The CUDA backend's layer over parameter tensors on one CUDA device (a package built with
+    RADARGATE_PYTHON_CUDA=ON), and its autograd.Function. Every call runs on torch's current
+    stream of that device; the workspaces come from torch's caching allocator."""
+
+    __slots__ = ("core", "ptrs", "dtype", "device", "versions", "threads", "d_in", "d", "function", "on_cuda")
+
+    def __init__(self, config, names, params, backend):
+        if backend != "cpu":
+            raise ValueError(f"backend: the {backend!r} backend runs on the CPU; CUDA tensors run on the CUDA backend "
+                             "(make the module with backend=\"cpu\", the default, to move it to CUDA)")
+        dtype, device = params[0].dtype, params[0].device
+        if dtype != torch.float32:
+            raise TypeError(f"radargate: the CUDA backend runs float32 parameters, found {dtype} on {device} "
+                            "(convert the module with .float())")
+        slots = dict(zip(names, params))
+        arrays = [_export(slots[n]) if n in slots else None for n in _config.PARAM_NAMES]
+        stream = torch.cuda.current_stream(device).cuda_stream
+        self.core = _core.CudaLayer32(config, arrays, device.index, stream)
+        self.threads = torch.get_num_threads()
+        self.ptrs = list(map(_data_ptr, params))
+        self.dtype, self.device = dtype, device
+        self.versions = [list(map(_version_of, params))]
+        dims = self.core.dims
+        self.d_in, self.d = dims["d_in"], dims["d"]
+        self.function = _cuda_function(self, len(params))
+        self.on_cuda = True
+
+    def changed(self, versions):
+        self.core.weights_changed(torch.cuda.current_stream(self.device).cuda_stream)
+        self.versions[0] = versions
+
+    def set_threads(self, n):  # the CUDA backend has no host threads
+        self.threads = n
+
+    def run(self, x):
+        """y for x without an autograd node."""
+        core, dev = self.core, self.device
+        T = x.shape[0]
+        y = x.new_empty((T, self.d))
+        ws = torch.empty(core.forward_workspace_bytes(T), dtype=torch.uint8, device=dev)
+        core.forward(_export(x), _export(y), _export(ws), torch.cuda.current_stream(dev).cuda_stream)
+        return y
+
+
+def _cuda_function(binding, n_params):
+    """_function's counterpart for the CUDA backend: the same contract, plus a workspace per call
+    (the forward's holds the saved activations, kept with the context until backward)."""
+    core = binding.core
+    dev = binding.device
+    versions = binding.versions
+    d = binding.d
+    no_grads = (None,) * (1 + n_params)
+
+    class _CudaCall(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, *params):
+            T = x.shape[0]
+            y = x.new_empty((T, d))
+            ws = torch.empty(core.forward_workspace_bytes(T), dtype=torch.uint8, device=dev)
+            ctx.cctx = core.forward(_export(x), _export(y), _export(ws), torch.cuda.current_stream(dev).cuda_stream)
+            ctx.save_for_backward(x)
+            ctx.params = params
+            ctx.versions = versions[0]
+            ctx.set_materialize_grads(False)
+            return y
+
+        @staticmethod
+        @once_differentiable
+        def backward(ctx, dy):
+            if dy is None:
+                return no_grads
+            (x,) = ctx.saved_tensors
+            params = ctx.params
+            if list(map(_version_of, params)) != ctx.versions:
+                raise RuntimeError("radargate: a parameter of the RadarGate module was changed in place (an "
+                                   "optimizer step, a no_grad edit) between its forward and this backward; run "
+                                   "forward again")
+            need = ctx.needs_input_grad
+            inputs = (x,) + params
+            wanted = inputs if all(need) else [t for t, w in zip(inputs, need) if w]
+            flat = x.new_empty(sum(map(_numel, wanted)))
+            if dy.dtype != x.dtype:
+                dy = dy.to(x.dtype)
+            if dy.stride(-1) != 1:  # the backend reads rows of unit stride
+                dy = dy.contiguous()
+            T = x.shape[0]
+            ws = torch.empty(core.backward_workspace_bytes(T, need), dtype=torch.uint8, device=dev)
+            core.backward_flat(ctx.cctx, _export(dy), _export(flat), need, _export(ws),
+                               torch.cuda.current_stream(dev).cuda_stream)
+            views = _unflatten(flat, wanted)
+            if need[0] and x.numel() == 0:
+                views[0] = x.new_empty(x.shape)
+            if len(views) == len(need):
+                return tuple(views)
+            it = iter(views)
+            return tuple(next(it) if w else None for w in need)
+
+    return _CudaCall
 
 
 def _function(binding, n_params):
@@ -252,22 +363,26 @@ class RadarGate(torch.nn.Module):
         if b is not None and list(map(_data_ptr, params)) == b.ptrs and params[0].dtype is b.dtype:
             versions = list(map(_version_of, params))
             if versions != b.versions[0]:
-                b.core.weights_changed()
-                b.versions[0] = versions
+                b.changed(versions)
         else:
             self._binding = None
             self._check_dtypes()
-            if params[0].device.type != "cpu":
-                raise RuntimeError(f"radargate: the parameters are on {params[0].device}, but this build of the "
-                                   "radargate package runs on the CPU only (it has no CUDA backend)")
+            device = params[0].device
+            if device.type == "cuda" and not _core.has_cuda:
+                raise RuntimeError(f"radargate: the parameters are on {device}, but this build of the radargate "
+                                   "package has no CUDA backend; it runs CPU tensors (build it with "
+                                   "-Ccmake.define.RADARGATE_PYTHON_CUDA=ON for CUDA, docs/PYTHON.md)")
+            if device.type not in ("cpu", "cuda"):
+                raise RuntimeError(f"radargate: the parameters are on {device}; expected the CPU"
+                                   f"{' or a CUDA device' if _core.has_cuda else ''}")
             for n, p in zip(self._names, params):
                 if not p.is_contiguous():
                     raise ValueError(f"parameter '{n}': expected a contiguous tensor, found strides {p.stride()}")
-            b = self._binding = _Binding(self._config_text, self._names, params, self.backend)
+            kind = _CudaBinding if device.type == "cuda" else _Binding
+            b = self._binding = kind(self._config_text, self._names, params, self.backend)
         n = torch.get_num_threads()
         if n != b.threads:
-            b.core.set_threads(n)
-            b.threads = n
+            b.set_threads(n)
         return b
 
     def _bad_x(self, x, b):
@@ -294,18 +409,20 @@ class RadarGate(torch.nn.Module):
         else:
             versions = list(map(_version_of, params))
             if versions != b.versions[0]:
-                b.core.weights_changed()
-                b.versions[0] = versions
+                b.changed(versions)
             n = torch.get_num_threads()
             if n != b.threads:
-                b.core.set_threads(n)
-                b.threads = n
+                b.set_threads(n)
         if type(x) is not torch.Tensor and not isinstance(x, torch.Tensor) or x.device != b.device \
                 or x.dtype is not b.dtype or x.dim() < 1 or x.shape[-1] != b.d_in:
             raise self._bad_x(x, b)
         x2 = x if x.dim() == 2 else x.reshape(-1, b.d_in)
+        if b.on_cuda and x2.stride(-1) != 1:  # the CUDA backend reads rows of unit stride
+            x2 = x2.contiguous()
         if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
             y = b.function.apply(x2, *params)
+        elif b.on_cuda:
+            y = b.run(x2)
         else:  # nothing to differentiate: no autograd node, no context kept
             y = x2.new_empty((x2.shape[0], b.d))
             b.core.forward(_export(x2), _export(y))
