@@ -15,6 +15,10 @@ Calls go to the C++ library through radargate._core: x, y, dy and the gradients 
 torch.get_num_threads(). After an in-place change of the parameters (optimizer steps,
 load_state_dict, torch.no_grad() edits) the next call notices it through the tensors' version
 counters and re-reads them; moving the module (.to(), .double()) re-binds it.
+
+CPU tensors run on the cpu (or reference) backend. CUDA tensors run on the CUDA backend when the
+package was built with it (RADARGATE_PYTHON_CUDA=ON; float32, torch's current stream), and are
+refused with a clear error otherwise (docs/PYTHON.md).
 """
 
 import json
@@ -55,7 +59,20 @@ _export = _pick_export()
 _version_of = operator.attrgetter("_version")
 _data_ptr = torch.Tensor.data_ptr
 _numel = torch.Tensor.numel
-_unflatten = torch._C._nn.unflatten_dense_tensors  # views of one buffer, shaped like the tensors given
+
+
+def _unflatten_each(flat, tensors):
+    """Views of `flat`, one after the other, shaped like `tensors`."""
+    out, at = [], 0
+    for t in tensors:
+        n = t.numel()
+        out.append(flat[at:at + n].view(t.shape))
+        at += n
+    return out
+
+
+# The same in one C++ call (torch._utils._unflatten_dense_tensors), where torch has it.
+_unflatten = getattr(getattr(torch._C, "_nn", None), "unflatten_dense_tensors", None) or _unflatten_each
 
 
 class _Binding:
@@ -184,7 +201,7 @@ def _cuda_function(binding, n_params):
                                torch.cuda.current_stream(dev).cuda_stream)
             views = _unflatten(flat, wanted)
             if need[0] and x.numel() == 0:
-                views[0] = x.new_empty(x.shape)
+                views = [x.new_empty(x.shape), *views[1:]]
             if len(views) == len(need):
                 return tuple(views)
             it = iter(views)
@@ -242,7 +259,7 @@ def _function(binding, n_params):
             backward_flat(ctx.cctx, _export(dy), _export(flat), need)
             views = _unflatten(flat, wanted)
             if need[0] and x.numel() == 0:  # an empty tensor comes back as shape [0]
-                views[0] = x.new_empty(x.shape)
+                views = [x.new_empty(x.shape), *views[1:]]
             if len(views) == len(need):
                 return tuple(views)
             it = iter(views)

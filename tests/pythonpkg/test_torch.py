@@ -165,6 +165,31 @@ def test_noncontiguous_and_batched_input():
     assert m(torch.zeros(0, 8, dtype=torch.float64)).shape == (0, 6)
 
 
+def test_backward_gradients_in_one_buffer():
+    """backward hands the gradients over in one buffer and returns views of it: each shaped as its
+    tensor, right for a subset of the gradients, and for no tokens at all (x.grad of shape [0, d_in],
+    parameter gradients zero)."""
+    from radargate import torch as rt
+    x, a, b = torch.randn(2, 3), torch.randn(4), torch.randn(1, 2, 2)
+    flat = torch.arange(2 * 3 + 4 + 4, dtype=torch.float32)
+    for views in (rt._unflatten(flat, [x, a, b]), rt._unflatten_each(flat, [x, a, b])):
+        assert [tuple(v.shape) for v in views] == [(2, 3), (4,), (1, 2, 2)]
+        assert torch.equal(torch.cat([v.reshape(-1) for v in views]), flat)
+    m = RadarGate(variant="radargate", d_in=8, d=6, experts=3, rank=2, dtype=torch.float64)
+    m.lora.B.requires_grad_(False)  # a subset: x and all but one parameter
+    x = torch.randn(3, 8, dtype=torch.float64, requires_grad=True)
+    (m(x) ** 2).sum().backward()
+    assert m.lora.B.grad is None and x.grad.shape == (3, 8)
+    for n, p in m.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and p.grad.shape == p.shape, n
+    m.zero_grad()
+    x0 = torch.zeros(0, 8, dtype=torch.float64, requires_grad=True)
+    m(x0).sum().backward()
+    assert x0.grad.shape == (0, 8)
+    assert all(float(p.grad.abs().sum()) == 0 for p in m.parameters() if p.requires_grad)
+
+
 def test_threads_follow_torch():
     m = RadarGate(variant="radargate", d_in=8, d=8, experts=3, rank=2)
     old = torch.get_num_threads()
