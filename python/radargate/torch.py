@@ -388,7 +388,7 @@ class RadarGate(torch.nn.Module):
             if device.type == "cuda" and not _core.has_cuda:
                 raise RuntimeError(f"radargate: the parameters are on {device}, but this build of the radargate "
                                    "package has no CUDA backend; it runs CPU tensors (build it with "
-                                   "-Ccmake.define.RADARGATE_PYTHON_CUDA=ON for CUDA, docs/PYTHON.md)")
+                                   "--config-settings=cmake.define.RADARGATE_PYTHON_CUDA=ON for CUDA, docs/PYTHON.md)")
             if device.type not in ("cpu", "cuda"):
                 raise RuntimeError(f"radargate: the parameters are on {device}; expected the CPU"
                                    f"{' or a CUDA device' if _core.has_cuda else ''}")
