@@ -35,7 +35,7 @@ enum class Level { baseline, avx2, avx512 };
 bool supported(Level l) {
 #if defined(RADARGATE_DISPATCH_X86)
   __builtin_cpu_init();
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
   if (l == Level::avx2) return avx2;
   if (l == Level::avx512)
     return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd") &&

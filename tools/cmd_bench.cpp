@@ -37,7 +37,10 @@ struct BenchArgs {
   int threads = 1, repeat = 5, warmup = 1;
   std::uint64_t seed = 1;
   std::string model, layer;  // --model [--layer]: time a layer of a model file instead of a random one
+  WeightStorage weights = WeightStorage::scalar;  // cpu backend: lora.A, lora.B in 16 bits (--dtype bf16 | f16)
 };
+
+
 
 double peak_rss_mb() {
   rusage u{};
@@ -59,6 +62,52 @@ double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   const std::size_t n = v.size();
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+const char* dtype_name(const BenchArgs& a) {
+  return a.f64 ? "f64" : a.weights == WeightStorage::scalar ? "f32" : to_string(a.weights);
+}
+
+// The bytes of the weights one call reads: every tensor of the model but angle.Wv and angle.Wc
+// (folded into rank-space caches at construction), lora.A and lora.B at their stored size.
+template <class S>
+double weight_bytes(const Model<S>& m, WeightStorage w) {
+  double bytes = 0;
+  for (const auto& kv : m.tensors) {
+    if (kv.first == "angle.Wv" || kv.first == "angle.Wc") continue;
+    const bool half = w != WeightStorage::scalar && (kv.first == "lora.A" || kv.first == "lora.B");
+    bytes += double(kv.second.data.size()) * (half ? 2.0 : double(sizeof(S)));
+  }
+  return bytes;
+}
+
+// --bandwidth MIB: the read bandwidth of one core, summing a buffer of MIB MiB once per timed
+// repetition (a buffer larger than the last-level cache measures memory; one that fits, read
+// again and again, measures the cache).
+int bench_bandwidth(double mib, int repeat, int warmup, bool json) {
+  using clock = std::chrono::steady_clock;
+  const std::size_t n = std::size_t(mib * 1024.0 * 1024.0 / 4.0);
+  std::vector<std::uint32_t> buf(n);
+  for (std::size_t i = 0; i < n; ++i) buf[i] = std::uint32_t(i * 2654435761u);
+  std::vector<double> t;
+  std::uint32_t checksum = 0;
+  for (int it = 0; it < warmup + repeat; ++it) {
+    const auto t0 = clock::now();
+    std::uint32_t acc = 0;  // an integer sum: the compiler vectorises it, so the loads set the pace
+    for (std::size_t i = 0; i < n; ++i) acc += buf[i];
+    const auto t1 = clock::now();
+    checksum ^= acc;
+    if (it >= warmup) t.push_back(std::chrono::duration<double>(t1 - t0).count());
+  }
+  const double bytes = double(n) * 4.0, med = median(t), best = *std::min_element(t.begin(), t.end());
+  if (json)
+    std::printf("{\"bandwidth\": true, \"bytes\": %.0f, \"repeat\": %d, \"median_s\": %.9g, \"min_s\": %.9g, "
+                "\"median_gbs\": %.6g, \"best_gbs\": %.6g, \"checksum\": %u}\n",
+                bytes, repeat, med, best, bytes / med * 1e-9, bytes / best * 1e-9, checksum);
+  else
+    std::printf("radargate bench --bandwidth: one core read %.1f MiB in %.6f s (median of %d): %.2f GB/s (best %.2f GB/s)\n",
+                mib, med, repeat, bytes / med * 1e-9, bytes / best * 1e-9);
+  return 0;
 }
 
 template <class S, class L>
@@ -104,7 +153,7 @@ int bench_layer(const BenchArgs& a, const Model<S>& m, L& layer) {
   const double med = median(total), gflops = w.flops / med * 1e-9;
   const double peak = peak_rss_mb();
   const char* backend = a.reference ? "reference" : "cpu";
-  const char* dtype = a.f64 ? "f64" : "f32";
+  const char* dtype = dtype_name(a);
   const char* gemm = a.reference ? "none" : cpu_gemm_route();
   const char* kernels = a.reference ? "none" : cpu_kernel_set();  // the SIMD kernel set (runtime dispatch)
   if (a.json) {
@@ -113,11 +162,12 @@ int bench_layer(const BenchArgs& a, const Model<S>& m, L& layer) {
         "\"d_in\": %lld, \"d\": %lld, \"rank\": %lld, \"angle_rank\": %lld, \"planes\": %lld, \"base\": %s, "
         "\"backward\": %s, \"threads\": %d, \"repeat\": %d, \"median_s\": %.9g, \"min_s\": %.9g, "
         "\"median_forward_s\": %.9g, \"median_backward_s\": %.9g, \"flops\": %.9g, \"gflops\": %.6g, "
-        "\"bytes\": %.9g, \"peak_rss_mb\": %.3f, \"base_rss_mb\": %.3f, \"checksum\": %.9g}\n",
+        "\"bytes\": %.9g, \"weight_bytes\": %.9g, \"peak_rss_mb\": %.3f, \"base_rss_mb\": %.3f, \"checksum\": %.9g}\n",
         to_string(a.cfg.variant), backend, gemm, kernels, dtype, (long long)T, (long long)a.D.N, (long long)din, (long long)d,
         (long long)a.D.r, (long long)a.D.k, (long long)a.D.P, a.base ? "true" : "false", a.backward ? "true" : "false",
         a.threads, a.repeat, med, *std::min_element(total.begin(), total.end()), median(fwd),
-        a.backward ? median(bwd) : 0.0, w.flops, gflops, w.elements * double(sizeof(S)), peak, base_rss, checksum);
+        a.backward ? median(bwd) : 0.0, w.flops, gflops, w.elements * double(sizeof(S)),
+        weight_bytes(m, a.reference ? WeightStorage::scalar : a.weights), peak, base_rss, checksum);
   } else {
     std::printf("radargate bench: variant %s, backend %s (GEMM: %s, kernels: %s), %s, T=%lld N=%lld d_in=%lld d=%lld r=%lld k=%lld P=%lld%s, "
                 "%d thread%s\n",
@@ -218,6 +268,7 @@ int bench_typed(const BenchArgs& a) {
   }
   CpuOptions o;
   o.threads = a.threads;
+  o.weights = a.weights;
   Layer<S, backend::cpu> layer(a.cfg, m.params(), o);
   return a.train_step ? bench_train_step<S>(a, m, layer) : bench_layer<S>(a, m, layer);
 }
@@ -233,7 +284,7 @@ int cmd_bench(int argc, char** argv) {
                  "-DRADARGATE_USE_BLAS=ON (--json: \"gemm\"), and the SIMD kernel set it runs (--json: \"kernels\":\n"
                  "avx512bw, fma3<avx2>, sse2, neon64, scalar, ...; see docs/CPU_BACKEND.md).");
   o.optional("--variant", "NAME", "sum | uniform | static | softmax | topk | stretch_only | rotation_only | radargate");
-  o.required("--tokens", "T", "tokens per call");
+  o.optional("--tokens", "T", "tokens per call (required but with --bandwidth)");
   o.optional("--experts", "N", "number of LoRA experts");
   o.optional("--d-in", "D", "input width");
   o.optional("--d", "D", "output width");
@@ -253,7 +304,10 @@ int cmd_bench(int argc, char** argv) {
   o.optional("--train", "LIST", "with --train-step: the tensors learned (default: all but lora.*, base.*)");
   o.optional("--backend", "NAME", "cpu | reference | cuda (default cpu)");
   o.optional("--threads", "N", "cpu backend threads (default 1)");
-  o.optional("--dtype", "TYPE", "f32 | f64; with --backend cuda bf16 | f16 | f32 (default f32; cuda: bf16)");
+  o.optional("--dtype", "TYPE", "f32 | f64 | bf16 | f16; bf16 and f16: the cpu backend keeps lora.A and lora.B in\n"
+                                "16 bits (a --model file of F16 / BF16: so by default); with --backend cuda\n"
+                                "bf16 | f16 | f32 (default f32; cuda: bf16)");
+  o.optional("--bandwidth", "MIB", "time nothing else: one core summing a buffer of MIB MiB, --repeat times");
   o.optional("--repeat", "N", "timed calls; the median is reported (default 5)");
   o.optional("--warmup", "N", "untimed calls first (default 1)");
   o.optional("--seed", "S", "model and input seed (default 1)");
@@ -265,6 +319,13 @@ int cmd_bench(int argc, char** argv) {
   if (!o.parse(argc, argv)) return 0;
   BenchArgs a;
   const long long big = 1LL << 24;
+  if (o.has("--bandwidth")) {
+    const double mib = o.number("--bandwidth");
+    if (!(mib >= 1 && mib <= 65536)) o.fail("option --bandwidth: expected 1 to 65536 MiB, found '" + o.str("--bandwidth") + "'");
+    return bench_bandwidth(mib, int(o.integer("--repeat", 1, 1000000, 5)), int(o.integer("--warmup", 0, 1000000, 1)),
+                           o.has("--json"));
+  }
+  if (!o.has("--tokens")) o.fail("option --tokens is required");
   a.T = index_t(o.integer("--tokens", 0, big));
   if (o.has("--layer") && !o.has("--model")) o.fail("option --layer needs --model");
   if (o.has("--model")) {
@@ -325,9 +386,19 @@ int cmd_bench(int argc, char** argv) {
   a.reference = backend == "reference";
   a.threads = int(o.integer("--threads", 1, 1024, 1));
   if (a.reference && o.has("--threads")) o.fail("option --threads: only for --backend cpu");
-  const std::string dtype = o.str("--dtype", "f32");
-  if (dtype != "f32" && dtype != "f64") o.fail("option --dtype: expected f32 | f64, found '" + dtype + "'");
+  std::string dtype = o.str("--dtype", "");
+  if (dtype.empty() && !a.model.empty() && !a.reference) {  // a 16-bit file keeps 16-bit experts
+    const io::DType ft = io::layer_dtype(io::SafetensorsFile::read(a.model), a.layer);
+    dtype = ft == io::DType::BF16 ? "bf16" : ft == io::DType::F16 ? "f16" : "f32";
+  }
+  if (dtype.empty()) dtype = "f32";
+  if (dtype != "f32" && dtype != "f64" && dtype != "bf16" && dtype != "f16")
+    o.fail("option --dtype: expected f32 | f64 | bf16 | f16, found '" + dtype + "'");
+  if (a.reference && (dtype == "bf16" || dtype == "f16"))
+    o.fail("option --dtype: " + dtype + " weights are a cpu backend option; use --backend cpu");
   a.f64 = dtype == "f64";
+  if (dtype == "bf16") a.weights = WeightStorage::bf16;
+  if (dtype == "f16") a.weights = WeightStorage::f16;
   a.repeat = int(o.integer("--repeat", 1, 1000000, 5));
   a.warmup = int(o.integer("--warmup", 0, 1000000, 1));
   a.seed = std::uint64_t(o.integer("--seed", 0, (1LL << 62), 1));

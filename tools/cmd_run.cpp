@@ -4,7 +4,8 @@
 //   grad.x = dL/dx,  grad.<p> = dL/dp  for L = <dy, y>  with --backward
 //
 // The computation runs in the model file's dtype: F64 in double, F32 in float, F16 and BF16 in
-// float with the outputs written back in F16 / BF16.
+// float with the outputs written back in F16 / BF16; the cpu backend then keeps lora.A and lora.B in
+// the file's 16 bits (CpuOptions::weights).
 #include <cstdio>
 #include <set>
 #include <string>
@@ -69,6 +70,9 @@ int run_typed(const RunArgs& a, const io::SafetensorsFile& model_file, io::DType
   if (a.cpu) {
     CpuOptions opt;
     opt.threads = a.threads;
+    // an F16 / BF16 file: its lora.A and lora.B stay 16-bit in the layer (exactly the file's values)
+    if (dtype == io::DType::BF16) opt.weights = WeightStorage::bf16;
+    if (dtype == io::DType::F16) opt.weights = WeightStorage::f16;
     const Layer<S, backend::cpu> layer(lm.model.config, lm.model.params(), opt);
     return run_layer<S>(a, lm, in, dtype, wanted, layer);
   }
@@ -124,7 +128,8 @@ int cmd_run(int argc, char** argv) {
                  "Computes y = layer(x) for the model in --model and the tokens in --input, and writes y to --output.\n"
                  "With --backward it also writes the gradient of L = sum(dy * y) with respect to x and to every\n"
                  "parameter in the model (or only those named by --grads). Everything is computed in the model\n"
-                 "file's dtype (F16 and BF16 in float, written back in F16 / BF16).");
+                 "file's dtype (F16 and BF16 in float, written back in F16 / BF16; the cpu backend then keeps\n"
+                 "lora.A and lora.B in 16 bits, as in the file).");
   o.required("--model", "FILE", "model file (safetensors with a radargate.config entry; see 'radargate init')");
   o.required("--input", "FILE", "input file: x [T, d_in], and dy [T, d] for --backward, in the model's dtype");
   o.required("--output", "FILE", "output file: y [T, d], grad.x [T, d_in], grad.<parameter> ...\n"

@@ -66,13 +66,22 @@ def worker(rank, world, args, init):
         dist.init_process_group(backend, init_method=init, rank=rank, world_size=world)
     rank, world = dist.get_rank(), dist.get_world_size()
     dtype = getattr(torch, args.dtype)
-    model, opt = make(args, dtype)
-    ddp = DDP(model)
+    if backend == "nccl":  # one GPU per process; needs the package's CUDA backend (docs/PYTHON.md)
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+        model = RadarGate(**SHAPE, dtype=dtype).to(device)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.01)
+        ddp = DDP(model, device_ids=[device.index])
+        data = [(x.to(device), t.to(device)) for x, t in batches(args, dtype)]
+    else:
+        model, opt = make(args, dtype)
+        ddp = DDP(model)
+        data = batches(args, dtype)
     per = args.batch // world
-    loss = train(ddp, opt, batches(args, dtype), lambda a: a[rank * per:(rank + 1) * per])
+    loss = train(ddp, opt, data, lambda a: a[rank * per:(rank + 1) * per])
     print(f"rank {rank}/{world}: {args.steps} steps, last shard loss {loss:.6f}", flush=True)
     if rank == 0 and args.out:
-        torch.save({n: p.detach().clone() for n, p in model.state_dict().items()}, args.out)
+        torch.save({n: p.detach().cpu().clone() for n, p in model.state_dict().items()}, args.out)
     if rank == 0 and args.save:
         model.save(args.save)
         print(f"rank 0: wrote {args.save}", flush=True)
@@ -87,7 +96,8 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--dtype", choices=["float32", "float64"], default="float64")
     ap.add_argument("--threads", type=int, default=1, help="torch (and radargate) threads per process")
-    ap.add_argument("--nccl", action="store_true", help="use NCCL when CUDA is available (needs a CUDA build)")
+    ap.add_argument("--nccl", action="store_true", help="use NCCL and one GPU per process when CUDA is available "
+                    "(needs the package's CUDA backend, float32: --dtype float32)")
     ap.add_argument("--check", action="store_true",
                     help="compare with one process on the combined batches; exit 1 on a difference")
     ap.add_argument("--save", help="rank 0 writes the trained layer to this model file")

@@ -38,6 +38,7 @@
 
 #include "backend.hpp"
 #include "detail/cpu_arch.hpp"
+#include "detail/cpu_half.hpp"
 #include "detail/cpu_kernels.hpp"
 #include "detail/cpu_matrix.hpp"
 #include "detail/cpu_pool.hpp"
@@ -93,6 +94,10 @@ inline bool use_single_threaded_blas() noexcept {
 struct CpuOptions {
   int threads = 1;         // threads per call (>= 1); results are bit-identical for a given count
   index_t tile_planes = 0; // rotation planes per tile (0: chosen from N, r and the L2 size)
+  // lora.A and lora.B as the layer keeps them: in Scalar, or (Layer<float> only) rounded to bf16
+  // or f16 at construction and weights_changed(), products accumulated in float; see
+  // docs/CPU_BACKEND.md, "16-bit weights"
+  WeightStorage weights = WeightStorage::scalar;
 };
 
 namespace detail {
@@ -181,7 +186,7 @@ class CpuLayer final : public CpuLayerBase<S> {
   }
 
   void weights_changed() override {
-    W_.build(cfg_, p_, D_, opt_.tile_planes);
+    W_.build(cfg_, p_, D_, opt_.tile_planes, opt_.weights);
     W_.generation = detail::next_cpu_generation();
   }
 
@@ -280,6 +285,7 @@ class CpuLayer final : public CpuLayerBase<S> {
 
     Bwd b(grads, need);
     b.T = T;
+    b.BP = W_.bp_widened(b.BPwide);  // allocates only with 16-bit storage
     detail::Arena A(ws.data, ws.bytes);
     Outs out;
     carve_backward(A, b, x_copy, dy_copy, &out);
@@ -316,11 +322,15 @@ class CpuLayer final : public CpuLayerBase<S> {
   using Tile = detail::Tile;
   template <class T>
   using avec = detail::simd::avec<T>;
-  enum class Path { dense, sparse, fused };
+  // tiles: the maths of dense, with B applied by the tile kernels (16-bit B has no GEMM)
+  enum class Path { dense, sparse, fused, tiles };
 
   static CpuOptions checked(const CpuOptions& o) {
     if (o.threads < 1) detail::fail("cpu option 'threads': expected a value >= 1, found ", o.threads);
     if (o.tile_planes < 0) detail::fail("cpu option 'tile_planes': expected a value >= 0, found ", o.tile_planes);
+    if (o.weights != WeightStorage::scalar && !std::is_same<S, float>::value)
+      detail::fail("cpu option 'weights': expected scalar for a Layer<double> (bf16 and f16 storage are for "
+                   "Layer<float>), found ", to_string(o.weights));
     return o;
   }
 
@@ -417,7 +427,7 @@ class CpuLayer final : public CpuLayerBase<S> {
     if (cfg_.rotation) return Path::fused;
     if (cfg_.has_logits() && !cfg_.gate_reads_experts() && cfg_.normalize == Normalize::topk_softmax)
       return Path::sparse;
-    return Path::dense;
+    return W_.half() ? Path::tiles : Path::dense;
   }
   bool stretch() const { return cfg_.gate_reads_experts(); }
   // The stretch gate with rotation in one pass over the experts (every normalisation but top-k,
@@ -502,10 +512,12 @@ class CpuLayer final : public CpuLayerBase<S> {
     // Shrink: h = A x for all experts in one GEMM (top-k: the selected ones only).
     if (pth == Path::sparse)
       sparse_shrink(X, t0, t1, h, sel, ar);
+    else if (W_.half())
+      half_shrink(X, t0, t1, h);
     else
       detail::gemm(detail::MMap<S>(h, n, Nr, Eigen::OuterStride<>(Nr)), Xr, W_.A.map().transpose(), false, ar);
 
-    if (pth == Path::dense) {
+    if (pth == Path::dense || pth == Path::tiles) {
       if (stretch()) {  // l_i += ws . v_i = s_i (B_i^T ws) . h_i
         for (index_t t = 0; t < n; ++t)
           for (index_t i = 0; i < N; ++i) {
@@ -515,6 +527,10 @@ class CpuLayer final : public CpuLayerBase<S> {
           }
         normalize_rows(g, sel, n);
         std::fill(sel, sel + n * N, 1);
+      }
+      if (pth == Path::tiles) {  // y += sum_i g_i s_i B_i h_i by the tile kernels
+        tiles_forward<detail::kernels::Put::add, false>(ctx, t0, t1, Y, nullptr, ar);
+        return;
       }
       // y += sum_i g_i s_i B_i h_i = (g s h) B^T
       detail::Arena::Mark keep(ar);
@@ -551,6 +567,7 @@ class CpuLayer final : public CpuLayerBase<S> {
     index_t* idx = ar.take<index_t>(n);
     S* xg = ar.take<S>(n * din);
     S* hg = ar.take<S>(n * r);
+    std::vector<S> astore;  // used only with 16-bit storage
     for (index_t i = 0; i < N; ++i) {
       index_t ni = 0;
       for (index_t t = 0; t < n; ++t)
@@ -559,9 +576,45 @@ class CpuLayer final : public CpuLayerBase<S> {
       detail::MMap<S> Xg(xg, ni, din, Eigen::OuterStride<>(std::max<index_t>(din, 1)));
       detail::MMap<S> Hg(hg, ni, r, Eigen::OuterStride<>(r));
       for (index_t a = 0; a < ni; ++a) Xg.row(a) = X.rows_of(t0 + idx[std::size_t(a)], 1);
-      detail::gemm(Hg, Xg, W_.A.rows_of(i * r, r).transpose(), false, ar);
+      detail::gemm(Hg, Xg, W_.a_rows(i * r, r, astore).map().transpose(), false, ar);
       for (index_t a = 0; a < ni; ++a)
         for (index_t q = 0; q < r; ++q) h[(idx[std::size_t(a)] * N + i) * r + q] = Hg(a, q);
+    }
+  }
+
+  // h = A x with 16-bit A, for tokens [t0, t1): a few tokens read each row of A once
+  // (kernels::shrink_rows); more widen A a block of rows at a time for a GEMM.
+  void half_shrink(const detail::MatRef<S>& X, index_t t0, index_t t1, S* h) const {
+    const index_t n = t1 - t0, Nr = D_.N * D_.r, din = D_.d_in;
+    if constexpr (std::is_same<S, float>::value) {
+      if (n <= 2 * detail::kernels::max_block) {
+        constexpr int TB = detail::kernels::max_block;
+        for (index_t tb = 0; tb < n; tb += TB) {
+          const int nb = int(std::min<index_t>(TB, n - tb));
+          const float* xs[TB];
+          float* hs[TB];
+          for (int u = 0; u < nb; ++u) {
+            xs[u] = X.row(t0 + tb + u);
+            hs[u] = h + (tb + u) * Nr;
+          }
+          W_.with_a(0, [&](const auto* a, index_t ld) {
+            using WB = std::remove_const_t<std::remove_pointer_t<decltype(a)>>;
+            if constexpr (detail::is_half<WB>::value)
+              detail::kernels::with_block_size(nb, [&](auto C) {
+                detail::kernels::shrink_rows<decltype(C)::value>(a, ld, Nr, din, xs, hs);
+              });
+          });
+        }
+        return;
+      }
+    }
+    const index_t rows = std::max<index_t>(1, std::min<index_t>(Nr, (index_t(1) << 18) / std::max<index_t>(din, 1)));
+    std::vector<S> astore;
+    const auto Xr = X.rows_of(t0, n);
+    for (index_t j0 = 0; j0 < Nr; j0 += rows) {
+      const index_t nr = std::min(rows, Nr - j0);
+      detail::MMap<S>(h + j0, n, nr, Eigen::OuterStride<>(Nr)).noalias() =
+          Xr * W_.a_rows(j0, nr, astore).map().transpose();
     }
   }
 
@@ -648,12 +701,14 @@ class CpuLayer final : public CpuLayerBase<S> {
             who[c] = ti;
           }
           if (b.n == 0) continue;
-          detail::kernels::with_block_size(b.n, [&](auto C) {
-            constexpr int Cn = decltype(C)::value;
-            if (tl.rot)
-              detail::kernels::rot_forward<S, Cn, Out, Dot>(K, tl, W_.bp(i), bias_row(i), b, ts.sc);
-            else
-              detail::kernels::pass_forward<S, Cn, Out, Dot>(K, tl, W_.bp(i), b);
+          W_.with_bp(i, [&](const auto* bpi) {
+            detail::kernels::with_block_size(b.n, [&](auto C) {
+              constexpr int Cn = decltype(C)::value;
+              if (tl.rot)
+                detail::kernels::rot_forward<S, Cn, Out, Dot>(K, tl, bpi, bias_row(i), b, ts.sc);
+              else
+                detail::kernels::pass_forward<S, Cn, Out, Dot>(K, tl, bpi, b);
+            });
           });
           if (Dot)
             for (int c = 0; c < b.n; ++c) l[who[c]] += b.dot[c];
@@ -712,12 +767,14 @@ class CpuLayer final : public CpuLayerBase<S> {
             b.wa[c] = K.ws + tl.a0;
             b.wb[c] = K.ws + tl.b0;
           }
-          detail::kernels::with_block_size(nb, [&](auto C) {
-            constexpr int Cn = decltype(C)::value;
-            if (tl.rot)
-              detail::kernels::rot_forward<S, Cn, Put::set, true>(K, tl, W_.bp(i), bias_row(i), b, ts.sc);
-            else
-              detail::kernels::pass_forward<S, Cn, Put::set, true>(K, tl, W_.bp(i), b);
+          W_.with_bp(i, [&](const auto* bpi) {
+            detail::kernels::with_block_size(nb, [&](auto C) {
+              constexpr int Cn = decltype(C)::value;
+              if (tl.rot)
+                detail::kernels::rot_forward<S, Cn, Put::set, true>(K, tl, bpi, bias_row(i), b, ts.sc);
+              else
+                detail::kernels::pass_forward<S, Cn, Put::set, true>(K, tl, bpi, b);
+            });
           });
           for (int c = 0; c < nb; ++c) dot[c] += b.dot[c];
         }
@@ -766,6 +823,7 @@ class CpuLayer final : public CpuLayerBase<S> {
   // Per-thread partial sums of the parameter gradients, reduced in thread order.
   // Per-thread partial sums of the parameter gradients, reduced in thread order (in the workspace).
   struct Partial {
+    const S* BP = nullptr;  // the packed expand weights (CpuWeights::BP, or widened from 16 bits)
     detail::Buf<S> dBP, dUP, dbias, dws;  // slot space; dBP, dUP packed like BP, UP
     detail::Buf<S> ds, dm, Gv, Gc;        // [N], [N, N], [N, k, r], [N, k, r]
     detail::Buf<S> Cws;                   // [N, r]: sum_t dl_i s_i h_i (dense stretch)
@@ -781,6 +839,8 @@ class CpuLayer final : public CpuLayerBase<S> {
     detail::Buf<S> DL;   // [T, N]     dL/d(raw logits)
     detail::Buf<S> DZS;  // [T, k]     sum_i dL/dz_i
     detail::Buf<Partial> part;
+    const S* BP = nullptr;  // the packed expand weights in S (W_.BP, or BPwide for 16-bit storage)
+    avec<S> BPwide;         // allocated only with 16-bit storage
     bool want_dh() const { return G.x.present() || G.lora_A.present() || G.lora_scale.present(); }
   };
 
@@ -788,6 +848,7 @@ class CpuLayer final : public CpuLayerBase<S> {
     const index_t N = D_.N, r = D_.r, k = D_.k;
     const auto& G = b.G;
     const Path pth = path();
+    p.BP = b.BP;
     if (G.lora_B.present() && pth != Path::dense) p.dBP = ar.buf<S>(N * r * W_.dpad);
     if (G.angle_U.present()) p.dUP = ar.buf<S>(k * W_.Ppad);
     if (G.angle_bias.present()) p.dbias = ar.buf<S>(N * W_.Ppad);
@@ -935,10 +996,19 @@ class CpuLayer final : public CpuLayerBase<S> {
     if (!DX) return;
     auto DXr = DX->rows_of(t0, n);
     if (need.dv) {
-      if (pth == Path::sparse)
+      if (pth == Path::sparse) {
         sparse_dx(DX, t0, t1, DH, sel, ar);
-      else
+      } else if (W_.half()) {  // 16-bit A: widened a block of rows at a time
+        const index_t din = D_.d_in;
+        const index_t rows = std::max<index_t>(1, std::min<index_t>(Nr, (index_t(1) << 18) / std::max<index_t>(din, 1)));
+        std::vector<S> astore;
+        for (index_t j0 = 0; j0 < Nr; j0 += rows) {
+          const index_t nr = std::min(rows, Nr - j0);
+          DXr.noalias() += detail::CMap<S>(DH + j0, n, nr, Eigen::OuterStride<>(Nr)) * W_.a_rows(j0, nr, astore).map();
+        }
+      } else {
         detail::gemm(DXr, detail::CMap<S>(DH, n, Nr, Eigen::OuterStride<>(Nr)), W_.A.map(), true, ar);
+      }
     }
     if (!b.DZS.empty() && W_.Wx.present())
       detail::gemm(DXr, detail::CMap<S>(&b.DZS[std::size_t(t0 * k)], n, k, Eigen::OuterStride<>(k)), W_.Wx.map(), true,
@@ -1082,14 +1152,14 @@ class CpuLayer final : public CpuLayerBase<S> {
             constexpr int Cn = decltype(C)::value;
             if (dot_dy) {
               if (tl.rot)
-                detail::kernels::rot_forward<S, Cn, detail::kernels::Put::none, true>(K, tl, W_.bp(i), bias_row(i), b, ts.sc);
+                detail::kernels::rot_forward<S, Cn, detail::kernels::Put::none, true>(K, tl, part.BP + i * r * W_.dpad, bias_row(i), b, ts.sc);
               else
-                detail::kernels::pass_forward<S, Cn, detail::kernels::Put::none, true>(K, tl, W_.bp(i), b);
+                detail::kernels::pass_forward<S, Cn, detail::kernels::Put::none, true>(K, tl, part.BP + i * r * W_.dpad, b);
             } else {
               if (tl.rot)
-                detail::kernels::rot_backward<S, Cn>(K, tl, W_.bp(i), bias_row(i), b, w, o, ts.sc);
+                detail::kernels::rot_backward<S, Cn>(K, tl, part.BP + i * r * W_.dpad, bias_row(i), b, w, o, ts.sc);
               else
-                detail::kernels::pass_backward<S, Cn>(K, tl, W_.bp(i), b, w, o, ts.sc);
+                detail::kernels::pass_backward<S, Cn>(K, tl, part.BP + i * r * W_.dpad, b, w, o, ts.sc);
             }
           });
           if (dot_dy)
@@ -1213,9 +1283,9 @@ class CpuLayer final : public CpuLayerBase<S> {
               auto sweep = [&](auto deriv, auto ctr) {
                 constexpr bool Dv = decltype(deriv)::value, Ct = decltype(ctr)::value;
                 if (tl.rot)
-                  detail::kernels::rot_forward<S, Cn, Put::set, true, Dv, Ct, true>(K, tl, W_.bp(i), bias_row(i), b, sc);
+                  detail::kernels::rot_forward<S, Cn, Put::set, true, Dv, Ct, true>(K, tl, part.BP + i * r * W_.dpad, bias_row(i), b, sc);
                 else
-                  detail::kernels::pass_forward<S, Cn, Put::set, true, Ct, true>(K, tl, W_.bp(i), b);
+                  detail::kernels::pass_forward<S, Cn, Put::set, true, Ct, true>(K, tl, part.BP + i * r * W_.dpad, b);
               };
               detail::kernels::with_flags(sweep, w.dpre, centered);
             });
@@ -1253,9 +1323,9 @@ class CpuLayer final : public CpuLayerBase<S> {
             detail::kernels::with_block_size(b.n, [&](auto C) {
               constexpr int Cn = decltype(C)::value;
               if (tl.rot)
-                detail::kernels::rot_backward<S, Cn, true, true>(K, tl, W_.bp(i), bias_row(i), b, w, o, sc);
+                detail::kernels::rot_backward<S, Cn, true, true>(K, tl, part.BP + i * r * W_.dpad, bias_row(i), b, w, o, sc);
               else
-                detail::kernels::pass_backward<S, Cn, true, true>(K, tl, W_.bp(i), b, w, o, sc);
+                detail::kernels::pass_backward<S, Cn, true, true>(K, tl, part.BP + i * r * W_.dpad, b, w, o, sc);
             });
           }
       }
@@ -1270,6 +1340,7 @@ class CpuLayer final : public CpuLayerBase<S> {
     index_t* idx = ar.take<index_t>(n);
     S* dg = ar.take<S>(n * r);
     S* xg = ar.take<S>(n * din);
+    std::vector<S> astore;  // used only with 16-bit storage
     for (index_t i = 0; i < N; ++i) {
       index_t ni = 0;
       for (index_t t = 0; t < n; ++t)
@@ -1279,7 +1350,7 @@ class CpuLayer final : public CpuLayerBase<S> {
       detail::MMap<S> Xg(xg, ni, din, Eigen::OuterStride<>(std::max<index_t>(din, 1)));
       for (index_t a = 0; a < ni; ++a)
         for (index_t q = 0; q < r; ++q) Dg(a, q) = DH[(idx[std::size_t(a)] * N + i) * r + q];
-      detail::gemm(Xg, Dg, W_.A.rows_of(i * r, r), false, ar);
+      detail::gemm(Xg, Dg, W_.a_rows(i * r, r, astore).map(), false, ar);
       for (index_t a = 0; a < ni; ++a) DX->rows_of(t0 + idx[std::size_t(a)], 1) += Xg.row(a);
     }
   }
@@ -1466,8 +1537,10 @@ class CpuLayer final : public CpuLayerBase<S> {
       for (index_t i = 0; i < N; ++i)
         for (index_t a = 0; a < k; ++a)
           for (index_t q = 0; q < r; ++q) Gcat(a, i * r + q) = scale(i) * Gs[std::size_t((i * k + a) * r + q)];
+      avec<S> btstore;  // BT, unpacked from the packed weights when only 16-bit B is kept
       detail::MMap<S> acc(ar.take<S>(k * dpad), k, dpad, Eigen::OuterStride<>(dpad));
-      detail::gemm(acc, Gcat, detail::CMap<S>(W_.BT.data(), N * r, dpad, Eigen::OuterStride<>(dpad)), false, ar);
+      detail::gemm(acc, Gcat, detail::CMap<S>(W_.bt_unpacked(b.BP, btstore), N * r, dpad, Eigen::OuterStride<>(dpad)), false,
+                   ar);
       for (index_t s = 0; s < dpad; ++s) {
         const index_t o = W_.coord[std::size_t(s)];
         if (o < 0) continue;

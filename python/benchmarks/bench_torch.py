@@ -14,8 +14,11 @@ the module and the peer alternately, `--rounds` times, best of the rounds report
   AdamW step        zero_grad, forward, MSE loss, backward, torch.optim.AdamW.step()
 
 Then the binding's overhead per call at T=1 on a small layer (d_in=d=64, N=8, r=4): the module's
-forward (no_grad, and with autograd) minus the library's own forward time measured in a C++ loop,
-both in process CPU time.
+call minus the library's own time for the same work, measured in a C++ loop (time_forward,
+time_forward_backward of the binding), both in process CPU time; for the forward under no_grad
+and with autograd recording, and for forward + backward (torch.autograd.grad over x and every
+parameter). An autograd.Function that does nothing over the same inputs is timed beside it: the
+floor of any module built on autograd.Function.
 
 As scripts/python/peer_torch.py does, glibc is told to keep freed blocks (MALLOC_* variables; the
 script re-executes itself with them unless --no-malloc-tuning), so that PyTorch's large tensors
@@ -175,25 +178,57 @@ def main():
 
             @staticmethod
             def backward(ctx, dy):
-                return None
+                return (None,) * 13
 
         params = list(small.parameters())
         w = torch.randn(64, 64)
-        lib, mod_ng, mod_ag, lin, empty = (math.inf,) * 5
+
+        # Forward and backward: torch.autograd.grad of y with respect to x and every parameter
+        # (no accumulation into .grad), against the library's forward + backward in a C++ loop.
+        from radargate._config import PARAM_NAMES
+        dy1 = torch.randn(1, 64)
+        gx1 = torch.empty(1, 64)
+        by_name = dict(zip(small._names, params))
+        g1 = [torch.empty_like(by_name[nm]) if nm in by_name else None for nm in PARAM_NAMES]
+        inputs = [x1g] + params
+
+        def library_fb():
+            t0 = clock()
+            core.time_forward_backward(x1, y1, dy1, gx1, g1, n)
+            return (clock() - t0) / n
+
+        def call_fb():
+            torch.autograd.grad(small(x1g), inputs, dy1)
+
+        def empty_fb():
+            torch.autograd.grad(Empty.apply(x1g, *params), inputs, dy1, allow_unused=True)
+
+        lib, mod_ng, mod_ag, lin, empty, lib_fb, mod_fb, emp_fb = (math.inf,) * 8
         for _ in range(5):
             lib = min(lib, library())
             mod_ng = min(mod_ng, loop(call_nograd))
             mod_ag = min(mod_ag, loop(lambda: small(x1g)))
             lin = min(lin, loop(lambda: torch.nn.functional.linear(x1, w)))
             empty = min(empty, loop(lambda: Empty.apply(x1g, *params)))
+            lib_fb = min(lib_fb, library_fb())
+            mod_fb = min(mod_fb, loop(call_fb))
+            emp_fb = min(emp_fb, loop(empty_fb))
         out["overhead_T1"] = {"library_us": lib * 1e6, "module_nograd_us": mod_ng * 1e6,
                               "module_autograd_us": mod_ag * 1e6, "torch_linear_us": lin * 1e6,
-                              "empty_function_us": empty * 1e6}
-        print(f"\nT=1, d_in=d=64, N=8, r=4 (process CPU time, best of 5 loops of {n} calls): library forward {lib * 1e6:.1f} us; "
-              f"module forward under no_grad {mod_ng * 1e6:.1f} us (binding overhead {(mod_ng - lib) * 1e6:.1f} us); "
-              f"with autograd recording {mod_ag * 1e6:.1f} us (overhead {(mod_ag - lib) * 1e6:.1f} us). Same run: "
-              f"torch.nn.functional.linear [1, 64] x [64, 64] {lin * 1e6:.1f} us; an empty autograd.Function "
-              f"over the same {1 + len(params)} inputs {empty * 1e6:.1f} us")
+                              "empty_function_us": empty * 1e6, "library_forward_backward_us": lib_fb * 1e6,
+                              "module_forward_backward_us": mod_fb * 1e6,
+                              "empty_function_forward_backward_us": emp_fb * 1e6}
+        us = 1e6
+        print(f"\nT=1, d_in=d=64, N=8, r=4, {len(params)} parameters (process CPU time per call, best of 5 loops of "
+              f"{n} calls; overhead = the call's time minus the library's time for the same work, timed in a C++ "
+              f"loop):\n"
+              f"| call | time | library (C++ loop) | overhead | floor: an empty autograd.Function |\n|---|---:|---:|---:|---:|\n"
+              f"| forward under no_grad | {mod_ng * us:.1f} us | {lib * us:.1f} us | {(mod_ng - lib) * us:.1f} us | |\n"
+              f"| forward, autograd recording | {mod_ag * us:.1f} us | {lib * us:.1f} us | {(mod_ag - lib) * us:.1f} us | "
+              f"{empty * us:.1f} us |\n"
+              f"| forward + backward (autograd.grad, x and every parameter) | {mod_fb * us:.1f} us | {lib_fb * us:.1f} us | "
+              f"{(mod_fb - lib_fb) * us:.1f} us | {emp_fb * us:.1f} us |\n"
+              f"For scale, same run: torch.nn.functional.linear [1, 64] x [64, 64] {lin * us:.1f} us")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=1)

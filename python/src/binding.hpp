@@ -47,6 +47,9 @@ std::string shape_string(const A& a) {
 }
 
 [[noreturn]] void type_fail(const std::string& message);
+/// A layer configuration from the JSON text of a file's radargate.config, validated by the
+/// library (io::parse_config; defined in files.cpp, so that nvcc never compiles the JSON parser).
+LayerConfig parse_layer_config(const std::string& json);
 [[noreturn]] void value_fail(const std::string& message);
 
 /// Checks dtype S, the CPU and rank R, and returns the view (strides as they come).
@@ -90,6 +93,9 @@ void bind_layer_f32(nb::module_& m);
 void bind_layer_f64(nb::module_& m);
 void bind_files(nb::module_& m);
 void bind_geometry(nb::module_& m);
+#ifdef RADARGATE_PYTHON_CUDA
+void bind_layer_cuda(nb::module_& m);
+#endif
 
 }  // namespace python
 }  // namespace radargate

@@ -126,6 +126,8 @@ std::string normalize_config(const std::string& config_json) {
 
 }  // namespace
 
+LayerConfig parse_layer_config(const std::string& json) { return io::parse_config(json); }
+
 void bind_files(nb::module_& m) {
   m.def("load_model", &load_model, nb::arg("path"), nb::arg("layer") = "");
   m.def("save_model", &save_model, nb::arg("path"), nb::arg("config"), nb::arg("tensors"), nb::arg("dtype"));

@@ -51,7 +51,12 @@ NB_MODULE(_core, m) {
   // nanobind's leak report would then be noise, not a reference-counting bug.
   nb::set_leak_warnings(false);
   m.attr("cpu_gemm_route") = radargate::cpu_gemm_route();
+#ifdef RADARGATE_PYTHON_CUDA
+  m.attr("has_cuda") = true;
+  bind_layer_cuda(m);
+#else
   m.attr("has_cuda") = false;
+#endif
   bind_layer_f32(m);
   bind_layer_f64(m);
   bind_files(m);

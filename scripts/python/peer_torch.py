@@ -81,7 +81,7 @@ def torch_child(spec):
 
     torch.set_num_threads(spec["torch_threads"])
     torch.manual_seed(1)
-    dtype = torch.float32 if spec["dtype"] == "f32" else torch.float64
+    dtype = {"f32": torch.float32, "f64": torch.float64, "bf16": torch.bfloat16}[spec["dtype"]]
     T, N, d_in, d, r, k, P = (spec[n] for n in ("tokens", "experts", "d_in", "d", "rank", "angle_rank", "planes"))
     sd = {"lora.A": 1 / math.sqrt(d_in), "stretch.Wg": 1 / math.sqrt(d_in), "angle.Wx": 1 / math.sqrt(d_in),
           "lora.B": 1 / math.sqrt(r), "angle.Wv": 1 / math.sqrt(d), "angle.Wc": 1 / math.sqrt(d),
@@ -169,7 +169,9 @@ def main():
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--angle-rank", type=int, default=8)
     ap.add_argument("--planes", type=int, default=None, help="default floor(d/2)")
-    ap.add_argument("--dtype", choices=("f32", "f64"), default="f32")
+    ap.add_argument("--dtype", choices=("f32", "f64", "bf16"), default="f32",
+                    help="bf16: PyTorch computes in bfloat16, radargate keeps lora.A and lora.B in bf16 "
+                         "(bench --dtype bf16) and computes in float")
     ap.add_argument("--cases", default="256:fwd,256:fwdbwd,1:fwd",
                     help="comma-separated TOKENS:fwd|fwdbwd|train (default 256:fwd,256:fwdbwd,1:fwd)")
     ap.add_argument("--threads", type=int, default=1, help="radargate threads (default 1)")

@@ -2,7 +2,10 @@
 """Command-line tests of the cpu backend: `radargate run --backend cpu` writes the same outputs as
 the reference backend, and `radargate bench` measures the same computation on both backends.
 
-    cli_backend_test.py --radargate BIN --workdir DIR run_backends|bench
+`radargate init --dtype BF16` + `run` (the cpu backend keeps lora.A and lora.B in bf16) agrees
+with the reference on the same file and with the F32 model to bf16 precision.
+
+    cli_backend_test.py --radargate BIN --workdir DIR run_backends|bench|half
 """
 import argparse
 import json
@@ -81,15 +84,53 @@ def case_bench(a):
     print("bench: same checksum and FLOP count on both backends; bad options exit 2")
 
 
+def case_half(a):
+    worst_ref, worst_f32 = 0.0, 0.0
+    for i, variant in enumerate(VARIANTS):
+        extra = ["--angle-rank", "3", "--planes", "9"] if variant in ("rotation_only", "radargate") else []
+        outs = {}
+        for dtype in ("F32", "BF16"):
+            model = os.path.join(a.workdir, f"{variant}.{dtype}.safetensors")
+            inp = os.path.join(a.workdir, f"{variant}.{dtype}.in.safetensors")
+            run([a.radargate, "init", "--variant", variant, "--d-in", "37", "--d", "29", "--experts", "4", "--rank", "3",
+                 "--dtype", dtype, "--seed", str(i + 11), "--output", model, "--write-input", inp, "--tokens", "5"] + extra)
+            for backend in ("reference", "cpu") if dtype == "BF16" else ("cpu",):
+                out = os.path.join(a.workdir, f"{variant}.{dtype}.{backend}.out.safetensors")
+                run([a.radargate, "run", "--model", model, "--input", inp, "--output", out, "--backward",
+                     "--backend", backend])
+                t, _ = safetensors_np.load(out)
+                outs[dtype, backend] = {k: np.asarray(safetensors_np.bf16_to_float32(v) if dtype == "BF16" else v,
+                                                      np.float64) for k, v in t.items()}
+            if dtype == "BF16":
+                j = json.loads(run([a.radargate, "bench", "--model", model, "--tokens", "2", "--repeat", "1",
+                                    "--json"]).stdout)
+                assert j["dtype"] == "bf16" and j["weight_bytes"] > 0, j
+        half, ref, f32 = outs["BF16", "cpu"], outs["BF16", "reference"], outs["F32", "cpu"]
+        assert sorted(half) == sorted(ref) == sorted(f32), (sorted(half), sorted(ref))
+        for name in ref:
+            h, r = half[name], ref[name]
+            scale = max(float(np.max(np.abs(r))), 1e-30)
+            err = float(np.max(np.abs(h - r))) / scale  # outputs are written in bf16: 2^-8 relative each
+            worst_ref = max(worst_ref, err)
+            assert err <= 1e-2, f"{variant} {name}: bf16 cpu vs bf16 reference, relative error {err}"
+        for name in ("y", "grad.x"):
+            h, f = half[name], f32[name]
+            err = float(np.max(np.abs(h - f))) / max(float(np.max(np.abs(f))), 1e-30)
+            worst_f32 = max(worst_f32, err)
+            assert err <= 5e-2, f"{variant} {name}: BF16 model vs F32 model, relative error {err}"
+    print(f"run with a BF16 model: cpu (bf16 experts) equals the reference to {worst_ref:.3g}, "
+          f"the F32 model to {worst_f32:.3g}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--radargate", required=True)
     ap.add_argument("--workdir", required=True)
-    ap.add_argument("case", choices=("run_backends", "bench"))
+    ap.add_argument("case", choices=("run_backends", "bench", "half"))
     a = ap.parse_args()
     a.workdir = os.path.join(a.workdir, a.case)
     os.makedirs(a.workdir, exist_ok=True)
-    {"run_backends": case_run_backends, "bench": case_bench}[a.case](a)
+    {"run_backends": case_run_backends, "bench": case_bench, "half": case_half}[a.case](a)
 
 
 if __name__ == "__main__":

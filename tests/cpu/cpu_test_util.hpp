@@ -137,18 +137,34 @@ inline bool all_grads(const std::string&) { return true; }
 
 /// Runs the reference and the cpu backend on the same case and checks y and every requested
 /// gradient. `want` filters the gradients; `accumulate` starts from random gradient buffers.
+/// lora.A and lora.B rounded as the cpu backend stores them (WeightStorage bf16 or f16).
+template <class S>
+Model<S> rounded_experts(Model<S> m, WeightStorage storage) {
+  if (storage == WeightStorage::scalar) return m;
+  for (const char* name : {"lora.A", "lora.B"})
+    for (S& v : m.tensors.at(name).data)
+      v = storage == WeightStorage::bf16 ? S(detail::to_float(detail::to_bf16(float(v))))
+                                         : S(detail::to_float(detail::to_f16(float(v))));
+  return m;
+}
+
+/// With storage bf16 or f16, the cpu backend keeps lora.A and lora.B in 16 bits and is compared
+/// with the reference on the same rounded weights.
 template <class S>
 void check_against_reference(const Case& c, int threads, index_t tile_planes,
                              const std::function<bool(const std::string&)>& want = all_grads,
-                             bool accumulate = false) {
-  INFO(c.describe() << " threads=" << threads << " tile_planes=" << tile_planes << " accumulate=" << accumulate);
-  const Model<S> m = random_model<S>(c.cfg, c.D, c.seed, c.opt);
+                             bool accumulate = false, WeightStorage storage = WeightStorage::scalar) {
+  INFO(c.describe() << " threads=" << threads << " tile_planes=" << tile_planes << " accumulate=" << accumulate
+                    << " weights=" << to_string(storage));
+  const Model<S> m_in = random_model<S>(c.cfg, c.D, c.seed, c.opt);
+  const Model<S> m = rounded_experts(m_in, storage);  // what the reference computes with
   const Params<S> p = m.params();
   Layer<S> ref(c.cfg, p);
   CpuOptions o;
   o.threads = threads;
   o.tile_planes = tile_planes;
-  Layer<S, backend::cpu> cpu(c.cfg, p, o);
+  o.weights = storage;
+  Layer<S, backend::cpu> cpu(c.cfg, storage == WeightStorage::scalar ? p : m_in.params(), o);
   const index_t T = c.T;
   const std::vector<S> x = random_vector<S>(std::size_t(T * c.D.d_in), c.seed + 101);
   const std::vector<S> dy = random_vector<S>(std::size_t(T * c.D.d), c.seed + 202);

@@ -649,8 +649,62 @@ def class_run_memory(c):
     c.ok("run", "--model", "m2.safetensors", "--input", "in2.safetensors", "--output", "o2.st")
 
 
+def adapter_dir(c, name, config, modules=("model.layers.0.self_attn.q_proj",)):
+    """A PEFT-style adapter directory: adapter_config.json (text, or a JSON-able object) and valid
+    lora_A [2, 4] / lora_B [4, 2] tensors for each module."""
+    d = c.path(name)
+    os.mkdir(d)
+    with open(os.path.join(d, "adapter_config.json"), "w") as f:
+        f.write(config if isinstance(config, str) else json.dumps(config))
+    ts = []
+    for m in modules:
+        ts.append(("base_model.model.%s.lora_A.weight" % m, "F32", [2, 4], pack("F32", [0.25] * 8)))
+        ts.append(("base_model.model.%s.lora_B.weight" % m, "F32", [4, 2], pack("F32", [0.5] * 8)))
+    st_write(os.path.join(d, "adapter_model.safetensors"), ts)
+    return name
+
+
+def class_peft(c):
+    imp = ["import-peft", "--variant", "sum", "--output", "out.st", "--quiet", "--adapter"]
+    cfg = {"peft_type": "LORA", "r": 2, "lora_alpha": 4}
+    # Nesting beyond any fuzzer's length limit, where a recursive printer would overflow the stack.
+    for field in ("r", "rank_pattern", "target_modules"):
+        deep = json.dumps(cfg)[:-1] + ', "%s": %s}' % (field, nested(100000))
+        if field == "r":
+            deep = '{"peft_type": "LORA", "lora_alpha": 4, "r": %s}' % nested(100000)
+        c.error(imp + [adapter_dir(c, "deep_" + field, deep)], ["adapter_config.json: nested deeper than 16 levels"])
+    c.error(imp + [adapter_dir(c, "dup", '{"r": 2, "r": 3, "lora_alpha": 4}')],
+            ["key 'r' appears more than once in one object"])
+    # A configuration that is not a regular file, or too large, is refused before it is read.
+    d = adapter_dir(c, "zero", cfg)
+    os.remove(os.path.join(c.path(d), "adapter_config.json"))
+    os.symlink("/dev/zero", os.path.join(c.path(d), "adapter_config.json"))
+    c.error(imp + [d], ["adapter_config.json': expected a regular file, found something else"])
+    d = adapter_dir(c, "big", cfg)
+    with open(os.path.join(c.path(d), "adapter_config.json"), "ab") as f:
+        f.truncate(65 << 20)
+    c.error(imp + [d], ["expected at most 67108864 bytes of JSON, found 68157440"])
+    # Pattern keys: catastrophic backtracking for re / std::regex is linear here; constructs the
+    # matcher does not read, and names with control bytes, are refused with the key escaped.
+    long_module = "model." + "a" * 20000 + ".q_proj"
+    for i, key in enumerate(("(a*)*b", "(a|aa)+$", "(?:a+a+)+c")):
+        d = adapter_dir(c, "slow%d" % i, dict(cfg, rank_pattern={key: 3}), (long_module,))
+        c.ok("import-peft", "--variant", "sum", "--quiet", "--adapter", d, "--output", "ok%d.st" % i, budget=10)
+    c.error(imp + [adapter_dir(c, "look", dict(cfg, rank_pattern={"(?=q)q_proj": 2}))],
+            ["pattern key '(?=q)q_proj' is not a regular expression this importer reads",
+             "group syntax '(?=' (lookaround, flags, ...) that this matcher does not read"])
+    c.error(imp + [adapter_dir(c, "nest", dict(cfg, rank_pattern={"(" * 5000 + "q" + ")" * 5000: 2}))],
+            ["groups nested deeper than 32 levels"])
+    c.error(imp + [adapter_dir(c, "count", dict(cfg, rank_pattern={"(q{1000}){1000}": 2}))],
+            ["compiles to more than 20000 steps"])
+    c.error(imp + [adapter_dir(c, "many", dict(cfg, rank_pattern={"k%d{900}" % i: 2 for i in range(300)}))],
+            ["keys compile to more than 200000 matching steps in all (300 keys)"])
+    c.error(imp + [adapter_dir(c, "ctl", dict(cfg, rank_pattern={"q\n\x1b[2Jproj": 0}))],
+            ["rank_pattern 'q\\x0a\\x1b[2Jproj': expected an integer >= 1, found 0"])
+
+
 CLASSES = ["headers", "offsets", "shapes", "dtypes", "configs", "zero_dimensions", "truncations", "nonfinite", "outputs",
-           "files", "names", "init_limits", "run_memory"]
+           "files", "names", "init_limits", "run_memory", "peft"]
 
 
 def main():

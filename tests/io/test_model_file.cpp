@@ -1,6 +1,8 @@
 // Model and activation files: the configuration JSON, save/load round trips for every variant and
 // dtype, and one checked message per kind of bad model or input.
 #include <catch2/catch.hpp>
+
+#include "support/testing.hpp"
 #include <cmath>
 #include <limits>
 #include <string>
@@ -12,15 +14,7 @@ using namespace radargate::io;
 using nlohmann::json;
 
 namespace {
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const radargate::error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using rgtest::error_of;
 
 Dims dims(index_t d_in = 5, index_t d = 6, index_t N = 3, index_t r = 2, index_t k = 2, index_t P = 3) {
   Dims D;

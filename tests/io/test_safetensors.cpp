@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+
+#include "support/testing.hpp"
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -43,15 +45,7 @@ std::string parse_error(const std::vector<unsigned char>& file) {
   return "(no error)";
 }
 
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const radargate::error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using rgtest::error_of;
 
 std::string temp_dir() {
   char tmpl[] = "/tmp/rg_io_test_XXXXXX";

@@ -57,7 +57,7 @@ def test_gradcheck_float64(case, backend):
 def test_gradcheck_function_every_input(case):
     """torch.autograd.gradcheck over x and every parameter at once, through radargate.torch's
     autograd.Function."""
-    from radargate.torch import _Binding, _Function
+    from radargate.torch import _Binding
     variant, opts = case
     m = RadarGate(variant=variant, d_in=4, d=4, experts=3, rank=2, seed=2, dtype=torch.float64, **opts)
     x = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
@@ -65,7 +65,7 @@ def test_gradcheck_function_every_input(case):
 
     def f(x, *q):
         # A binding over q itself, made per call: gradcheck perturbs q in place between calls.
-        return _Function.apply(_Binding(m._config_text, m._names, list(q), "cpu"), m._slots, x, *q)
+        return _Binding(m._config_text, m._names, list(q), "cpu").function.apply(x, *q)
 
     assert torch.autograd.gradcheck(f, (x, *ps), eps=1e-6, atol=1e-7, rtol=1e-6)
 
@@ -165,6 +165,31 @@ def test_noncontiguous_and_batched_input():
     assert m(torch.zeros(0, 8, dtype=torch.float64)).shape == (0, 6)
 
 
+def test_backward_gradients_in_one_buffer():
+    """backward hands the gradients over in one buffer and returns views of it: each shaped as its
+    tensor, right for a subset of the gradients, and for no tokens at all (x.grad of shape [0, d_in],
+    parameter gradients zero)."""
+    from radargate import torch as rt
+    x, a, b = torch.randn(2, 3), torch.randn(4), torch.randn(1, 2, 2)
+    flat = torch.arange(2 * 3 + 4 + 4, dtype=torch.float32)
+    for views in (rt._unflatten(flat, [x, a, b]), rt._unflatten_each(flat, [x, a, b])):
+        assert [tuple(v.shape) for v in views] == [(2, 3), (4,), (1, 2, 2)]
+        assert torch.equal(torch.cat([v.reshape(-1) for v in views]), flat)
+    m = RadarGate(variant="radargate", d_in=8, d=6, experts=3, rank=2, dtype=torch.float64)
+    m.lora.B.requires_grad_(False)  # a subset: x and all but one parameter
+    x = torch.randn(3, 8, dtype=torch.float64, requires_grad=True)
+    (m(x) ** 2).sum().backward()
+    assert m.lora.B.grad is None and x.grad.shape == (3, 8)
+    for n, p in m.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and p.grad.shape == p.shape, n
+    m.zero_grad()
+    x0 = torch.zeros(0, 8, dtype=torch.float64, requires_grad=True)
+    m(x0).sum().backward()
+    assert x0.grad.shape == (0, 8)
+    assert all(float(p.grad.abs().sum()) == 0 for p in m.parameters() if p.requires_grad)
+
+
 def test_threads_follow_torch():
     m = RadarGate(variant="radargate", d_in=8, d=8, experts=3, rank=2)
     old = torch.get_num_threads()
@@ -244,14 +269,124 @@ def test_bad_input(tmp_path):
     assert not (tmp_path / "nan.safetensors").exists()
 
 
+def _has_cuda_backend():
+    from radargate import _core
+    return _core.has_cuda
+
+
 def test_cuda_is_a_clear_error():
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device here: the CUDA message is checked where one is")
+    if not torch.cuda.is_available() or _has_cuda_backend():
+        pytest.skip("needs a CUDA device and a package built without the CUDA backend")
     m = RadarGate(variant="radargate", d_in=8, d=6, experts=3, rank=2)
     with pytest.raises(RuntimeError, match="no CUDA backend"):
         m(torch.zeros(2, 8, device="cuda"))
-    with pytest.raises(RuntimeError, match="no CUDA backend|CPU only"):
+    with pytest.raises(RuntimeError, match="no CUDA backend"):
         m.cuda()(torch.zeros(2, 8, device="cuda"))
+
+
+class _CudaLooking(torch.Tensor):
+    """A CPU tensor that reports a CUDA device: the module's device checks without a GPU."""
+
+    @property
+    def device(self):
+        return torch.device("cuda", 0)
+
+
+def _cuda_capsule(shape, keep):
+    """A DLPack capsule that describes float32 memory on CUDA device 0 (kDLCUDA = 2); the memory
+    is host memory, so nothing may read it: the library must refuse it before that."""
+    import ctypes
+
+    class DLDevice(ctypes.Structure):
+        _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
+
+    class DLDataType(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
+
+    class DLTensor(ctypes.Structure):
+        _fields_ = [("data", ctypes.c_void_p), ("device", DLDevice), ("ndim", ctypes.c_int32),
+                    ("dtype", DLDataType), ("shape", ctypes.POINTER(ctypes.c_int64)),
+                    ("strides", ctypes.POINTER(ctypes.c_int64)), ("byte_offset", ctypes.c_uint64)]
+
+    class DLManagedTensor(ctypes.Structure):
+        _fields_ = [("dl_tensor", DLTensor), ("manager_ctx", ctypes.c_void_p), ("deleter", ctypes.c_void_p)]
+
+    n = len(shape)
+    buf = (ctypes.c_float * int(np.prod(shape)))()
+    sh = (ctypes.c_int64 * n)(*shape)
+    st = (ctypes.c_int64 * n)(*[int(np.prod(shape[i + 1:])) for i in range(n)])
+    mt = DLManagedTensor(DLTensor(ctypes.cast(buf, ctypes.c_void_p), DLDevice(2, 0), n, DLDataType(2, 32, 1), sh, st, 0),
+                         None, None)
+    keep += [buf, sh, st, mt]
+    new = ctypes.pythonapi.PyCapsule_New
+    new.restype, new.argtypes = ctypes.py_object, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+    return new(ctypes.addressof(mt), b"dltensor", None)
+
+
+def test_cuda_device_checks_without_a_gpu():
+    """Without the CUDA backend, CUDA tensors are refused with a clear error, in the module (its
+    device check) and in the library's binding (the DLPack device). With it, the CUDA binding
+    refuses host memory. Neither needs a GPU."""
+    from radargate import _core
+    from radargate._config import PARAM_NAMES
+    m = RadarGate(variant="radargate", d_in=8, d=6, experts=3, rank=2)
+    x = torch.zeros(2, 8).as_subclass(_CudaLooking)
+    assert x.device.type == "cuda"
+    if _core.has_cuda:
+        with pytest.raises(RuntimeError, match=r"x: expected a tensor on cpu \(the module's device\), found cuda:0"):
+            m(x)
+        by_name = dict(m.named_parameters())
+        arrays = [by_name[n].detach() if n in by_name else None for n in PARAM_NAMES]
+        with pytest.raises(TypeError, match=r"array 'lora.A': expected memory on CUDA device 0, found the CPU"):
+            _core.CudaLayer32(m._config_text, arrays, 0, 0)
+    else:
+        with pytest.raises(RuntimeError, match=r"x: on cuda:0, but this build of the radargate package has no CUDA "
+                                               r"backend; it runs CPU tensors"):
+            m(x)
+        keep = []
+        core = m._bind().core
+        with pytest.raises(TypeError, match=r"array 'x': expected memory on the CPU, found a CUDA device"):
+            core.forward(_cuda_capsule((2, 8), keep), torch.empty(2, 6))
+        with pytest.raises(TypeError, match=r"array 'y': expected memory on the CPU, found a CUDA device"):
+            core.forward(torch.zeros(2, 8), _cuda_capsule((2, 6), keep))
+    # the module still works after the refusals
+    assert m(torch.ones(2, 8)).shape == (2, 6)
+
+
+def test_cuda_backend_matches_the_cpu():
+    """With the CUDA backend (RADARGATE_PYTHON_CUDA=ON) and a GPU: the module on CUDA gives the
+    cpu backend's outputs and gradients to float32 tolerance, on torch's current stream."""
+    if not _has_cuda_backend() or not torch.cuda.is_available():
+        pytest.skip("needs a package built with the CUDA backend and a CUDA device")
+    for variant, opts in CASES:
+        torch.manual_seed(0)
+        m = RadarGate(variant=variant, d_in=24, d=20, experts=4, rank=3, seed=3, **opts)
+        g = RadarGate(variant=variant, d_in=24, d=20, experts=4, rank=3, seed=3, **opts).cuda()
+        x = torch.randn(5, 24)
+        xg = x.cuda().requires_grad_(True)
+        xc = x.clone().requires_grad_(True)
+        dy = torch.randn(5, 20)
+        yc, yg = m(xc), g(xg)
+        assert yg.device.type == "cuda"
+        assert rel_err(yg.cpu(), yc) < 1e-4, (variant, opts)
+        (yc * dy).sum().backward()
+        (yg * dy.cuda()).sum().backward()
+        assert rel_err(xg.grad.cpu(), xc.grad) < 1e-4, (variant, opts)
+        for (n, pc), (_, pg) in zip(m.named_parameters(), g.named_parameters()):
+            if pc.grad is not None:
+                assert rel_err(pg.grad.cpu(), pc.grad) < 1e-3, (variant, opts, n)
+        with torch.no_grad():
+            assert rel_err(g(x.cuda()).cpu(), m(x)) < 1e-4
+        # an optimizer step on CUDA: the next call sees the new weights
+        opt = torch.optim.AdamW(g.parameters(), lr=1e-2)
+        opt.step()
+        with torch.no_grad():
+            for pc, pg in zip(m.parameters(), g.parameters()):
+                pc.copy_(pg.cpu())
+            assert rel_err(g(x.cuda()).cpu(), m(x)) < 1e-4
+    with pytest.raises(TypeError, match="float32"):
+        RadarGate(variant="sum", d_in=4, d=4, experts=2, rank=1, dtype=torch.float64).cuda()(
+            torch.zeros(1, 4, dtype=torch.float64, device="cuda"))
 
 
 def test_load_a_layer_of_many(tmp_path):

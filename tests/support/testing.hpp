@@ -15,6 +15,17 @@
 #include <radargate.hpp>
 
 namespace rgtest {
+
+/// The message of the radargate::error that f() throws, or "(no error)".
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const radargate::error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
 using radargate::index_t;
 
 /// Tolerance trait, as Eigen's test_precision<T>().

@@ -31,6 +31,7 @@
 
 #include <type_traits>
 
+#include "cpu_half.hpp"
 #include "cpu_simd.hpp"
 #include "cpu_weights.hpp"
 #include "math.hpp"
@@ -265,8 +266,9 @@ RG_INLINE void block_angles(const Args<S>& K, const Tile& tl, const S* bias_i, c
 }
 
 /// v of the block's tokens on one packed group ([r][W] at p, and the b-half at p + r W).
-template <class S, int C, bool Two>
-RG_INLINE void block_expand(const S* p, index_t r, const Block<S>& b, batch<S>* va, batch<S>* vb) {
+/// p: the expand weights as stored (S, or bf16 / f16 widened to float on load).
+template <class S, int C, bool Two, class WB>
+RG_INLINE void block_expand(const WB* p, index_t r, const Block<S>& b, batch<S>* va, batch<S>* vb) {
   constexpr index_t W = simd::width<S>();
   const S* hs[C];
   take<C>(hs, b.hs);
@@ -275,9 +277,9 @@ RG_INLINE void block_expand(const S* p, index_t r, const Block<S>& b, batch<S>* 
     if (Two) vb[u] = batch<S>(S(0));
   }
   for (index_t q = 0; q < r; ++q) {
-    const batch<S> a = shared<C>(load(p + q * W));
+    const batch<S> a = shared<C>(simd::load_w(p + q * W));
     if (Two) {
-      const batch<S> bq = shared<C>(load(p + (r + q) * W));
+      const batch<S> bq = shared<C>(simd::load_w(p + (r + q) * W));
       for (int u = 0; u < C; ++u) {
         const batch<S> hq(hs[u][q]);
         va[u] = simd::fma(a, hq, va[u]);
@@ -292,8 +294,9 @@ RG_INLINE void block_expand(const S* p, index_t r, const Block<S>& b, batch<S>* 
 /// Forward over a rotation tile. Out: ya, yb += g u (Put::add) or = u (Put::set).
 /// Dot: dot = wa . u_a + wb . u_b, or with Centered wa . (u_a - ma) + wb . (u_b - mb).
 /// Deriv: also store bound'(pre) in sc.db.
-template <class S, int C, Put Out, bool Dot, bool Deriv = false, bool Centered = false, bool Il = false>
-void rot_forward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_i, Block<S>& b,
+/// BPi: expert i's packed expand weights as stored (S, bf16 or f16).
+template <class S, int C, Put Out, bool Dot, bool Deriv = false, bool Centered = false, bool Il = false, class WB>
+void rot_forward(const Args<S>& K, const Tile& tl, const WB* BPi, const S* bias_i, Block<S>& b,
                  const Scratch<S>& sc) {
   constexpr index_t W = simd::width<S>();
   const index_t r = K.r;
@@ -305,7 +308,7 @@ void rot_forward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_i
   const S *cb = sc.cb, *sb = sc.sb;
   batch<S> acc[C];
   for (int u = 0; u < C; ++u) acc[u] = batch<S>(S(0));
-  const S* p = BPi + rot_base(K, tl);
+  const WB* p = BPi + rot_base(K, tl);
   block_angles<S, C>(K, tl, bias_i, b, sc, Deriv);
   for (index_t j = 0; j < tl.len; j += W, p += 2 * r * W) {
     batch<S> va[C], vb[C];
@@ -346,8 +349,8 @@ void scale_add(S* acc, const S* u, index_t n, S a, S w) {
 
 /// Forward over a pass-through tile: y += g v (Put::add) or y = v (Put::set), and/or dot = w . v
 /// (Centered: w . (v - m)).
-template <class S, int C, Put Out, bool Dot, bool Centered = false, bool Il = false>
-void pass_forward(const Args<S>& K, const Tile& tl, const S* BPi, Block<S>& b) {
+template <class S, int C, Put Out, bool Dot, bool Centered = false, bool Il = false, class WB>
+void pass_forward(const Args<S>& K, const Tile& tl, const WB* BPi, Block<S>& b) {
   constexpr index_t W = simd::width<S>();
   const index_t r = K.r;
   S* ya[C];  // locals (see take)
@@ -356,7 +359,7 @@ void pass_forward(const Args<S>& K, const Tile& tl, const S* BPi, Block<S>& b) {
   take<C>(ya, b.ya), take<C>(wa, b.wa), take<C>(ma, b.ma), take<C>(gv, b.g);
   batch<S> acc[C];
   for (int u = 0; u < C; ++u) acc[u] = batch<S>(S(0));
-  const S* p = BPi + pass_base(K, tl);
+  const WB* p = BPi + pass_base(K, tl);
   for (index_t j = 0; j < tl.len; j += W, p += r * W) {
     batch<S> v[C];
     block_expand<S, C, false>(p, r, b, v, nullptr);
@@ -597,6 +600,41 @@ void pass_backward(const Args<S>& K, const Tile& tl, const S* BPi, const Block<S
   if (want_dg)
     for (int u = 0; u < C; ++u) *b.dg[u] += hsum(dgacc[u]);
   if (w.dv) block_rank_update<S, C, false>(BPi + base, o.dBPi ? o.dBPi + base : nullptr, r, tl.len, w, b, sc);
+}
+
+/// The shrink of C tokens for 16-bit A: h[u][j] = A_j . x[u] for the rows j of [0, rows) (ld
+/// apart), widened to float on load and accumulated in float; each row of A is read once for the
+/// C tokens. (The shrink of many tokens widens blocks of A and runs a GEMM instead, cpu.hpp.)
+template <int C, class WB>
+void shrink_rows(const WB* A, index_t ld, index_t rows, index_t din, const float* const* x, float* const* h) {
+  using B = batch<float>;
+  constexpr index_t W = simd::width<float>();
+  constexpr int U = C == 1 ? 4 : C == 2 ? 2 : 1;  // independent sums per token
+  const index_t full = din / (W * U) * (W * U), vec = din / W * W;
+  const float* xs[C];
+  for (int u = 0; u < C; ++u) xs[u] = x[u];
+  for (index_t j = 0; j < rows; ++j) {
+    const WB* a = A + j * ld;
+    B acc[C][U];
+    for (int u = 0; u < C; ++u)
+      for (int v = 0; v < U; ++v) acc[u][v] = B(0.0f);
+    index_t c = 0;
+    for (; c < full; c += W * U)
+      for (int v = 0; v < U; ++v) {
+        const B w = shared<C>(simd::load_w(a + c + v * W));
+        for (int u = 0; u < C; ++u) acc[u][v] = simd::fma(w, B::load_unaligned(xs[u] + c + v * W), acc[u][v]);
+      }
+    for (; c < vec; c += W) {
+      const B w = simd::load_w(a + c);
+      for (int u = 0; u < C; ++u) acc[u][0] = simd::fma(w, B::load_unaligned(xs[u] + c), acc[u][0]);
+    }
+    for (int u = 0; u < C; ++u) {
+      for (int v = 1; v < U; ++v) acc[u][0] += acc[u][v];
+      float t = hsum(acc[u][0]);
+      for (index_t e = vec; e < din; ++e) t += to_float(a[e]) * xs[u][e];
+      h[u][j] = t;
+    }
+  }
 }
 
 }  // namespace kernels

@@ -20,16 +20,23 @@
 //   WvB_i = Wv B_i,  WcB_i = Wc B_i                   rank-space angle weights, [N, k, r]
 //   wsB_i = B_i^T ws                                   rank-space stretch logit, [N, r]
 // so that per token z_i = Wx x + s_i WvB_i h_i + sum_j m_ij s_j WcB_j h_j costs O(N r k + N^2 k).
+//
+// 16-bit storage (WeightStorage bf16 or f16, float layers only): A and B are rounded once, every
+// cache above is computed from the rounded values, and only the 16-bit copies are kept: A as
+// Ab / Ah [N*r, d_in] (A itself is then absent) and the packed B as BPb / BPh (BT and BP are then
+// empty). The layer reads nothing else of lora.A and lora.B until the next build.
 #pragma once
 
 #include "cpu_arch.hpp"
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "../layer_config.hpp"
 #include "../params.hpp"
+#include "cpu_half.hpp"
 #include "cpu_matrix.hpp"
 #include "cpu_simd.hpp"
 #include "math.hpp"
@@ -60,6 +67,75 @@ struct CpuWeights {
   std::vector<Tile> expert_tiles;  // backward of the one-pass stretch path: one expert's B and dB in L1
   index_t max_len = 0;           // longest tile of either list
   std::uint64_t generation = 0;
+  WeightStorage storage = WeightStorage::scalar;
+  simd::avec<bf16> Ab, BPb;  // 16-bit storage of A [N*r, d_in] and of BP (see above)
+  simd::avec<f16> Ah, BPh;
+
+  bool half() const { return storage != WeightStorage::scalar; }
+  /// B of expert i packed like BP, as stored: f(const S*), f(const bf16*) or f(const f16*).
+  template <class F>
+  RG_INLINE void with_bp(index_t i, F&& f) const {
+    const index_t off = i * D.r * dpad;
+    if constexpr (std::is_same<S, float>::value) {  // 16-bit storage is for float layers
+      if (storage == WeightStorage::bf16) return f(BPb.data() + off);
+      if (storage == WeightStorage::f16) return f(BPh.data() + off);
+    }
+    f(BP.data() + off);
+  }
+  /// Rows [j0, j0 + n) of A [N*r, d_in] as stored: f(const S* rows, ld) or f(const bf16*, ld), ...
+  template <class F>
+  RG_INLINE void with_a(index_t j0, F&& f) const {
+    const index_t din = D.d_in;
+    if constexpr (std::is_same<S, float>::value) {
+      if (storage == WeightStorage::bf16) return f(Ab.data() + j0 * din, din);
+      if (storage == WeightStorage::f16) return f(Ah.data() + j0 * din, din);
+    }
+    f(A.row(j0), A.ld);
+  }
+  /// Rows [j0, j0 + n) of A in the layer's type: A itself, or (16-bit storage) widened into store.
+  MatRef<S> a_rows(index_t j0, index_t n, std::vector<S>& store) const {
+    if (!half()) {
+      MatRef<S> m = A;
+      m.p = A.row(j0);
+      m.rows = n;
+      return m;
+    }
+    const index_t din = D.d_in;
+    store.resize(std::size_t(n * din));
+    with_a(j0, [&](const auto* a, index_t) {
+      for (index_t e = 0; e < n * din; ++e) store[std::size_t(e)] = S(widen(a[e]));
+    });
+    MatRef<S> m;
+    m.p = store.data();
+    m.rows = n;
+    m.cols = din;
+    m.ld = std::max<index_t>(din, 1);
+    return m;
+  }
+  /// BP in the layer's type: BP itself, or (16-bit storage) widened into store.
+  const S* bp_widened(simd::avec<S>& store) const {
+    if (!half()) return BP.data();
+    const std::size_t n = std::size_t(D.N * D.r * dpad);
+    store.resize(n);
+    if (storage == WeightStorage::bf16)
+      for (std::size_t e = 0; e < n; ++e) store[e] = S(to_float(BPb[e]));
+    else
+      for (std::size_t e = 0; e < n; ++e) store[e] = S(to_float(BPh[e]));
+    return store.data();
+  }
+  /// BT [N*r, dpad] from the packed layout bp (BT itself when it is kept).
+  const S* bt_unpacked(const S* bp, simd::avec<S>& store) const {
+    if (!BT.empty()) return BT.data();
+    constexpr index_t W = simd::width<S>();
+    const index_t N = D.N, r = D.r;
+    store.assign(std::size_t(N * r * dpad), S(0));
+    for (index_t i = 0; i < N; ++i)
+      for (index_t s = 0; s < dpad; s += W)
+        for (index_t q = 0; q < r; ++q)
+          for (index_t l = 0; l < W; ++l)
+            store[std::size_t((i * r + q) * dpad + s + l)] = bp[std::size_t(i * r * dpad + group_offset(s) + q * W + l)];
+    return store.data();
+  }
 
   /// The slot-space expand weights of expert i, row q (plain layout).
   const S* bt(index_t i, index_t q) const { return BT.data() + (i * D.r + q) * dpad; }
@@ -75,9 +151,11 @@ struct CpuWeights {
     return pass0 * r + (s - pass0) / W * r * W;
   }
 
-  void build(const LayerConfig& c, const Params<S>& p, const Dims& dims, index_t tile_planes) {
+  void build(const LayerConfig& c, const Params<S>& p, const Dims& dims, index_t tile_planes,
+             WeightStorage store = WeightStorage::scalar) {
     constexpr index_t W = simd::width<S>();
     D = dims;
+    storage = store;
     const index_t N = D.N, r = D.r, d = D.d, k = D.k;
     rot = c.rotation;
     const index_t P = rot ? D.P : 0;
@@ -102,7 +180,7 @@ struct CpuWeights {
       for (index_t s = 0; s < dpad; ++s) {
         const index_t o = coord[std::size_t(s)];
         if (o < 0) continue;
-        for (index_t q = 0; q < r; ++q) BT[std::size_t((i * r + q) * dpad + s)] = p.lora_B(i, o, q);
+        for (index_t q = 0; q < r; ++q) BT[std::size_t((i * r + q) * dpad + s)] = rounded(p.lora_B(i, o, q));
       }
     BP.assign(BT.size(), S(0));
     for (index_t i = 0; i < N; ++i)
@@ -129,7 +207,25 @@ struct CpuWeights {
           wsB[std::size_t(i * r + q)] = acc;
         }
 
-    A = stacked_matrix_of(p.lora_A, A_store);
+    Ab.clear();
+    Ah.clear();
+    if (half()) {
+      A_store.clear();
+      A = MatRef<S>{};
+      A.rows = N * D.r;
+      A.cols = D.d_in;
+      const std::size_t n = std::size_t(N * D.r * D.d_in);
+      if (storage == WeightStorage::bf16) Ab.resize(n); else Ah.resize(n);
+      std::size_t e = 0;
+      for (index_t i = 0; i < N; ++i)
+        for (index_t q = 0; q < D.r; ++q)
+          for (index_t a = 0; a < D.d_in; ++a, ++e) {
+            const float v = float(p.lora_A(i, q, a));
+            if (storage == WeightStorage::bf16) Ab[e] = to_bf16(v); else Ah[e] = to_f16(v);
+          }
+    } else {
+      A = stacked_matrix_of(p.lora_A, A_store);
+    }
     Wg = matrix_of(p.stretch_Wg, Wg_store);
     W0 = matrix_of(p.base_W0, W0_store);
     Wx = matrix_of(p.angle_Wx, Wx_store);
@@ -179,8 +275,31 @@ struct CpuWeights {
     max_len = 0;
     for (const auto* list : {&tiles, &long_tiles, &expert_tiles})
       for (const Tile& t : *list) max_len = std::max(max_len, t.len);
+    BPb.clear();
+    BPh.clear();
+    if (half()) {  // keep only the 16-bit copy of B
+      if (storage == WeightStorage::bf16) {
+        BPb.resize(BP.size());
+        for (std::size_t e = 0; e < BP.size(); ++e) BPb[e] = to_bf16(float(BP[e]));
+      } else {
+        BPh.resize(BP.size());
+        for (std::size_t e = 0; e < BP.size(); ++e) BPh[e] = to_f16(float(BP[e]));
+      }
+      simd::avec<S>().swap(BP);
+      simd::avec<S>().swap(BT);
+    }
     ++generation;
   }
+
+  /// v as stored: rounded to the 16-bit format when there is one.
+  S rounded(S v) const {
+    if (storage == WeightStorage::bf16) return S(to_float(to_bf16(float(v))));
+    if (storage == WeightStorage::f16) return S(to_float(to_f16(float(v))));
+    return v;
+  }
+  static float widen(bf16 h) { return to_float(h); }
+  static float widen(f16 h) { return to_float(h); }
+  static S widen(S v) { return v; }
 
  private:
   std::vector<unsigned char> used;  // build(): output coordinates in a plane

@@ -215,23 +215,19 @@ class ModelSet {
   std::vector<std::pair<std::string, LayerConfig>> parse_layer_list(const std::string& text) const {
     const SafetensorsFile& f = *file_;
     const std::string where = std::string("__metadata__ '") + layers_key + "'";
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(text);
-    } catch (const nlohmann::json::exception& e) {
-      f.fail_file(where, ": not valid JSON: ", e.what());
-    }
+    // Depth-limited and duplicate-checked, so that the dump() of a bad entry below stays bounded.
+    const nlohmann::json j = detail::in_file(f.source(), [&] { return detail::parse_json_checked(text, where); });
     if (!j.is_array() || j.empty())
-      f.fail_file(where, ": expected a non-empty array of {\"name\": ..., \"config\": {...}}, found ", j.dump());
+      f.fail_file(where, ": expected a non-empty array of {\"name\": ..., \"config\": {...}}, found ", detail::excerpt(j));
     std::vector<std::pair<std::string, LayerConfig>> out;
     std::set<std::string> seen;
     for (std::size_t i = 0; i < j.size(); ++i) {
       const nlohmann::json& e = j[i];
       if (!e.is_object() || !e.contains("name") || !e["name"].is_string() || !e.contains("config"))
-        f.fail_file(where, " entry ", i, ": expected {\"name\": \"<layer>\", \"config\": {...}}, found ", e.dump());
+        f.fail_file(where, " entry ", i, ": expected {\"name\": \"<layer>\", \"config\": {...}}, found ", detail::excerpt(e));
       for (auto it = e.begin(); it != e.end(); ++it)
         if (it.key() != "name" && it.key() != "config")
-          f.fail_file(where, " entry ", i, ": unknown field '", it.key(), "'; expected name and config");
+          f.fail_file(where, " entry ", i, ": unknown field '", detail::excerpt(it.key()), "'; expected name and config");
       const std::string name = e["name"].get<std::string>();
       detail::in_file(f.source(), [&] { detail::check_layer_name(name); });
       if (!seen.insert(name).second) f.fail_file(where, ": layer '", name, "' listed more than once");

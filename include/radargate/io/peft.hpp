@@ -46,6 +46,7 @@
 #include <vector>
 
 #include "model_set.hpp"
+#include "pattern.hpp"
 
 namespace radargate {
 namespace io {
@@ -94,12 +95,35 @@ inline bool is_file(const std::string& p) {
   struct stat s {};
   return ::stat(p.c_str(), &s) == 0 && S_ISREG(s.st_mode);
 }
+inline bool exists(const std::string& p) {
+  struct stat s {};
+  return ::stat(p.c_str(), &s) == 0;
+}
+/// The largest JSON file (adapter_config.json, model.safetensors.index.json) read: PEFT writes
+/// a few kilobytes, an index of a large model a few megabytes.
+inline constexpr std::uint64_t max_json_bytes = std::uint64_t(64) << 20;
+
+/// The text of a JSON file: a regular file of at most max_json_bytes, checked before reading.
 inline std::string read_text(const std::string& path, const std::string& who) {
+  using radargate::io::detail::printable;
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) fail(who, ": cannot open '", printable(path), "'");
+  if (!S_ISREG(st.st_mode)) fail(who, ": '", printable(path), "': expected a regular file, found something else");
+  if (std::uint64_t(st.st_size) > max_json_bytes)
+    fail(who, ": '", printable(path), "': expected at most ", max_json_bytes, " bytes of JSON, found ", st.st_size);
   std::ifstream in(path, std::ios::binary);
-  if (!in) fail(who, ": cannot open '", path, "'");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+  if (!in) fail(who, ": cannot open '", printable(path), "'");
+  std::string text(std::size_t(st.st_size), '\0');
+  in.read(&text[0], std::streamsize(text.size()));
+  if (in.gcount() != std::streamsize(text.size()))
+    fail(who, ": '", printable(path), "': expected ", text.size(), " bytes, read ", in.gcount());
+  return text;
+}
+/// A JSON value for a message (bounded: the parser limited its depth), or "nothing".
+template <class Json>
+inline std::string shown(const Json* j) {
+  return j ? radargate::io::detail::excerpt(j->dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), 96)
+           : std::string("nothing");
 }
 inline std::string join_path(const std::string& dir, const std::string& name) {
   return dir.empty() || dir.back() == '/' ? dir + name : dir + "/" + name;
@@ -107,19 +131,42 @@ inline std::string join_path(const std::string& dir, const std::string& name) {
 
 /// PEFT 0.13.2's pattern rule: the first key k (rank_pattern keys, then alpha_pattern keys) for
 /// which Python's re.match(rf".*\.{k}$", module) succeeds; the module's own name when none does.
-/// re.match anchors at the start only, so the equivalent ECMAScript search is ^(?:.*\.k$).
-inline std::string pattern_key(const std::vector<std::string>& keys, const std::string& module, const std::string& who) {
-  for (const std::string& k : keys) {
-    std::regex re;
-    try {
-      re = std::regex("^(?:.*\\." + k + "$)", std::regex::ECMAScript);
-    } catch (const std::regex_error& e) {
-      fail(who, ": adapter_config.json: pattern key '", k, "' is not a regular expression this importer reads (",
-           e.what(), ")");
+/// The key is pasted into the pattern as text, as PEFT does ("a|b" gives .*\.a|b$), and matched by
+/// pattern::Regex, which reads Python's syntax in linear time (io/pattern.hpp).
+class PatternKeys {
+ public:
+  /// Matching costs at most (sum of the compiled sizes) x (the module name's length) steps per
+  /// module; keys whose compiled sizes add up to more than this are refused.
+  static constexpr std::size_t max_total_program = 200000;
+
+  PatternKeys(std::vector<std::string> keys, const std::string& who) : keys_(std::move(keys)) {
+    std::size_t total = 0;
+    for (const std::string& k : keys_) {
+      try {
+        compiled_.emplace_back(".*\\." + k + "$");
+      } catch (const radargate::error& e) {
+        fail(who, ": adapter_config.json: pattern key '", radargate::io::detail::excerpt(k, 96),
+             "' is not a regular expression this importer reads (", e.what(), " of .*\\.KEY$)");
+      }
+      total += compiled_.back().program_size();
+      if (total > max_total_program)
+        fail(who, ": adapter_config.json: the rank_pattern and alpha_pattern keys compile to more than ",
+             max_total_program, " matching steps in all (", keys_.size(), " keys): expected fewer or simpler keys");
     }
-    if (std::regex_search(module, re)) return k;
   }
-  return module;
+  const std::string& key(const std::string& module) const {
+    for (std::size_t i = 0; i < keys_.size(); ++i)
+      if (compiled_[i].match_prefix(module)) return keys_[i];
+    return module;
+  }
+
+ private:
+  std::vector<std::string> keys_;
+  std::vector<pattern::Regex> compiled_;
+};
+
+inline std::string pattern_key(const std::vector<std::string>& keys, const std::string& module, const std::string& who) {
+  return PatternKeys(keys, who).key(module);
 }
 
 inline bool json_truthy(const nlohmann::ordered_json& j) {
@@ -130,27 +177,16 @@ inline bool json_truthy(const nlohmann::ordered_json& j) {
 }
 }  // namespace detail
 
-/// Reads an adapter directory, applying PEFT's rules, and refuses what a layer cannot represent.
-/// Every error starts with "adapter '<dir>': " and names the module when there is one.
-inline Adapter read_adapter(const std::string& dir) {
-  using detail::fail;
-  const std::string who = "adapter '" + dir + "'";
-  if (!detail::is_dir(dir)) fail(who, ": expected a directory written by PEFT's save_pretrained, found none");
-  const std::string cfg_path = detail::join_path(dir, "adapter_config.json");
-  const std::string st_path = detail::join_path(dir, "adapter_model.safetensors");
-  if (!detail::is_file(cfg_path)) fail(who, ": missing adapter_config.json");
-  if (!detail::is_file(st_path)) {
-    if (detail::is_file(detail::join_path(dir, "adapter_model.bin")))
-      fail(who, ": found adapter_model.bin (a pickle), expected adapter_model.safetensors (save_pretrained's default "
-                "with safe_serialization=True)");
-    fail(who, ": missing adapter_model.safetensors");
-  }
-  nlohmann::ordered_json c;
-  try {
-    c = nlohmann::ordered_json::parse(detail::read_text(cfg_path, who));
-  } catch (const nlohmann::json::exception& e) {
-    fail(who, ": adapter_config.json is not valid JSON: ", e.what());
-  }
+namespace detail {
+/// read_adapter's work once the files are found: `config_text` is adapter_config.json and
+/// open_tensors() reads adapter_model.safetensors (after the configuration's first checks, so that
+/// those errors come first).
+inline Adapter adapter_from(const std::string& dir, const std::string& config_text,
+                            const std::function<SafetensorsFile()>& open_tensors) {
+  using radargate::io::detail::printable;
+  const std::string who = "adapter '" + printable(dir) + "'";
+  const nlohmann::ordered_json c =
+      radargate::io::detail::parse_json_checked<nlohmann::ordered_json>(config_text, who + ": adapter_config.json");
   if (!c.is_object()) fail(who, ": adapter_config.json: expected a JSON object, found ", c.type_name());
   auto field = [&](const char* k) -> const nlohmann::ordered_json* {
     auto it = c.find(k);
@@ -158,29 +194,29 @@ inline Adapter read_adapter(const std::string& dir) {
   };
   if (const auto* t = field("peft_type"))
     if (!t->is_string() || t->get<std::string>() != "LORA")
-      fail(who, ": adapter_config.json: peft_type: expected \"LORA\", found ", t->dump(), " (only LoRA adapters import)");
+      fail(who, ": adapter_config.json: peft_type: expected \"LORA\", found ", shown(t), " (only LoRA adapters import)");
 
   Adapter a;
   a.dir = dir;
   const auto* r = field("r");
   if (!r || !r->is_number_integer() || r->get<long long>() < 1)
-    fail(who, ": adapter_config.json: 'r': expected an integer >= 1, found ", r ? r->dump() : "nothing");
+    fail(who, ": adapter_config.json: 'r': expected an integer >= 1, found ", shown(r));
   a.r = index_t(r->get<long long>());
   const auto* al = field("lora_alpha");
   if (!al || !al->is_number())
-    fail(who, ": adapter_config.json: 'lora_alpha': expected a number, found ", al ? al->dump() : "nothing");
+    fail(who, ": adapter_config.json: 'lora_alpha': expected a number, found ", shown(al));
   a.lora_alpha = al->get<double>();
   auto flag = [&](const char* k) {
     const auto* f = field(k);
     if (f && !f->is_boolean())
-      fail(who, ": adapter_config.json: '", k, "': expected true or false, found ", f->dump());
+      fail(who, ": adapter_config.json: '", k, "': expected true or false, found ", shown(f));
     return f && f->get<bool>();
   };
   a.use_rslora = flag("use_rslora");
   a.fan_in_fan_out = flag("fan_in_fan_out");
 
   // Open the tensors first, so configuration refusals can name a module.
-  const SafetensorsFile f = SafetensorsFile::read(st_path);
+  const SafetensorsFile f = open_tensors();
   std::vector<std::string> order;                          // modules in file order
   std::map<std::string, std::map<std::string, std::string>> parts;  // module -> part -> tensor
   std::string first_module;
@@ -208,7 +244,7 @@ inline Adapter read_adapter(const std::string& dir) {
   }
   if (first_module.empty() && !order.empty()) first_module = order.front();
   auto refuse = [&](const std::string& module, const std::string& why) {
-    fail(who, ": module '", module, "': ", why);
+    fail(who, ": module '", printable(module), "': ", why);
   };
 
   // Configuration refusals.
@@ -225,7 +261,7 @@ inline Adapter read_adapter(const std::string& dir) {
   if (const auto* mts = field("modules_to_save"))
     if (detail::json_truthy(*mts)) {
       const std::string m = mts->is_array() && !mts->empty() && (*mts)[0].is_string() ? (*mts)[0].get<std::string>()
-                                                                                       : mts->dump();
+                                                                                       : shown(mts);
       refuse(m, "listed in modules_to_save: the adapter replaces this module's full weights, which a LoRA layer "
                 "cannot represent");
     }
@@ -237,7 +273,7 @@ inline Adapter read_adapter(const std::string& dir) {
           m = o;
           break;
         }
-      refuse(m, "bias is " + b->dump() + ", expected \"none\": the adapter trains bias vectors, which a LoRA layer "
+      refuse(m, "bias is " + shown(b) + ", expected \"none\": the adapter trains bias vectors, which a LoRA layer "
                 "does not hold");
     }
   if (flag("lora_bias")) refuse(first_module, "lora_bias is true: lora_B has a bias, which a LoRA layer does not hold");
@@ -251,20 +287,24 @@ inline Adapter read_adapter(const std::string& dir) {
   for (const char* pf : {"rank_pattern", "alpha_pattern"}) {
     const auto* p = field(pf);
     if (!p) continue;
-    if (!p->is_object()) fail(who, ": adapter_config.json: '", pf, "': expected an object, found ", p->dump());
+    if (!p->is_object()) fail(who, ": adapter_config.json: '", pf, "': expected an object, found ", shown(p));
     for (auto it = p->begin(); it != p->end(); ++it) {
       if (std::string(pf) == "rank_pattern") {
         if (!it->is_number_integer() || it->get<long long>() < 1)
-          fail(who, ": adapter_config.json: rank_pattern '", it.key(), "': expected an integer >= 1, found ", it->dump());
+          fail(who, ": adapter_config.json: rank_pattern '", radargate::io::detail::excerpt(it.key(), 96),
+               "': expected an integer >= 1, found ", shown(&*it));
         rank_pattern[it.key()] = it->get<long long>();
       } else {
         if (!it->is_number())
-          fail(who, ": adapter_config.json: alpha_pattern '", it.key(), "': expected a number, found ", it->dump());
+          fail(who, ": adapter_config.json: alpha_pattern '", radargate::io::detail::excerpt(it.key(), 96),
+               "': expected a number, found ", shown(&*it));
         alpha_pattern[it.key()] = it->get<double>();
       }
       keys.push_back(it.key());
     }
   }
+
+  const detail::PatternKeys patterns(std::move(keys), who);
 
   // Refusals that explain a module before any other check of the file (an embedding adapter also
   // saves the embedding's base weights, which would otherwise read as a module saved whole).
@@ -311,7 +351,7 @@ inline Adapter read_adapter(const std::string& dir) {
                     radargate::io::detail::shape_str(bi.shape) + " disagree on the rank");
     AdaptedModule am;
     am.name = m;
-    const std::string key = detail::pattern_key(keys, m, who);
+    const std::string key = patterns.key(m);
     const auto rp = rank_pattern.find(key);
     const auto ap = alpha_pattern.find(key);
     am.r = rp != rank_pattern.end() ? index_t(rp->second) : a.r;
@@ -337,6 +377,26 @@ inline Adapter read_adapter(const std::string& dir) {
   if (a.modules.empty()) fail(who, ": adapter_model.safetensors holds no LoRA factors");
   return a;
 }
+}  // namespace detail
+
+/// Reads an adapter directory, applying PEFT's rules, and refuses what a layer cannot represent.
+/// Every error starts with "adapter '<dir>': " and names the module when there is one.
+inline Adapter read_adapter(const std::string& dir) {
+  using detail::fail;
+  const std::string who = "adapter '" + radargate::io::detail::printable(dir) + "'";
+  if (!detail::is_dir(dir)) fail(who, ": expected a directory written by PEFT's save_pretrained, found none");
+  const std::string cfg_path = detail::join_path(dir, "adapter_config.json");
+  const std::string st_path = detail::join_path(dir, "adapter_model.safetensors");
+  // Present but not a regular file (a FIFO, a device): the readers say so.
+  if (!detail::exists(cfg_path)) fail(who, ": missing adapter_config.json");
+  if (!detail::exists(st_path)) {
+    if (detail::is_file(detail::join_path(dir, "adapter_model.bin")))
+      fail(who, ": found adapter_model.bin (a pickle), expected adapter_model.safetensors (save_pretrained's default "
+                "with safe_serialization=True)");
+    fail(who, ": missing adapter_model.safetensors");
+  }
+  return detail::adapter_from(dir, detail::read_text(cfg_path, who), [&] { return SafetensorsFile::read(st_path); });
+}
 
 /// A base model in Hugging Face layout: one safetensors file, a directory with model.safetensors,
 /// or a directory with shards and model.safetensors.index.json ("weight_map": tensor -> shard).
@@ -347,7 +407,7 @@ class BaseModel {
     using detail::fail;
     BaseModel b;
     b.path_ = path;
-    const std::string who = "base '" + path + "'";
+    const std::string who = "base '" + radargate::io::detail::printable(path) + "'";
     std::string index;
     if (detail::is_dir(path)) {
       const std::string single = detail::join_path(path, "model.safetensors");
@@ -370,22 +430,20 @@ class BaseModel {
     } else {
       fail(who, ": no such file or directory");
     }
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(detail::read_text(index, who));
-    } catch (const nlohmann::json::exception& e) {
-      fail(who, ": '", index, "' is not valid JSON: ", e.what());
-    }
+    const nlohmann::json j = radargate::io::detail::parse_json_checked(
+        detail::read_text(index, who), who + ": '" + radargate::io::detail::printable(index) + "'");
     if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
       fail(who, ": '", index, "': expected an object with \"weight_map\": {tensor: shard file}");
     const std::size_t slash = index.find_last_of('/');
     const std::string dir = slash == std::string::npos ? "." : index.substr(0, slash);
     for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
-      if (!it->is_string()) fail(who, ": '", index, "': weight_map '", it.key(), "': expected a file name, found ", it->dump());
+      if (!it->is_string()) fail(who, ": '", index, "': weight_map '",
+             radargate::io::detail::printable(it.key()), "': expected a file name, found ", detail::shown(&*it));
       const std::string shard = it->get<std::string>();
       if (shard.find('/') != std::string::npos || shard == "." || shard == "..")
-        fail(who, ": '", index, "': weight_map '", it.key(), "': expected a file name in the same directory, found '",
-             shard, "'");
+        fail(who, ": '", index, "': weight_map '",
+             radargate::io::detail::printable(it.key()), "': expected a file name in the same directory, found '",
+             radargate::io::detail::printable(shard), "'");
       b.where_[it.key()] = detail::join_path(dir, shard);
     }
     return b;

@@ -311,8 +311,10 @@ inline std::uint64_t memory_limit() {
 /// Parses JSON text that is not a safetensors header (e.g. the configuration stored in the
 /// metadata): a linear pass first rejects nesting deeper than `max_depth` and repeated keys in one
 /// object (which the DOM would silently collapse), so the DOM built after it is shallow and every
-/// later dump() of it is bounded. Errors read "<what>: ...".
-inline nlohmann::json parse_json_checked(const std::string& text, const std::string& what, int max_depth = 16) {
+/// later dump() of it is bounded. Errors read "<what>: ...". Json is nlohmann::json, or
+/// nlohmann::ordered_json where the order of keys matters.
+template <class Json = nlohmann::json>
+inline Json parse_json_checked(const std::string& text, const std::string& what, int max_depth = 16) {
   struct Checker {
     const std::string& what;
     int max_depth;
@@ -349,7 +351,7 @@ inline nlohmann::json parse_json_checked(const std::string& text, const std::str
   } checker{what, max_depth, {}, {}};
   nlohmann::json::sax_parse(text.begin(), text.end(), &checker);
   try {
-    return nlohmann::json::parse(text);
+    return Json::parse(text);
   } catch (const nlohmann::json::exception& e) {
     fail(what, ": not valid JSON: ", printable(e.what()));
   }

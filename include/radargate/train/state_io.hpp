@@ -99,20 +99,17 @@ void load_state(const io::SafetensorsFile& f, Trainer<S, L>& tr, const Dataset<S
   auto it = f.metadata().find(state_key);
   if (it == f.metadata().end())
     f.fail_file("missing __metadata__ entry '", state_key, "'; not a training state written by 'radargate train --state'?");
-  nlohmann::json meta;
-  try {
-    meta = nlohmann::json::parse(it->second);
-  } catch (const std::exception& e) {
-    f.fail_file("__metadata__ '", state_key, "' is not valid JSON: ", e.what());
-  }
+  const nlohmann::json meta = io::detail::in_file(f.source(), [&] {
+    return io::detail::parse_json_checked(it->second, std::string("__metadata__ '") + state_key + "'");
+  });
   if (!meta.is_object()) f.fail_file("__metadata__ '", state_key, "': expected a JSON object");
   const nlohmann::json want = state_settings(tr, data);
   for (auto kv = want.begin(); kv != want.end(); ++kv) {
     if (!meta.contains(kv.key()))
-      f.fail_file("training state: setting '", kv.key(), "' is missing (this run has ", kv.value().dump(), ")");
+      f.fail_file("training state: setting '", kv.key(), "' is missing (this run has ", io::detail::excerpt(kv.value()), ")");
     if (meta[kv.key()] != kv.value())
-      f.fail_file("training state: setting '", kv.key(), "' was ", meta[kv.key()].dump(), " in the saved run, this run has ",
-                  kv.value().dump(), "; resume with the same settings");
+      f.fail_file("training state: setting '", kv.key(), "' was ", io::detail::excerpt(meta[kv.key()]),
+                  " in the saved run, this run has ", io::detail::excerpt(kv.value()), "; resume with the same settings");
   }
   for (const char* key : {"step", "epoch"})
     if (!meta.contains(key) || !meta[key].is_number_integer() || meta[key].template get<std::int64_t>() < 0)

@@ -5,7 +5,7 @@
 // operator new in all its forms, and malloc and its relatives on glibc). The sizes make Eigen's
 // blocked matrix products pack more than its 128 KiB stack limit, where Eigen alone would use the
 // heap. Also: a workspace that is too small is one clear error naming both sizes.
-#include "alloc_counter.hpp"
+#include "alloc/alloc_counter.hpp"
 #include "cpu/cpu_test_util.hpp"
 
 using namespace rgtest;

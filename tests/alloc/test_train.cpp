@@ -3,7 +3,7 @@
 // reference backend. Every heap allocation of the process is counted (alloc_counter.hpp).
 #include <catch2/catch.hpp>
 
-#include "alloc_counter.hpp"
+#include "alloc/alloc_counter.hpp"
 
 #include <random>
 #include <string>
