@@ -178,8 +178,8 @@ void check_against_reference(const Case& c, int threads, index_t tile_planes,
   // multiplies and adds in plain C++ (GCC's default -ffp-contract=fast: riscv64, aarch64, x86-64
   // with -mfma), the scalar kernels and Eigen's unvectorised products round differently from the
   // reference, and the cpu's error reached 2.2 times the reference's (x86-64 built with -mfma
-  // -DRADARGATE_CPU_SCALAR -DEIGEN_DONT_VECTORIZE, which reproduces riscv64's results: 13 float
-  // tensors beyond 2e-5, all at tau = 0.01, both errors 3e-5 to 8e-5 on opposite sides of float64);
+  // -DRADARGATE_CPU_SCALAR -DEIGEN_DONT_VECTORIZE, which reproduces riscv64's results: the 12
+  // tensors that failed, all of one case at tau = 0.01, errors 3e-5 to 8e-5 on either side of float64);
   // with SSE2 kernels the largest ratio among the tensors that get here is 0.35, with AVX2+FMA 0.61.
   // Hence 3.
   std::vector<double> y64;
