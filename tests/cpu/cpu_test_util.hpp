@@ -182,11 +182,22 @@ void check_against_reference(const Case& c, int threads, index_t tile_planes,
   // In float, a gradient that sums many terms of both signs (say a one-element angle.U) can
   // differ from the float reference by more than 1e-5 of its size while both are within float
   // rounding of the exact value. Such a tensor passes when the cpu result is within 2e-5 of a
-  // float64 evaluation of the same inputs, or at least as close to it (within a factor 2) as the
+  // float64 evaluation of the same inputs, or at least as close to it (within a factor 3) as the
   // float reference is. Two summation orders of the same cancelling sum differ by several times
   // eps * (sum of |terms|) / |sum|: over the float cases, the cpu's error against float64 has a
   // median of 9e-8 and a largest value of 1.1e-5 with Eigen's GEMM and 1.3e-5 with OpenBLAS's
   // (RADARGATE_USE_BLAS), which is why the absolute allowance is 2e-5 and not 1e-5.
+  // Where the maths amplifies rounding (a softmax gate at tau = 0.01 multiplies each logit's
+  // rounding error by 1 / tau = 100), both float results land further out, each a sample of that
+  // amplified rounding, in either direction: the reference's error says how ill-conditioned the
+  // tensor is, not how far another float evaluation may be. On targets whose compiler fuses
+  // multiplies and adds in plain C++ (GCC's default -ffp-contract=fast: riscv64, aarch64, x86-64
+  // with -mfma), the scalar kernels and Eigen's unvectorised products round differently from the
+  // reference, and the cpu's error reached 2.2 times the reference's (x86-64 built with -mfma
+  // -DRADARGATE_CPU_SCALAR -DEIGEN_DONT_VECTORIZE, which reproduces riscv64's results: the 12
+  // tensors that failed, all of one case at tau = 0.01, errors 3e-5 to 8e-5 on either side of float64);
+  // with SSE2 kernels the largest ratio among the tensors that get here is 0.35, with AVX2+FMA 0.61.
+  // Hence 3.
   std::vector<double> y64;
   GradStore<double>* g64 = nullptr;
   std::unique_ptr<GradStore<double>> g64_store;
@@ -213,7 +224,7 @@ void check_against_reference(const Case& c, int threads, index_t tile_planes,
     const double e_cpu = rel_err(got64, *exact), e_ref = rel_err(ref64, *exact);
     UNSCOPED_INFO("float: cpu vs reference " << e << ", cpu vs float64 " << e_cpu << ", reference vs float64 "
                                              << e_ref);
-    return e_cpu <= std::max(2 * tolerance<S>(), 2 * e_ref);
+    return e_cpu <= std::max(2 * tolerance<S>(), 3 * e_ref);
   };
   {
     INFO("tensor y");

@@ -223,7 +223,7 @@ inline Adapter adapter_from(const std::string& dir, const std::string& config_te
   for (const TensorInfo& t : f.tensors()) {
     const std::string& k = t.name;
     if (k.rfind(key_prefix, 0) != 0)
-      fail(who, ": tensor '", k, "': expected a name starting with '", key_prefix, "' (as save_pretrained writes it)");
+      fail(who, ": tensor '", radargate::io::detail::printable(k), "': expected a name starting with '", key_prefix, "' (as save_pretrained writes it)");
     const std::string rest = k.substr(std::string(key_prefix).size());
     static const char* const suffixes[] = {".lora_A.weight", ".lora_B.weight", ".lora_embedding_A", ".lora_embedding_B",
                                            ".lora_magnitude_vector", ".lora_magnitude_vector.weight",
@@ -325,16 +325,16 @@ inline Adapter adapter_from(const std::string& dir, const std::string& config_te
     if (p.count("lora_magnitude_vector") || p.count("lora_magnitude_vector.weight"))
       refuse(m, "holds lora_magnitude_vector (DoRA); cannot be represented");
     if (p.count("bias") || p.count("lora_A.bias") || p.count("lora_B.bias"))
-      refuse(m, "holds a bias tensor ('" + (p.count("bias") ? p.at("bias") : p.begin()->second) +
+      refuse(m, "holds a bias tensor ('" + radargate::io::detail::printable(p.count("bias") ? p.at("bias") : p.begin()->second) +
                     "'): the adapter trains biases, which a LoRA layer does not hold");
     if (!p.count("lora_A.weight") && !p.count("lora_B.weight"))
-      refuse(m, "holds '" + p.begin()->second + "', which is no LoRA factor (a module saved whole, as "
+      refuse(m, "holds '" + radargate::io::detail::printable(p.begin()->second) + "', which is no LoRA factor (a module saved whole, as "
                 "modules_to_save does?); cannot be represented");
     if (!p.count("lora_A.weight")) refuse(m, "lora_B.weight without lora_A.weight");
     if (!p.count("lora_B.weight")) refuse(m, "lora_A.weight without lora_B.weight");
     for (const auto& kv : p)
       if (kv.first != "lora_A.weight" && kv.first != "lora_B.weight")
-        refuse(m, "unexpected tensor '" + kv.second + "'");
+        refuse(m, "unexpected tensor '" + radargate::io::detail::printable(kv.second) + "'");
     const TensorInfo& ai = f.info(p.at("lora_A.weight"));
     const TensorInfo& bi = f.info(p.at("lora_B.weight"));
     if (ai.shape.size() != 2 || bi.shape.size() != 2)
@@ -343,7 +343,7 @@ inline Adapter adapter_from(const std::string& dir, const std::string& config_te
                     "be represented");
     for (const TensorInfo* t : {&ai, &bi})
       if (!is_floating(t->dtype))
-        refuse(m, "tensor '" + t->name + "': expected F32, F16, BF16 or F64, found " + to_string(t->dtype));
+        refuse(m, "tensor '" + radargate::io::detail::printable(t->name) + "': expected F32, F16, BF16 or F64, found " + to_string(t->dtype));
     if (ai.dtype != bi.dtype)
       refuse(m, std::string("lora_A is ") + to_string(ai.dtype) + " but lora_B is " + to_string(bi.dtype));
     if (bi.shape[1] != ai.shape[0])
@@ -358,7 +358,7 @@ inline Adapter adapter_from(const std::string& dir, const std::string& config_te
     am.alpha = ap != alpha_pattern.end() ? ap->second : a.lora_alpha;
     if (ai.shape[0] != am.r)
       refuse(m, "lora_A has rank " + std::to_string(ai.shape[0]) + ", but adapter_config.json gives r = " +
-                    std::to_string(am.r) + (rp != rank_pattern.end() ? " (rank_pattern '" + key + "')" : " ('r')"));
+                    std::to_string(am.r) + (rp != rank_pattern.end() ? " (rank_pattern '" + radargate::io::detail::excerpt(key, 96) + "')" : " ('r')"));
     if (ai.shape[0] < 1 || ai.shape[1] < 1 || bi.shape[0] < 1)
       refuse(m, "empty LoRA factors " + radargate::io::detail::shape_str(ai.shape) + ", " +
                     radargate::io::detail::shape_str(bi.shape));
@@ -433,15 +433,15 @@ class BaseModel {
     const nlohmann::json j = radargate::io::detail::parse_json_checked(
         detail::read_text(index, who), who + ": '" + radargate::io::detail::printable(index) + "'");
     if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
-      fail(who, ": '", index, "': expected an object with \"weight_map\": {tensor: shard file}");
+      fail(who, ": '", radargate::io::detail::printable(index), "': expected an object with \"weight_map\": {tensor: shard file}");
     const std::size_t slash = index.find_last_of('/');
     const std::string dir = slash == std::string::npos ? "." : index.substr(0, slash);
     for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
-      if (!it->is_string()) fail(who, ": '", index, "': weight_map '",
+      if (!it->is_string()) fail(who, ": '", radargate::io::detail::printable(index), "': weight_map '",
              radargate::io::detail::printable(it.key()), "': expected a file name, found ", detail::shown(&*it));
       const std::string shard = it->get<std::string>();
       if (shard.find('/') != std::string::npos || shard == "." || shard == "..")
-        fail(who, ": '", index, "': weight_map '",
+        fail(who, ": '", radargate::io::detail::printable(index), "': weight_map '",
              radargate::io::detail::printable(it.key()), "': expected a file name in the same directory, found '",
              radargate::io::detail::printable(shard), "'");
       b.where_[it.key()] = detail::join_path(dir, shard);
