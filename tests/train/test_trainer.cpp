@@ -1,12 +1,11 @@
-// The trainer: it learns, it touches only the tensors it trains, its own work allocates nothing
-// after the first epoch, a stopped-and-resumed run gives the same bytes as an uninterrupted one,
-// and a diverging run stops with the epoch and step named.
+// The trainer: it learns, it touches only the tensors it trains, a stopped-and-resumed run gives
+// the same bytes as an uninterrupted one, and a diverging run stops with the epoch and step named.
+// That a step after the first allocates nothing is tests/alloc/test_train.cpp's (an executable of
+// its own, with a counting allocator).
 #include <catch2/catch.hpp>
 
-#include <atomic>
 #include <cmath>
 #include <cstdlib>
-#include <new>
 #include <random>
 #include <vector>
 
@@ -16,55 +15,10 @@
 #include "radargate/train.hpp"
 #include "radargate/train/state_io.hpp"
 
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-
-// --- counting operator new -----------------------------------------------------------------------
-// Counts every allocation of the process while `counting` is set and `paused` is zero.
-namespace {
-std::atomic<long> allocations{0};
-std::atomic<bool> counting{false};
-std::atomic<int> paused{0};
-}  // namespace
-
-void* operator new(std::size_t n) {
-  if (counting.load() && paused.load() == 0) allocations.fetch_add(1);
-  if (void* p = std::malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-void* operator new[](std::size_t n) { return operator new(n); }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
-
 using namespace radargate;
 
 namespace {
 
-// A layer whose forward and backward are not counted: what remains is the trainer's own work.
-template <class L>
-struct Uncounted {
-  L& inner;
-  const Dims& dims() const { return inner.dims(); }
-  template <class X, class Y>
-  auto forward(X x, Y y) const {
-    paused.fetch_add(1);
-    auto c = inner.forward(x, y);
-    paused.fetch_sub(1);
-    return c;
-  }
-  template <class C, class DY, class G>
-  void backward(const C& c, DY dy, const G& g, GradMode m) const {
-    paused.fetch_add(1);
-    inner.backward(c, dy, g, m);
-    paused.fetch_sub(1);
-  }
-  void weights_changed() {
-    paused.fetch_add(1);
-    if constexpr (train::impl::has_weights_changed<L>::value) inner.weights_changed();
-    paused.fetch_sub(1);
-  }
-};
 
 struct Problem {
   Model<double> m;
@@ -170,51 +124,6 @@ TEST_CASE("trainer: the cpu backend trains like the reference (float64)", "[trai
   for (const auto& kv : a.m.tensors) {
     const auto& q = b.m.tensors.at(kv.first).data;
     for (std::size_t i = 0; i < q.size(); ++i) CHECK(q[i] == Approx(kv.second.data[i]).epsilon(1e-9).margin(1e-12));
-  }
-}
-
-TEST_CASE("trainer: its own work allocates nothing after the first epoch", "[train][trainer][alloc]") {
-  for (auto loss : {train::LossKind::mse, train::LossKind::cross_entropy}) {
-    Problem p = problem(Variant::radargate, 30, 4);
-    Layer<double, backend::cpu> cpu(p.m.config, p.m.params(), CpuOptions{1});
-    Uncounted<Layer<double, backend::cpu>> wrapped{cpu};
-    train::Trainer<double, Uncounted<Layer<double, backend::cpu>>> tr(p.m, wrapped, gate_and_angles,
-                                                                       options(loss, train::OptimizerKind::adamw, p.T, 4));
-    const auto data = p.data(loss);
-    tr.run_epoch(data);  // the permutation is sized here
-    allocations = 0;
-    counting = true;
-    tr.run_epoch(data);
-    tr.run_epoch(data);
-    (void)tr.evaluate(data);
-    counting = false;
-    CHECK(allocations.load() == 0);
-  }
-  // What the backends themselves allocate per step (reported, not required to be zero here).
-  for (int which = 0; which < 2; ++which) {
-    Problem p = problem(Variant::radargate, 32, 4);
-    Layer<double> ref(p.m.config, p.m.params());
-    Layer<double, backend::cpu> cpu(p.m.config, p.m.params(), CpuOptions{1});
-    const auto o = options(train::LossKind::mse, train::OptimizerKind::adamw, p.T, 4);
-    long per_epoch = 0;
-    if (which == 0) {
-      train::Trainer<double, Layer<double>> tr(p.m, ref, gate_and_angles, o);
-      tr.run_epoch(p.data(o.loss));
-      allocations = 0;
-      counting = true;
-      tr.run_epoch(p.data(o.loss));
-      counting = false;
-    } else {
-      train::Trainer<double, Layer<double, backend::cpu>> tr(p.m, cpu, gate_and_angles, o);
-      tr.run_epoch(p.data(o.loss));
-      allocations = 0;
-      counting = true;
-      tr.run_epoch(p.data(o.loss));
-      counting = false;
-    }
-    per_epoch = allocations.load();
-    WARN("backend " << (which == 0 ? "reference" : "cpu") << ": " << double(per_epoch) / 4.0
-                    << " allocations per training step inside forward/backward/weights_changed");
   }
 }
 
