@@ -145,6 +145,9 @@ template <class S>
 constexpr bool has_vector() {
 #if defined(RADARGATE_CPU_SCALAR) || defined(XSIMD_NO_SUPPORTED_ARCHITECTURE)
   return false;
+#elif defined(__arm__) && !defined(__aarch64__)
+  // 32-bit NEON has no double vectors (xsimd still declares the register type): scalar kernels.
+  return std::is_same<S, float>::value && xsimd::has_simd_register<S, xsimd::default_arch>::value;
 #else
   return xsimd::has_simd_register<S, xsimd::default_arch>::value;
 #endif
