@@ -83,6 +83,13 @@ class Parser {
     radargate::detail::fail(what, " at position ", i_);
   }
   bool more() const { return i_ < s_.size(); }
+  // One character of the pattern for a message: itself when printable ASCII, else \xNN.
+  static std::string shown(char c) {
+    const unsigned char u = static_cast<unsigned char>(c);
+    if (u >= 0x20 && u < 0x7f) return std::string(1, c);
+    static const char* hex = "0123456789abcdef";
+    return std::string("\\x") + hex[u >> 4] + hex[u & 15];
+  }
   char peek() const { return s_[i_]; }
 
   Node alternation(int depth) {
@@ -185,7 +192,7 @@ class Parser {
             if (close == std::string::npos) fail_at("unterminated group name");
             i_ = close + 1;
           } else {
-            fail_at("group syntax '(?" + std::string(more() ? 1 : 0, more() ? peek() : ' ') +
+            fail_at("group syntax '(?" + (more() ? shown(peek()) : std::string()) +
                     "' (lookaround, flags, ...) that this matcher does not read");
           }
         }
@@ -227,7 +234,7 @@ class Parser {
     const unsigned char u = static_cast<unsigned char>(c);
     if ((u >= '0' && u <= '9') || (u >= 'a' && u <= 'z') || (u >= 'A' && u <= 'Z') || u >= 0x80) {
       --i_;
-      fail_at(std::string("escape '\\") + (u >= 0x20 && u < 0x7f ? std::string(1, c) : std::string("?")) + "'" +
+      fail_at(std::string("escape '\\") + shown(c) + "'" +
               (in_class ? " in a class" : "") + " that this matcher does not read");
     }
     return range(u, u);
