@@ -154,6 +154,35 @@ class _CudaBinding:
         return y
 
 
+def _backward_buffer(ctx, x, dy):
+    """What both backwards do before the library runs: the parameters' versions checked, the
+    gradients asked for (one flat buffer holds them all, so it crosses into C++ once) and dy in x's
+    dtype. Returns (params, need, wanted, flat, dy)."""
+    params = ctx.params
+    if list(map(_version_of, params)) != ctx.versions:
+        raise RuntimeError("radargate: a parameter of the RadarGate module was changed in place (an "
+                           "optimizer step, a no_grad edit) between its forward and this backward; run "
+                           "forward again")
+    need = ctx.needs_input_grad
+    inputs = (x,) + params
+    wanted = inputs if all(need) else [t for t, w in zip(inputs, need) if w]
+    flat = x.new_empty(sum(map(_numel, wanted)))
+    if dy.dtype != x.dtype:
+        dy = dy.to(x.dtype)
+    return params, need, wanted, flat, dy
+
+
+def _backward_grads(x, need, wanted, flat):
+    """autograd's answer: views of the flat buffer shaped like the inputs, None where not asked."""
+    views = _unflatten(flat, wanted)
+    if need[0] and x.numel() == 0:  # an empty tensor comes back as shape [0]
+        views = [x.new_empty(x.shape), *views[1:]]
+    if len(views) == len(need):
+        return tuple(views)
+    it = iter(views)
+    return tuple(next(it) if w else None for w in need)
+
+
 def _cuda_function(binding, n_params):
     """_function's counterpart for the CUDA backend: the same contract, plus a workspace per call
     (the forward's holds the saved activations, kept with the context until backward)."""
@@ -182,30 +211,14 @@ def _cuda_function(binding, n_params):
             if dy is None:
                 return no_grads
             (x,) = ctx.saved_tensors
-            params = ctx.params
-            if list(map(_version_of, params)) != ctx.versions:
-                raise RuntimeError("radargate: a parameter of the RadarGate module was changed in place (an "
-                                   "optimizer step, a no_grad edit) between its forward and this backward; run "
-                                   "forward again")
-            need = ctx.needs_input_grad
-            inputs = (x,) + params
-            wanted = inputs if all(need) else [t for t, w in zip(inputs, need) if w]
-            flat = x.new_empty(sum(map(_numel, wanted)))
-            if dy.dtype != x.dtype:
-                dy = dy.to(x.dtype)
+            _, need, wanted, flat, dy = _backward_buffer(ctx, x, dy)
             if dy.stride(-1) != 1:  # the backend reads rows of unit stride
                 dy = dy.contiguous()
             T = x.shape[0]
             ws = torch.empty(core.backward_workspace_bytes(T, need), dtype=torch.uint8, device=dev)
             core.backward_flat(ctx.cctx, _export(dy), _export(flat), need, _export(ws),
                                torch.cuda.current_stream(dev).cuda_stream)
-            views = _unflatten(flat, wanted)
-            if need[0] and x.numel() == 0:
-                views = [x.new_empty(x.shape), *views[1:]]
-            if len(views) == len(need):
-                return tuple(views)
-            it = iter(views)
-            return tuple(next(it) if w else None for w in need)
+            return _backward_grads(x, need, wanted, flat)
 
     return _CudaCall
 
@@ -243,27 +256,9 @@ def _function(binding, n_params):
             if dy is None:  # y took no part in the loss
                 return no_grads
             (x,) = ctx.saved_tensors  # raises if x was changed in place since forward
-            params = ctx.params
-            if list(map(_version_of, params)) != ctx.versions:
-                raise RuntimeError("radargate: a parameter of the RadarGate module was changed in place (an "
-                                   "optimizer step, a no_grad edit) between its forward and this backward; run "
-                                   "forward again")
-            need = ctx.needs_input_grad
-            # Every gradient asked for lives in one buffer that crosses once; autograd gets views of
-            # it, shaped like x and the parameters.
-            inputs = (x,) + params
-            wanted = inputs if all(need) else [t for t, w in zip(inputs, need) if w]
-            flat = x.new_empty(sum(map(_numel, wanted)))
-            if dy.dtype != x.dtype:
-                dy = dy.to(x.dtype)
+            _, need, wanted, flat, dy = _backward_buffer(ctx, x, dy)
             backward_flat(ctx.cctx, _export(dy), _export(flat), need)
-            views = _unflatten(flat, wanted)
-            if need[0] and x.numel() == 0:  # an empty tensor comes back as shape [0]
-                views = [x.new_empty(x.shape), *views[1:]]
-            if len(views) == len(need):
-                return tuple(views)
-            it = iter(views)
-            return tuple(next(it) if w else None for w in need)
+            return _backward_grads(x, need, wanted, flat)
 
     return _Call
 
