@@ -77,6 +77,14 @@ BENCHMARK_TEMPLATE(BM_eigen_gemm, float)->Apply(shapes);
 BENCHMARK_TEMPLATE(BM_openblas_gemm, double)->Apply(shapes);
 BENCHMARK_TEMPLATE(BM_eigen_gemm, double)->Apply(shapes);
 
-BENCHMARK(BM_read)->ArgName("MiB")->Arg(1)->Arg(4)->Arg(10)->Arg(16)->Arg(64)->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_read)
+    ->ArgName("MiB")
+    ->Arg(1)
+    ->Arg(4)
+    ->Arg(10)
+    ->Arg(16)
+    ->Arg(64)
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
 
 BENCHMARK_MAIN();

@@ -21,7 +21,7 @@ int main() {
   p.stretch_ws = make_view(static_cast<const float*>(ws.data()), d);
 
   LayerConfig cfg = LayerConfig::make(Variant::radargate);  // rotation + stretch gate + softmax
-  Layer<float> layer(cfg, p);                                // validates every shape once
+  Layer<float> layer(cfg, p);                               // validates every shape once
 
   auto ctx = layer.forward(make_view(static_cast<const float*>(x.data()), T, d_in), make_view(y.data(), T, d));
 

@@ -39,8 +39,8 @@ int main() {
   for (double& e : x) e = nd(rng);
   for (double& e : dy) e = nd(rng);
 
-  std::printf("%-14s %-8s %-8s %-13s %9s %9s %11s %11s\n", "variant", "rotation", "gate", "normalize",
-              "|y|", "cos(y,sum)", "|dL/dx|", "|dL/dB|");
+  std::printf("%-14s %-8s %-8s %-13s %9s %9s %11s %11s\n", "variant", "rotation", "gate", "normalize", "|y|",
+              "cos(y,sum)", "|dL/dx|", "|dL/dB|");
   std::vector<double> y_sum;
   for (Variant v : all_variants) {
     Model<double> mv;
@@ -60,7 +60,9 @@ int main() {
                 to_string(c.gate), c.has_logits() ? to_string(c.normalize) : "-", norm(y), cosine(y, y_sum), norm(dx),
                 norm(dB));
   }
-  std::printf("\n%ld tokens, d_in = d = %ld, N = %ld experts of rank %ld, angle rank %ld, %ld planes; reference backend, float64.\n",
-              long(T), long(d), long(N), long(r), long(k), long(P));
+  std::printf(
+      "\n%ld tokens, d_in = d = %ld, N = %ld experts of rank %ld, angle rank %ld, %ld planes; reference backend, "
+      "float64.\n",
+      long(T), long(d), long(N), long(r), long(k), long(P));
   return 0;
 }

@@ -72,8 +72,7 @@ struct Config {
 class Runtime {
  public:
   Runtime(const std::string& dir, const std::string& layers_file)
-      : weights_(io::SafetensorsFile::read(dir + "/model.safetensors")),
-        set_(io::ModelSet<float>::open(layers_file)) {
+      : weights_(io::SafetensorsFile::read(dir + "/model.safetensors")), set_(io::ModelSet<float>::open(layers_file)) {
     std::ifstream in(dir + "/config.json");
     if (!in) detail::fail("cannot open '", dir, "/config.json'");
     const nlohmann::json j = nlohmann::json::parse(in);
@@ -128,7 +127,8 @@ class Runtime {
           for (index_t i = 0; i < hd; ++i) {
             double acc = 0;
             for (index_t u = 0; u <= t; ++u)
-              acc += std::exp(double(s[size_t(u)] - mx)) / z * double(v.data[size_t(u * c_.kv_heads * hd + kvh * hd + i)]);
+              acc +=
+                  std::exp(double(s[size_t(u)] - mx)) / z * double(v.data[size_t(u * c_.kv_heads * hd + kvh * hd + i)]);
             a.data[size_t(t * c_.heads * hd + head * hd + i)] = float(acc);
           }
         }
@@ -137,7 +137,8 @@ class Runtime {
       const Mat m = rmsnorm(h, w(p + "post_attention_layernorm.weight"), c_.eps);
       Mat g = proj(p + "mlp.gate_proj", m);
       const Mat up = proj(p + "mlp.up_proj", m);
-      for (std::size_t e = 0; e < g.data.size(); ++e) g.data[e] = g.data[e] / (1.0f + std::exp(-g.data[e])) * up.data[e];
+      for (std::size_t e = 0; e < g.data.size(); ++e)
+        g.data[e] = g.data[e] / (1.0f + std::exp(-g.data[e])) * up.data[e];
       add(h, proj(p + "mlp.down_proj", g));
     }
     return linear(rmsnorm(h, w("model.norm.weight"), c_.eps), w("lm_head.weight"));

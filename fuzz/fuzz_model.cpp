@@ -9,7 +9,8 @@
 #include "radargate/io/model_set.hpp"
 
 namespace {
-void run_once(const radargate::LayerConfig& config, const radargate::Params<float>& params, const radargate::Dims& dims) {
+void run_once(const radargate::LayerConfig& config, const radargate::Params<float>& params,
+              const radargate::Dims& dims) {
   if (dims.d_in > 4096 || dims.d > 4096) return;
   const radargate::Layer<float, radargate::backend::reference> layer(config, params);
   auto x = radargate::make_tensor<float>({1, dims.d_in});

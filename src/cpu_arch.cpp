@@ -20,11 +20,11 @@ namespace radargate {
 namespace detail {
 
 std::unique_ptr<CpuLayerBase<float>> RG_CAT(RG_CPU_ENTRY, _float)(const LayerConfig& c, const Params<float>& p,
-                                                                 const CpuOptions& o) {
+                                                                  const CpuOptions& o) {
   return std::make_unique<CpuLayer<float>>(c, p, o);
 }
 std::unique_ptr<CpuLayerBase<double>> RG_CAT(RG_CPU_ENTRY, _double)(const LayerConfig& c, const Params<double>& p,
-                                                                   const CpuOptions& o) {
+                                                                    const CpuOptions& o) {
   return std::make_unique<CpuLayer<double>>(c, p, o);
 }
 const char* RG_CAT(RG_CPU_ENTRY, _kernels)() { return simd::kernel_set<float>(); }

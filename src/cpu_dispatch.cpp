@@ -16,9 +16,11 @@
 namespace radargate {
 namespace detail {
 std::unique_ptr<CpuLayerBase<float>> cpu_entry_avx2_float(const LayerConfig&, const Params<float>&, const CpuOptions&);
-std::unique_ptr<CpuLayerBase<double>> cpu_entry_avx2_double(const LayerConfig&, const Params<double>&, const CpuOptions&);
+std::unique_ptr<CpuLayerBase<double>> cpu_entry_avx2_double(const LayerConfig&, const Params<double>&,
+                                                            const CpuOptions&);
 const char* cpu_entry_avx2_kernels();
-std::unique_ptr<CpuLayerBase<float>> cpu_entry_avx512_float(const LayerConfig&, const Params<float>&, const CpuOptions&);
+std::unique_ptr<CpuLayerBase<float>> cpu_entry_avx512_float(const LayerConfig&, const Params<float>&,
+                                                            const CpuOptions&);
 std::unique_ptr<CpuLayerBase<double>> cpu_entry_avx512_double(const LayerConfig&, const Params<double>&,
                                                               const CpuOptions&);
 const char* cpu_entry_avx512_kernels();
@@ -65,7 +67,9 @@ Level choose() {
   if (!supported(l))
     fail("environment variable RADARGATE_CPU_KERNELS: expected a kernel set that this build and CPU support (",
 #if defined(RADARGATE_DISPATCH_X86)
-         supported(Level::avx512) ? "baseline, avx2, avx512" : supported(Level::avx2) ? "baseline, avx2" : "baseline",
+         supported(Level::avx512) ? "baseline, avx2, avx512"
+         : supported(Level::avx2) ? "baseline, avx2"
+                                  : "baseline",
 #else
          "baseline",
 #endif
@@ -82,24 +86,30 @@ Level level() {
 }  // namespace
 
 std::unique_ptr<CpuLayerBase<float>> make_dispatched_cpu_layer(const LayerConfig& c, const Params<float>& p,
-                                                              const CpuOptions& o) {
+                                                               const CpuOptions& o) {
   switch (level()) {
 #if defined(RADARGATE_DISPATCH_X86)
-    case Level::avx512: return cpu_entry_avx512_float(c, p, o);
-    case Level::avx2: return cpu_entry_avx2_float(c, p, o);
+    case Level::avx512:
+      return cpu_entry_avx512_float(c, p, o);
+    case Level::avx2:
+      return cpu_entry_avx2_float(c, p, o);
 #endif
-    default: return std::make_unique<CpuLayer<float>>(c, p, o);
+    default:
+      return std::make_unique<CpuLayer<float>>(c, p, o);
   }
 }
 
 std::unique_ptr<CpuLayerBase<double>> make_dispatched_cpu_layer(const LayerConfig& c, const Params<double>& p,
-                                                               const CpuOptions& o) {
+                                                                const CpuOptions& o) {
   switch (level()) {
 #if defined(RADARGATE_DISPATCH_X86)
-    case Level::avx512: return cpu_entry_avx512_double(c, p, o);
-    case Level::avx2: return cpu_entry_avx2_double(c, p, o);
+    case Level::avx512:
+      return cpu_entry_avx512_double(c, p, o);
+    case Level::avx2:
+      return cpu_entry_avx2_double(c, p, o);
 #endif
-    default: return std::make_unique<CpuLayer<double>>(c, p, o);
+    default:
+      return std::make_unique<CpuLayer<double>>(c, p, o);
   }
 }
 
@@ -108,10 +118,13 @@ std::unique_ptr<CpuLayerBase<double>> make_dispatched_cpu_layer(const LayerConfi
 const char* cpu_kernel_set() {
   switch (detail::level()) {
 #if defined(RADARGATE_DISPATCH_X86)
-    case detail::Level::avx512: return detail::cpu_entry_avx512_kernels();
-    case detail::Level::avx2: return detail::cpu_entry_avx2_kernels();
+    case detail::Level::avx512:
+      return detail::cpu_entry_avx512_kernels();
+    case detail::Level::avx2:
+      return detail::cpu_entry_avx2_kernels();
 #endif
-    default: return detail::simd::kernel_set<float>();
+    default:
+      return detail::simd::kernel_set<float>();
   }
 }
 

@@ -150,10 +150,11 @@ int run(const CudaBenchRequest& a) {
         a.backward ? "true" : "false", a.repeat, med, *std::min_element(total.begin(), total.end()), median(fwd),
         a.backward ? median(bwd) : 0.0, w.flops, gflops, w.elements * double(sizeof(S)), mb, checksum);
   } else {
-    std::printf("radargate bench: variant %s, backend cuda (%s), %s, T=%lld N=%lld d_in=%lld d=%lld r=%lld k=%lld "
-                "P=%lld%s\n",
-                to_string(a.cfg.variant), prop.name, a.dtype.c_str(), (long long)T, (long long)a.D.N, (long long)din,
-                (long long)d, (long long)a.D.r, (long long)a.D.k, (long long)a.D.P, a.base ? ", base" : "");
+    std::printf(
+        "radargate bench: variant %s, backend cuda (%s), %s, T=%lld N=%lld d_in=%lld d=%lld r=%lld k=%lld "
+        "P=%lld%s\n",
+        to_string(a.cfg.variant), prop.name, a.dtype.c_str(), (long long)T, (long long)a.D.N, (long long)din,
+        (long long)d, (long long)a.D.r, (long long)a.D.k, (long long)a.D.P, a.base ? ", base" : "");
     std::printf("  %s: median %.6f s over %d runs (min %.6f s)", a.backward ? "forward + backward" : "forward", med,
                 a.repeat, *std::min_element(total.begin(), total.end()));
     if (a.backward) std::printf("  [forward %.6f s, backward %.6f s]", median(fwd), median(bwd));

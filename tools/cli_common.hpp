@@ -270,7 +270,8 @@ class OptionParser {
   std::vector<Spec> specs_;
   std::map<std::string, std::string> values_;
 
-  OptionParser& add(const std::string& name, const std::string& metavar, const std::string& help, bool req, bool is_flag) {
+  OptionParser& add(const std::string& name, const std::string& metavar, const std::string& help, bool req,
+                    bool is_flag) {
     if (name.compare(0, 2, "--") != 0 || find(name))
       throw std::logic_error("OptionParser: bad or repeated option name '" + name + "'");
     specs_.push_back(Spec{name, metavar, help, req, is_flag});

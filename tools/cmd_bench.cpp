@@ -40,8 +40,6 @@ struct BenchArgs {
   WeightStorage weights = WeightStorage::scalar;  // cpu backend: lora.A, lora.B in 16 bits (--dtype bf16 | f16)
 };
 
-
-
 double peak_rss_mb() {
   rusage u{};
   getrusage(RUSAGE_SELF, &u);
@@ -101,12 +99,14 @@ int bench_bandwidth(double mib, int repeat, int warmup, bool json) {
   }
   const double bytes = double(n) * 4.0, med = median(t), best = *std::min_element(t.begin(), t.end());
   if (json)
-    std::printf("{\"bandwidth\": true, \"bytes\": %.0f, \"repeat\": %d, \"median_s\": %.9g, \"min_s\": %.9g, "
-                "\"median_gbs\": %.6g, \"best_gbs\": %.6g, \"checksum\": %u}\n",
-                bytes, repeat, med, best, bytes / med * 1e-9, bytes / best * 1e-9, checksum);
+    std::printf(
+        "{\"bandwidth\": true, \"bytes\": %.0f, \"repeat\": %d, \"median_s\": %.9g, \"min_s\": %.9g, "
+        "\"median_gbs\": %.6g, \"best_gbs\": %.6g, \"checksum\": %u}\n",
+        bytes, repeat, med, best, bytes / med * 1e-9, bytes / best * 1e-9, checksum);
   else
-    std::printf("radargate bench --bandwidth: one core read %.1f MiB in %.6f s (median of %d): %.2f GB/s (best %.2f GB/s)\n",
-                mib, med, repeat, bytes / med * 1e-9, bytes / best * 1e-9);
+    std::printf(
+        "radargate bench --bandwidth: one core read %.1f MiB in %.6f s (median of %d): %.2f GB/s (best %.2f GB/s)\n",
+        mib, med, repeat, bytes / med * 1e-9, bytes / best * 1e-9);
   return 0;
 }
 
@@ -158,22 +158,25 @@ int bench_layer(const BenchArgs& a, const Model<S>& m, L& layer) {
   const char* kernels = a.reference ? "none" : cpu_kernel_set();  // the SIMD kernel set (runtime dispatch)
   if (a.json) {
     std::printf(
-        "{\"variant\": \"%s\", \"backend\": \"%s\", \"gemm\": \"%s\", \"kernels\": \"%s\", \"dtype\": \"%s\", \"tokens\": %lld, \"experts\": %lld, "
+        "{\"variant\": \"%s\", \"backend\": \"%s\", \"gemm\": \"%s\", \"kernels\": \"%s\", \"dtype\": \"%s\", "
+        "\"tokens\": %lld, \"experts\": %lld, "
         "\"d_in\": %lld, \"d\": %lld, \"rank\": %lld, \"angle_rank\": %lld, \"planes\": %lld, \"base\": %s, "
         "\"backward\": %s, \"threads\": %d, \"repeat\": %d, \"median_s\": %.9g, \"min_s\": %.9g, "
         "\"median_forward_s\": %.9g, \"median_backward_s\": %.9g, \"flops\": %.9g, \"gflops\": %.6g, "
         "\"bytes\": %.9g, \"weight_bytes\": %.9g, \"peak_rss_mb\": %.3f, \"base_rss_mb\": %.3f, \"checksum\": %.9g}\n",
-        to_string(a.cfg.variant), backend, gemm, kernels, dtype, (long long)T, (long long)a.D.N, (long long)din, (long long)d,
-        (long long)a.D.r, (long long)a.D.k, (long long)a.D.P, a.base ? "true" : "false", a.backward ? "true" : "false",
-        a.threads, a.repeat, med, *std::min_element(total.begin(), total.end()), median(fwd),
-        a.backward ? median(bwd) : 0.0, w.flops, gflops, w.elements * double(sizeof(S)),
+        to_string(a.cfg.variant), backend, gemm, kernels, dtype, (long long)T, (long long)a.D.N, (long long)din,
+        (long long)d, (long long)a.D.r, (long long)a.D.k, (long long)a.D.P, a.base ? "true" : "false",
+        a.backward ? "true" : "false", a.threads, a.repeat, med, *std::min_element(total.begin(), total.end()),
+        median(fwd), a.backward ? median(bwd) : 0.0, w.flops, gflops, w.elements * double(sizeof(S)),
         weight_bytes(m, a.reference ? WeightStorage::scalar : a.weights), peak, base_rss, checksum);
   } else {
-    std::printf("radargate bench: variant %s, backend %s (GEMM: %s, kernels: %s), %s, T=%lld N=%lld d_in=%lld d=%lld r=%lld k=%lld P=%lld%s, "
-                "%d thread%s\n",
-                to_string(a.cfg.variant), backend, gemm, kernels, dtype, (long long)T, (long long)a.D.N, (long long)din,
-                (long long)d, (long long)a.D.r, (long long)a.D.k, (long long)a.D.P, a.base ? ", base" : "", a.threads,
-                a.threads == 1 ? "" : "s");
+    std::printf(
+        "radargate bench: variant %s, backend %s (GEMM: %s, kernels: %s), %s, T=%lld N=%lld d_in=%lld d=%lld r=%lld "
+        "k=%lld P=%lld%s, "
+        "%d thread%s\n",
+        to_string(a.cfg.variant), backend, gemm, kernels, dtype, (long long)T, (long long)a.D.N, (long long)din,
+        (long long)d, (long long)a.D.r, (long long)a.D.k, (long long)a.D.P, a.base ? ", base" : "", a.threads,
+        a.threads == 1 ? "" : "s");
     std::printf("  %s: median %.6f s over %d runs (min %.6f s)", a.backward ? "forward + backward" : "forward", med,
                 a.repeat, *std::min_element(total.begin(), total.end()));
     if (a.backward) std::printf("  [forward %.6f s, backward %.6f s]", median(fwd), median(bwd));
@@ -194,7 +197,8 @@ int bench_train_step(const BenchArgs& a, Model<S>& m, L& layer) {
   std::vector<std::string> names = a.train;
   if (names.empty())
     for (const std::string& n : param_names())
-      if (m.has(n) && n != "lora.A" && n != "lora.B" && n != "lora.scale" && n.rfind("base.", 0) != 0) names.push_back(n);
+      if (m.has(n) && n != "lora.A" && n != "lora.B" && n != "lora.scale" && n.rfind("base.", 0) != 0)
+        names.push_back(n);
   if (names.empty())
     detail::fail("option --train-step: variant '", to_string(a.cfg.variant),
                  "' has no gate or angle tensors to train; name some with --train, e.g. --train lora.A,lora.B");
@@ -203,7 +207,8 @@ int bench_train_step(const BenchArgs& a, Model<S>& m, L& layer) {
       std::string have;
       for (const std::string& k : param_names())
         if (m.has(k)) have += (have.empty() ? "" : ",") + k;
-      detail::fail("option --train: '", n, "' is not a tensor of a '", to_string(a.cfg.variant), "' model; expected some of ", have);
+      detail::fail("option --train: '", n, "' is not a tensor of a '", to_string(a.cfg.variant),
+                   "' model; expected some of ", have);
     }
   std::mt19937_64 rng(a.seed + 1);
   std::normal_distribution<double> normal(0.0, 1.0);
@@ -244,11 +249,12 @@ int bench_train_step(const BenchArgs& a, Model<S>& m, L& layer) {
         a.threads, a.repeat, med, *std::min_element(total.begin(), total.end()), w.flops, w.flops / med * 1e-9, peak,
         base_rss, loss);
   } else {
-    std::printf("radargate bench: training step (forward, mse, backward, AdamW) of variant %s, backend %s (GEMM: %s), %s, "
-                "T=%lld N=%lld d_in=%lld d=%lld r=%lld k=%lld P=%lld%s, %d thread%s\n  trained: %s\n",
-                to_string(a.cfg.variant), backend, gemm, a.f64 ? "f64" : "f32", (long long)T, (long long)a.D.N,
-                (long long)din, (long long)d, (long long)a.D.r, (long long)a.D.k, (long long)a.D.P, a.base ? ", base" : "",
-                a.threads, a.threads == 1 ? "" : "s", list.c_str());
+    std::printf(
+        "radargate bench: training step (forward, mse, backward, AdamW) of variant %s, backend %s (GEMM: %s), %s, "
+        "T=%lld N=%lld d_in=%lld d=%lld r=%lld k=%lld P=%lld%s, %d thread%s\n  trained: %s\n",
+        to_string(a.cfg.variant), backend, gemm, a.f64 ? "f64" : "f32", (long long)T, (long long)a.D.N, (long long)din,
+        (long long)d, (long long)a.D.r, (long long)a.D.k, (long long)a.D.P, a.base ? ", base" : "", a.threads,
+        a.threads == 1 ? "" : "s", list.c_str());
     std::printf("  step: median %.6f s over %d runs (min %.6f s), last loss %.6g\n", med, a.repeat,
                 *std::min_element(total.begin(), total.end()), loss);
     std::printf("  memory: peak RSS %.1f MB (%.1f MB before the first step)\n", peak, base_rss);
@@ -261,7 +267,7 @@ int bench_typed(const BenchArgs& a) {
   RandomModelOptions opt;
   opt.base = a.base;
   Model<S> m = a.model.empty() ? random_model<S>(a.cfg, a.D, a.seed, opt)
-                                : io::load_layer<S>(io::SafetensorsFile::read(a.model), a.layer).model;
+                               : io::load_layer<S>(io::SafetensorsFile::read(a.model), a.layer).model;
   if (a.reference) {
     Layer<S, backend::reference> layer(a.cfg, m.params());
     return a.train_step ? bench_train_step<S>(a, m, layer) : bench_layer<S>(a, m, layer);
@@ -290,23 +296,27 @@ int cmd_bench(int argc, char** argv) {
   o.optional("--d", "D", "output width");
   o.optional("--rank", "R", "LoRA rank r");
   o.optional("--angle-rank", "K", "angle generator rank k (rotating variants)");
-  o.optional("--model", "FILE", "time a layer of this model file instead of a random model; then --variant,\n"
-                                "--experts, --d-in, --d, --rank, --angle-rank, --planes, --topk and --base come\n"
-                                "from the file and are not given (without --model they are required)");
-  o.optional("--layer", "NAME", "with --model: the layer, for a file of many layers (required when it holds\n"
-                                "more than one)");
+  o.optional("--model", "FILE",
+             "time a layer of this model file instead of a random model; then --variant,\n"
+             "--experts, --d-in, --d, --rank, --angle-rank, --planes, --topk and --base come\n"
+             "from the file and are not given (without --model they are required)");
+  o.optional("--layer", "NAME",
+             "with --model: the layer, for a file of many layers (required when it holds\n"
+             "more than one)");
   o.optional("--planes", "P", "rotation planes, 1..floor(d/2) (default floor(d/2))");
   o.optional("--topk", "K", "experts a top-k gate selects (default 2)");
   o.flag("--backward", "time forward + backward (gradients of x and every parameter)");
   o.flag("--base", "include the frozen base W0 x + b0 (default: LoRA part only)");
-  o.flag("--train-step", "time training steps instead: forward, mse loss, backward of the trained tensors,\n"
-                         "AdamW update (radargate::train; cpu and reference backends)");
+  o.flag("--train-step",
+         "time training steps instead: forward, mse loss, backward of the trained tensors,\n"
+         "AdamW update (radargate::train; cpu and reference backends)");
   o.optional("--train", "LIST", "with --train-step: the tensors learned (default: all but lora.*, base.*)");
   o.optional("--backend", "NAME", "cpu | reference | cuda (default cpu)");
   o.optional("--threads", "N", "cpu backend threads (default 1)");
-  o.optional("--dtype", "TYPE", "f32 | f64 | bf16 | f16; bf16 and f16: the cpu backend keeps lora.A and lora.B in\n"
-                                "16 bits (a --model file of F16 / BF16: so by default); with --backend cuda\n"
-                                "bf16 | f16 | f32 (default f32; cuda: bf16)");
+  o.optional("--dtype", "TYPE",
+             "f32 | f64 | bf16 | f16; bf16 and f16: the cpu backend keeps lora.A and lora.B in\n"
+             "16 bits (a --model file of F16 / BF16: so by default); with --backend cuda\n"
+             "bf16 | f16 | f32 (default f32; cuda: bf16)");
   o.optional("--bandwidth", "MIB", "time nothing else: one core summing a buffer of MIB MiB, --repeat times");
   o.optional("--repeat", "N", "timed calls; the median is reported (default 5)");
   o.optional("--warmup", "N", "untimed calls first (default 1)");
@@ -321,7 +331,8 @@ int cmd_bench(int argc, char** argv) {
   const long long big = 1LL << 24;
   if (o.has("--bandwidth")) {
     const double mib = o.number("--bandwidth");
-    if (!(mib >= 1 && mib <= 65536)) o.fail("option --bandwidth: expected 1 to 65536 MiB, found '" + o.str("--bandwidth") + "'");
+    if (!(mib >= 1 && mib <= 65536))
+      o.fail("option --bandwidth: expected 1 to 65536 MiB, found '" + o.str("--bandwidth") + "'");
     return bench_bandwidth(mib, int(o.integer("--repeat", 1, 1000000, 5)), int(o.integer("--warmup", 0, 1000000, 1)),
                            o.has("--json"));
   }
@@ -329,7 +340,8 @@ int cmd_bench(int argc, char** argv) {
   a.T = index_t(o.integer("--tokens", 0, big));
   if (o.has("--layer") && !o.has("--model")) o.fail("option --layer needs --model");
   if (o.has("--model")) {
-    for (const char* opt : {"--variant", "--experts", "--d-in", "--d", "--rank", "--angle-rank", "--planes", "--topk", "--base"})
+    for (const char* opt :
+         {"--variant", "--experts", "--d-in", "--d", "--rank", "--angle-rank", "--planes", "--topk", "--base"})
       if (o.has(opt)) o.fail(std::string("option ") + opt + ": comes from the --model file; leave it out");
     a.model = o.str("--model");
     a.layer = o.str("--layer", "");

@@ -32,11 +32,13 @@ int cmd_cone(int argc, char** argv) {
                  "the distance and a certificate that proves the answer. Every answer is re-checked from its\n"
                  "certificate before it is written; 'undetermined' (2) means no certificate verified.");
   o.required("--input", "FILE", "V [B, d, N] and y [B, d] (F64, F32, F16 or BF16; nothing else)");
-  o.required("--output", "FILE", "lambda [B, N], residual [B], inside [B] (U8), certificate [B, d]\n"
-                                 "(and offset [B] with --hull); written whole or not at all");
+  o.required("--output", "FILE",
+             "lambda [B, N], residual [B], inside [B] (U8), certificate [B, d]\n"
+             "(and offset [B] with --hull); written whole or not at all");
   o.flag("--hull", "test the convex hull instead of the cone");
-  o.optional("--tol", "X", "relative tolerance of the verdicts (default 1e-9): inside when\n"
-                           "||V lambda - y|| <= X * scale, outside when the certificate's margin > X * scale");
+  o.optional("--tol", "X",
+             "relative tolerance of the verdicts (default 1e-9): inside when\n"
+             "||V lambda - y|| <= X * scale, outside when the certificate's margin > X * scale");
   o.optional("--dual-tol", "X", "cone certificates: largest accepted v_j . w / ||v_j|| (default 1e-9)");
   o.optional("--threads", "N", "worker threads (default: one per hardware thread)");
   o.epilog(
@@ -64,7 +66,8 @@ int cmd_cone(int argc, char** argv) {
   if (V.shape.size() != 3) f.fail_tensor("V", "expected shape [B, d, N], found ", io::detail::shape_str(V.shape));
   const index_t B = V.shape[0], d = V.shape[1], N = V.shape[2];
   if (B < 1 || d < 1 || N < 1)
-    f.fail_tensor("V", "expected a non-empty batch [B, d, N] with B, d, N >= 1, found ", io::detail::shape_str(V.shape));
+    f.fail_tensor("V", "expected a non-empty batch [B, d, N] with B, d, N >= 1, found ",
+                  io::detail::shape_str(V.shape));
   if (Y.shape.size() != 2 || Y.shape[0] != B || Y.shape[1] != d)
     f.fail_tensor("y", "expected shape [", B, ", ", d, "] (B and d from V), found ", io::detail::shape_str(Y.shape));
   io::detail::in_file(f.source(), [&] {
@@ -73,8 +76,7 @@ int cmd_cone(int argc, char** argv) {
   });
 
   const geometry::Set set = hull ? geometry::Set::hull : geometry::Set::cone;
-  const std::vector<geometry::Membership> ms =
-      geometry::membership_batch(set, V.view<3>(), Y.view<2>(), mo, "V", "y");
+  const std::vector<geometry::Membership> ms = geometry::membership_batch(set, V.view<3>(), Y.view<2>(), mo, "V", "y");
 
   const std::size_t nB = std::size_t(B);
   std::vector<double> lambda(nB * std::size_t(N)), residual(nB), cert(nB * std::size_t(d), 0.0), offset(nB, 0.0);
@@ -102,8 +104,8 @@ int cmd_cone(int argc, char** argv) {
   w.write_atomic(output);
   clean_stale_temps("cone", output);
   std::printf("wrote %s: %lld problems (%s, d = %lld, N = %lld): %lld inside, %lld outside, %lld undetermined\n",
-              one_line(output).c_str(), (long long)B, hull ? "hull" : "cone", (long long)d, (long long)N, (long long)counts[0],
-              (long long)counts[1], (long long)counts[2]);
+              one_line(output).c_str(), (long long)B, hull ? "hull" : "cone", (long long)d, (long long)N,
+              (long long)counts[0], (long long)counts[1], (long long)counts[2]);
   return 0;
 }
 

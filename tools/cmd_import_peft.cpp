@@ -21,13 +21,16 @@ int cmd_import_peft(int argc, char** argv) {
                  "parameters are initialised as 'init' does, layer j from seed + j. What PEFT can express and a\n"
                  "layer cannot represent exactly (DoRA, modules_to_save, embeddings, convolutions, trained\n"
                  "biases) is refused, and nothing is written.");
-  o.required("--adapter", "DIR", "a PEFT adapter directory (adapter_config.json, adapter_model.safetensors);\n"
-                                 "repeat it for more adapters: one expert each, in this order");
+  o.required("--adapter", "DIR",
+             "a PEFT adapter directory (adapter_config.json, adapter_model.safetensors);\n"
+             "repeat it for more adapters: one expert each, in this order");
   o.required("--variant", "V", "sum | uniform | static | softmax | topk | stretch_only | rotation_only | radargate");
-  o.optional("--base", "PATH", "the base model: a directory with model.safetensors, or with shards and\n"
-                               "model.safetensors.index.json, or one safetensors file (default: no base)");
-  o.optional("--modules", "REGEX", "import only modules whose name contains a match (ECMAScript regex);\n"
-                                   "default: every module (each adapter must adapt each imported module)");
+  o.optional("--base", "PATH",
+             "the base model: a directory with model.safetensors, or with shards and\n"
+             "model.safetensors.index.json, or one safetensors file (default: no base)");
+  o.optional("--modules", "REGEX",
+             "import only modules whose name contains a match (ECMAScript regex);\n"
+             "default: every module (each adapter must adapt each imported module)");
   o.optional("--dtype", "T", "F32 | F16 | BF16 | F64 of the written tensors (default F32)");
   o.optional("--seed", "S", "seed of the gate and angle parameters (default 0)");
   o.optional("--angle-rank", "K", "angle generator rank k of rotating variants (default 4, as init)");
@@ -78,9 +81,9 @@ int cmd_import_peft(int argc, char** argv) {
     adapters.push_back(io::peft::read_adapter(d));
     const io::peft::Adapter& a = adapters.back();
     if (!quiet)
-      std::printf("adapter %s: %zu modules, r %lld, lora_alpha %g%s%s, %s\n", d.c_str(), a.modules.size(), (long long)a.r,
-                  a.lora_alpha, a.use_rslora ? ", rsLoRA" : "", a.fan_in_fan_out ? ", fan_in_fan_out" : "",
-                  io::to_string(a.modules.front().dtype));
+      std::printf("adapter %s: %zu modules, r %lld, lora_alpha %g%s%s, %s\n", d.c_str(), a.modules.size(),
+                  (long long)a.r, a.lora_alpha, a.use_rslora ? ", rsLoRA" : "",
+                  a.fan_in_fan_out ? ", fan_in_fan_out" : "", io::to_string(a.modules.front().dtype));
   }
   std::unique_ptr<io::peft::BaseModel> base;
   if (o.has("--base")) base = std::make_unique<io::peft::BaseModel>(io::peft::BaseModel::open(o.str("--base")));
@@ -94,7 +97,8 @@ int cmd_import_peft(int argc, char** argv) {
   prov["peft_rules"] = io::peft::rules_version;
   prov["adapters"] = nlohmann::ordered_json::array();
   for (const io::peft::Adapter& a : adapters)
-    prov["adapters"].push_back({{"dir", a.dir}, {"r", a.r}, {"lora_alpha", a.lora_alpha}, {"use_rslora", a.use_rslora}});
+    prov["adapters"].push_back(
+        {{"dir", a.dir}, {"r", a.r}, {"lora_alpha", a.lora_alpha}, {"use_rslora", a.use_rslora}});
   if (base) prov["base"] = base->path();
   prov["seed"] = opt.seed;
   res.writer.set_metadata("radargate.import", prov.dump());

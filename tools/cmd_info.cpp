@@ -67,8 +67,9 @@ int cmd_info(int argc, char** argv) {
               (long long)total, set.named() ? "" : " (a one-layer file)");
   for (const io::ModelLayer<double>& l : set) {
     std::printf("\nlayer %s\n", l.name.empty() ? "(unnamed)" : l.name.c_str());
-    std::printf("  variant %s, %s, d_in %lld, d %lld, N %lld, r %lld", to_string(l.config.variant), io::to_string(l.dtype),
-                (long long)l.dims.d_in, (long long)l.dims.d, (long long)l.dims.N, (long long)l.dims.r);
+    std::printf("  variant %s, %s, d_in %lld, d %lld, N %lld, r %lld", to_string(l.config.variant),
+                io::to_string(l.dtype), (long long)l.dims.d_in, (long long)l.dims.d, (long long)l.dims.N,
+                (long long)l.dims.r);
     if (l.config.rotation) std::printf(", k %lld, P %lld", (long long)l.dims.k, (long long)l.dims.P);
     std::printf(", %s, %lld parameters\n", l.params.base_W0.data ? "base" : "no base", (long long)l.parameter_count());
     std::printf("  config %s\n", io::config_to_json(l.config).dump().c_str());

@@ -49,7 +49,8 @@ int cmd_init(int argc, char** argv) {
   o.optional("--map", "M", "learned | mean (rotating variants; default learned)");
   o.optional("--bound", "B", "none | pi_tanh (rotating variants; default pi_tanh)");
   o.optional("--pairing", "P", "adjacent | half (rotating variants; default adjacent)");
-  o.optional("--normalize", "F", "softmax | sigmoid | topk_softmax | identity (gates with logits; default per variant)");
+  o.optional("--normalize", "F",
+             "softmax | sigmoid | topk_softmax | identity (gates with logits; default per variant)");
   o.optional("--tau", "X", "gate temperature > 0 (gates with logits; default 1)");
   o.optional("--topk", "K", "experts kept by topk_softmax, 1..N (default 2)");
   o.optional("--dtype", "T", "F32 | F64 | F16 | BF16 (default F32)");
@@ -81,7 +82,9 @@ int cmd_init(int argc, char** argv) {
       o.fail(std::string("option ") + opt + ": variant '" + variant + "' has a gate without logits (" +
              to_string(cfg.gate) + ")");
   if (cfg.rotation) {
-    if (D.d < 2) o.fail("option --d: variant '" + variant + "' rotates pairs of coordinates, expected d >= 2, found " + std::to_string(D.d));
+    if (D.d < 2)
+      o.fail("option --d: variant '" + variant + "' rotates pairs of coordinates, expected d >= 2, found " +
+             std::to_string(D.d));
     D.k = o.integer("--angle-rank", 1, big, 4);
     D.P = o.integer("--planes", 1, D.d / 2, D.d / 2);
     if (o.has("--map")) cfg.map = enum_option<MapMode>(o, "--map", parse_map_mode);
@@ -92,7 +95,8 @@ int cmd_init(int argc, char** argv) {
   if (o.has("--tau")) {
     cfg.tau = o.number("--tau");
     if (!std::isnormal(cfg.tau) || cfg.tau < 0 || cfg.tau > 1e300)
-      o.fail("option --tau: expected a normal number in [2.2250738585072014e-308, 1e300], found '" + o.str("--tau") + "'");
+      o.fail("option --tau: expected a normal number in [2.2250738585072014e-308, 1e300], found '" + o.str("--tau") +
+             "'");
   }
   if (o.has("--topk")) {
     if (cfg.normalize != Normalize::topk_softmax)

@@ -24,7 +24,7 @@ namespace {
 
 struct RunArgs {
   std::string model, input, output;
-  std::string layer;               // --layer: a layer of a file of many layers
+  std::string layer;  // --layer: a layer of a file of many layers
   bool backward = false;
   std::vector<std::string> grads;  // empty: every gradient
   bool cpu = true;                 // backend: the fused cpu backend (false: the reference)
@@ -46,8 +46,8 @@ std::vector<std::string> gradient_names(const RunArgs& a, const std::set<std::st
     bool ok = false;
     for (const std::string& n : all) ok = ok || n == g;
     if (!ok)
-      detail::fail("option --grads: '", g, "' is not an input or a parameter of the model '", model_path, "' (variant '",
-                   to_string(cfg.variant), "'); expected some of ", io::detail::join(all, ","));
+      detail::fail("option --grads: '", g, "' is not an input or a parameter of the model '", model_path,
+                   "' (variant '", to_string(cfg.variant), "'); expected some of ", io::detail::join(all, ","));
     out.push_back(g);
   }
   return out;
@@ -132,15 +132,19 @@ int cmd_run(int argc, char** argv) {
                  "lora.A and lora.B in 16 bits, as in the file).");
   o.required("--model", "FILE", "model file (safetensors with a radargate.config entry; see 'radargate init')");
   o.required("--input", "FILE", "input file: x [T, d_in], and dy [T, d] for --backward, in the model's dtype");
-  o.required("--output", "FILE", "output file: y [T, d], grad.x [T, d_in], grad.<parameter> ...\n"
-                                 "(written whole or not at all)");
-  o.optional("--layer", "NAME", "the layer to run, for a file of many layers (required when it holds more\n"
-                                "than one; 'radargate info' lists them)");
+  o.required("--output", "FILE",
+             "output file: y [T, d], grad.x [T, d_in], grad.<parameter> ...\n"
+             "(written whole or not at all)");
+  o.optional("--layer", "NAME",
+             "the layer to run, for a file of many layers (required when it holds more\n"
+             "than one; 'radargate info' lists them)");
   o.flag("--backward", "also compute gradients, for dL/dy = dy");
-  o.optional("--grads", "LIST", "with --backward: only these gradients, comma separated, e.g. x,lora.A,angle.U\n"
-                                "(default: x and every parameter in the model)");
-  o.optional("--backend", "NAME", "cpu | reference: the fused, vectorised cpu backend or the plain reference\n"
-                                  "code, kept for checking (default cpu)");
+  o.optional("--grads", "LIST",
+             "with --backward: only these gradients, comma separated, e.g. x,lora.A,angle.U\n"
+             "(default: x and every parameter in the model)");
+  o.optional("--backend", "NAME",
+             "cpu | reference: the fused, vectorised cpu backend or the plain reference\n"
+             "code, kept for checking (default cpu)");
   o.optional("--threads", "N", "with --backend cpu: threads (default 1)");
   o.epilog(
       "examples:\n"

@@ -70,13 +70,27 @@ std::vector<std::int64_t> read_labels(const io::SafetensorsFile& f, const std::s
   };
   for (std::size_t i = 0; i < n; ++i) {
     switch (ti.dtype) {
-      case io::DType::I64: out[i] = std::int64_t(le(i, 8)); break;
-      case io::DType::I32: out[i] = std::int32_t(std::uint32_t(le(i, 4))); break;
-      case io::DType::I16: out[i] = std::int16_t(std::uint16_t(le(i, 2))); break;
-      case io::DType::I8: out[i] = std::int8_t(std::uint8_t(le(i, 1))); break;
-      case io::DType::U8: out[i] = std::int64_t(le(i, 1)); break;
-      case io::DType::U16: out[i] = std::int64_t(le(i, 2)); break;
-      case io::DType::U32: out[i] = std::int64_t(le(i, 4)); break;
+      case io::DType::I64:
+        out[i] = std::int64_t(le(i, 8));
+        break;
+      case io::DType::I32:
+        out[i] = std::int32_t(std::uint32_t(le(i, 4)));
+        break;
+      case io::DType::I16:
+        out[i] = std::int16_t(std::uint16_t(le(i, 2)));
+        break;
+      case io::DType::I8:
+        out[i] = std::int8_t(std::uint8_t(le(i, 1)));
+        break;
+      case io::DType::U8:
+        out[i] = std::int64_t(le(i, 1));
+        break;
+      case io::DType::U16:
+        out[i] = std::int64_t(le(i, 2));
+        break;
+      case io::DType::U32:
+        out[i] = std::int64_t(le(i, 4));
+        break;
       case io::DType::U64: {
         const std::uint64_t v = le(i, 8);
         out[i] = v > std::uint64_t(INT64_MAX) ? -1 : std::int64_t(v);
@@ -134,8 +148,8 @@ Data<S> load_data(const std::string& path, const Dims& D, train::LossKind loss) 
     d.labels = read_labels(f, "label");
     for (std::size_t i = 0; i < d.labels.size(); ++i)
       if (d.labels[i] < 0 || d.labels[i] >= D.d)
-        f.fail_tensor("label", "expected class ids in 0..", D.d - 1, " (d = ", D.d, " outputs), found ",
-                      d.labels[i], " at index [", i, "]");
+        f.fail_tensor("label", "expected class ids in 0..", D.d - 1, " (d = ", D.d, " outputs), found ", d.labels[i],
+                      " at index [", i, "]");
   }
   return d;
 }
@@ -187,8 +201,12 @@ std::string clock_text(double s) {
 class Progress {
  public:
   Progress(std::int64_t epochs, std::int64_t steps_per_epoch, std::int64_t first_epoch)
-      : tty_(isatty(fileno(stderr)) != 0), epochs_(epochs), spe_(steps_per_epoch),
-        total_steps_((epochs - first_epoch + 1) * steps_per_epoch), start_(clock::now()), last_draw_(start_) {}
+      : tty_(isatty(fileno(stderr)) != 0),
+        epochs_(epochs),
+        spe_(steps_per_epoch),
+        total_steps_((epochs - first_epoch + 1) * steps_per_epoch),
+        start_(clock::now()),
+        last_draw_(start_) {}
 
   void step(const train::StepInfo& s) {
     ++done_;
@@ -268,11 +286,12 @@ int train_with(const TrainArgs& a, io::LoadedModel<S>& lm, L& layer, const Data<
     if (!log) detail::fail("option --log: cannot open '", a.log, "' for writing: ", io::detail::errno_text(errno));
   }
   const std::int64_t spe = train::steps_per_epoch(T, o.batch);
-  std::printf("training %s (variant %s, %s, backend %s%s): %s on %lld tokens, %lld steps per epoch, epochs %lld..%lld\n",
-              a.model.c_str(), to_string(lm.model.config.variant), io::to_string(lm.dtype), a.cpu ? "cpu" : "reference",
-              a.cpu ? (", " + std::to_string(a.threads) + " thread" + (a.threads == 1 ? "" : "s")).c_str() : "",
-              io::detail::join(names, ",").c_str(), (long long)T, (long long)spe, (long long)(tr.epochs_done() + 1),
-              (long long)last);
+  std::printf(
+      "training %s (variant %s, %s, backend %s%s): %s on %lld tokens, %lld steps per epoch, epochs %lld..%lld\n",
+      a.model.c_str(), to_string(lm.model.config.variant), io::to_string(lm.dtype), a.cpu ? "cpu" : "reference",
+      a.cpu ? (", " + std::to_string(a.threads) + " thread" + (a.threads == 1 ? "" : "s")).c_str() : "",
+      io::detail::join(names, ",").c_str(), (long long)T, (long long)spe, (long long)(tr.epochs_done() + 1),
+      (long long)last);
   std::fflush(stdout);
   Progress progress(a.epochs, spe, tr.epochs_done() + 1);
   const train::Dataset<S> dv = data.view();
@@ -358,10 +377,12 @@ int cmd_train(int argc, char** argv) {
                  "Progress is a bar on a terminal and one line per epoch otherwise. On any error nothing is written\n"
                  "to --output.");
   o.required("--model", "FILE", "model file to start from (see 'radargate init')");
-  o.optional("--layer", "NAME", "the layer to train, in a file of many layers (required there; 'radargate info'\n"
-                                "lists them); the output is the whole file with that layer trained");
-  o.required("--data", "FILE", "training data: x [T, d_in] with y [T, d] (mse) or label [T] integer class ids\n"
-                               "in 0..d-1 (cross_entropy)");
+  o.optional("--layer", "NAME",
+             "the layer to train, in a file of many layers (required there; 'radargate info'\n"
+             "lists them); the output is the whole file with that layer trained");
+  o.required("--data", "FILE",
+             "training data: x [T, d_in] with y [T, d] (mse) or label [T] integer class ids\n"
+             "in 0..d-1 (cross_entropy)");
   o.required("--output", "FILE", "trained model file (written whole or not at all)");
   o.optional("--val", "FILE", "validation data, same form: its loss (and accuracy) is reported after every epoch");
   o.optional("--epochs", "E", "passes over the data (default 10)");
@@ -374,19 +395,24 @@ int cmd_train(int argc, char** argv) {
   o.optional("--warmup", "N", "steps of linear warm-up from lr/N to lr (default 0)");
   o.optional("--clip", "X", "clip the gradients to this global norm (default 0: no clipping)");
   o.optional("--loss", "NAME", "mse | cross_entropy over the layer's d outputs (default mse)");
-  o.optional("--train", "LIST", "comma-separated tensor names to learn (default: every tensor of the model except\n"
-                                "lora.A, lora.B, lora.scale and base.*: the experts and the base stay frozen)");
+  o.optional("--train", "LIST",
+             "comma-separated tensor names to learn (default: every tensor of the model except\n"
+             "lora.A, lora.B, lora.scale and base.*: the experts and the base stay frozen)");
   o.optional("--seed", "S", "shuffle seed (default 0)");
   o.optional("--backend", "NAME", "reference | cpu (default cpu)");
   o.optional("--threads", "N", "with --backend cpu: threads (default 1)");
-  o.optional("--log", "FILE", "write one JSON object per epoch (epoch, steps, train_loss, val_loss, val_accuracy,\n"
-                              "lr, tokens_per_s, seconds) to this file");
-  o.optional("--state", "FILE", "write the training state (trained values, optimizer state, counters) here after\n"
-                                "every epoch, to continue with --resume");
-  o.optional("--resume", "FILE", "continue the run whose --state this is (same model, data and settings): the\n"
-                                 "result has the same bytes as a run that was never stopped");
-  o.optional("--stop-after", "K", "end after epoch K of --epochs (the schedule still spans --epochs), writing\n"
-                                  "--output and --state; continue later with --resume");
+  o.optional("--log", "FILE",
+             "write one JSON object per epoch (epoch, steps, train_loss, val_loss, val_accuracy,\n"
+             "lr, tokens_per_s, seconds) to this file");
+  o.optional("--state", "FILE",
+             "write the training state (trained values, optimizer state, counters) here after\n"
+             "every epoch, to continue with --resume");
+  o.optional("--resume", "FILE",
+             "continue the run whose --state this is (same model, data and settings): the\n"
+             "result has the same bytes as a run that was never stopped");
+  o.optional("--stop-after", "K",
+             "end after epoch K of --epochs (the schedule still spans --epochs), writing\n"
+             "--output and --state; continue later with --resume");
   o.epilog(
       "examples:\n"
       "  radargate train --model m.safetensors --data train.safetensors --val test.safetensors \\\n"
@@ -410,7 +436,8 @@ int cmd_train(int argc, char** argv) {
            std::to_string(a.stop_after));
   a.opt.batch = index_t(o.integer("--batch", 1, 1 << 24, 32));
   const std::string opt_name = o.str("--optimizer", "adamw");
-  if (opt_name != "adamw" && opt_name != "sgd") o.fail("option --optimizer: expected adamw | sgd, found '" + opt_name + "'");
+  if (opt_name != "adamw" && opt_name != "sgd")
+    o.fail("option --optimizer: expected adamw | sgd, found '" + opt_name + "'");
   a.opt.optimizer.kind = train::parse_optimizer(opt_name);
   const bool sgd = a.opt.optimizer.kind == train::OptimizerKind::sgd;
   if (o.has("--momentum") && !sgd) o.fail("option --momentum: only for --optimizer sgd");
@@ -422,18 +449,21 @@ int cmd_train(int argc, char** argv) {
   a.opt.schedule.lr = o.number("--lr", 1e-3);
   if (a.opt.schedule.lr <= 0) o.fail("option --lr: expected a number > 0, found " + o.str("--lr"));
   const std::string sched = o.str("--schedule", "constant");
-  if (sched != "constant" && sched != "cosine") o.fail("option --schedule: expected constant | cosine, found '" + sched + "'");
+  if (sched != "constant" && sched != "cosine")
+    o.fail("option --schedule: expected constant | cosine, found '" + sched + "'");
   a.opt.schedule.kind = train::parse_schedule(sched);
   a.opt.schedule.warmup = o.integer("--warmup", 0, 1000000000, 0);
   a.opt.clip = o.number("--clip", 0.0);
   if (a.opt.clip < 0) o.fail("option --clip: expected a number >= 0 (0: off), found " + o.str("--clip"));
   const std::string loss = o.str("--loss", "mse");
-  if (loss != "mse" && loss != "cross_entropy") o.fail("option --loss: expected mse | cross_entropy, found '" + loss + "'");
+  if (loss != "mse" && loss != "cross_entropy")
+    o.fail("option --loss: expected mse | cross_entropy, found '" + loss + "'");
   a.opt.loss = train::parse_loss(loss);
   if (o.has("--train")) a.train = o.list("--train");
   a.opt.seed = std::uint64_t(o.integer("--seed", 0, (1LL << 62), 0));
   const std::string backend = o.str("--backend", "cpu");
-  if (backend != "reference" && backend != "cpu") o.fail("option --backend: expected reference | cpu, found '" + backend + "'");
+  if (backend != "reference" && backend != "cpu")
+    o.fail("option --backend: expected reference | cpu, found '" + backend + "'");
   a.cpu = backend == "cpu";
   if (o.has("--threads") && !a.cpu) o.fail("option --threads needs --backend cpu");
   a.threads = int(o.integer("--threads", 1, 1024, 1));
@@ -442,8 +472,8 @@ int cmd_train(int argc, char** argv) {
     if (!in->empty() && *in == out) o.fail("option --output: '" + out + "' is also an input; choose another file");
   if (!a.state.empty() && (a.state == out || a.state == a.model || a.state == a.data || a.state == a.val))
     o.fail("option --state: '" + a.state + "' is also another file of this run; choose another file");
-  if (!a.log.empty() && (a.log == out || a.log == a.model || a.log == a.data || a.log == a.val || a.log == a.state ||
-                         a.log == a.resume))
+  if (!a.log.empty() &&
+      (a.log == out || a.log == a.model || a.log == a.data || a.log == a.val || a.log == a.state || a.log == a.resume))
     o.fail("option --log: '" + a.log + "' is also another file of this run; choose another file");
   const io::SafetensorsFile model_file = io::SafetensorsFile::read(a.model);
   a.model_file = &model_file;

@@ -63,11 +63,11 @@ template <class S>
 void print_table(const VerifyArgs& a, const geometry::ExpansionReport& r, io::DType dtype,
                  const Layer<S, backend::reference>& layer) {
   (void)layer;
-  std::printf("model      %s (variant %s, rotation %s, %s)\n", one_line(a.model).c_str(), r.variant.c_str(), r.rotation ? "on" : "off",
-              io::to_string(dtype));
+  std::printf("model      %s (variant %s, rotation %s, %s)\n", one_line(a.model).c_str(), r.variant.c_str(),
+              r.rotation ? "on" : "off", io::to_string(dtype));
   if (!a.layer.empty()) std::printf("layer      %s\n", one_line(a.layer).c_str());
-  std::printf("input      %s: %lld tokens; N = %lld experts, d = %lld\n", one_line(a.input).c_str(), (long long)r.tokens,
-              (long long)r.N, (long long)r.d);
+  std::printf("input      %s: %lld tokens; N = %lld experts, d = %lld\n", one_line(a.input).c_str(),
+              (long long)r.tokens, (long long)r.N, (long long)r.d);
   std::printf("tolerance  %g (relative to ||p|| for the cone, to max(||p||, max_i ||v_i||) for the hull)\n\n", r.tol);
 
   struct Row {
@@ -112,8 +112,9 @@ void print_table(const VerifyArgs& a, const geometry::ExpansionReport& r, io::DT
     for (index_t t = 0; t < r.tokens; ++t) {
       const geometry::TokenExpansion& e = r.per_token[size_t(t)];
       std::printf("%6lld %10.6f %9.3e | %-8s %11.4e | %-8s %11.4e | %-8s %-8s\n", (long long)t, e.gate_sum, e.lora_norm,
-                  geometry::to_string(e.lora_cone.verdict), e.lora_cone.distance, geometry::to_string(e.lora_hull.verdict),
-                  e.lora_hull.distance, geometry::to_string(e.ws_cone.verdict), geometry::to_string(e.ws_hull.verdict));
+                  geometry::to_string(e.lora_cone.verdict), e.lora_cone.distance,
+                  geometry::to_string(e.lora_hull.verdict), e.lora_hull.distance,
+                  geometry::to_string(e.ws_cone.verdict), geometry::to_string(e.ws_hull.verdict));
     }
   }
 }
@@ -213,12 +214,14 @@ int cmd_verify(int argc, char** argv) {
                  "Every verdict rests on a certificate re-checked against the data.");
   o.required("--model", "FILE", "model file (see 'radargate init')");
   o.required("--input", "FILE", "input file: x [T, d_in] in the model's dtype (a dy entry is checked, not used)");
-  o.optional("--layer", "NAME", "the layer to check, for a file of many layers (required when it holds more\n"
-                                "than one; 'radargate info' lists them)");
+  o.optional("--layer", "NAME",
+             "the layer to check, for a file of many layers (required when it holds more\n"
+             "than one; 'radargate info' lists them)");
   o.flag("--json", "print JSON instead of a table");
   o.flag("--per-token", "also list every token (JSON: with g, v_i, u_i, p and p_w)");
   o.optional("--tol", "X", "relative tolerance of the verdicts (default 1e-9; at least 16 N eps of the model's dtype)");
-  o.optional("--quantiles", "LIST", "distance quantiles to report, comma separated in [0, 1] (default 0,0.5,0.9,0.99,1)");
+  o.optional("--quantiles", "LIST",
+             "distance quantiles to report, comma separated in [0, 1] (default 0,0.5,0.9,0.99,1)");
   o.optional("--threads", "N", "worker threads (default: one per hardware thread)");
   o.epilog(
       "exit code: 0 when the weighted-sum check passes, 3 when it fails (report still printed),\n"

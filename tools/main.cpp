@@ -53,8 +53,7 @@ int main(int argc, char** argv) {
         return c.run(argc - 1, argv + 1);
       } catch (const radargate::cli::usage_error& e) {
         std::fprintf(stderr, "radargate %s: error: %s\n%s(see 'radargate %s --help')\n", c.name,
-                     radargate::cli::one_line(e.what()).c_str(),
-                     e.usage().c_str(), c.name);
+                     radargate::cli::one_line(e.what()).c_str(), e.usage().c_str(), c.name);
         return 2;
       } catch (const std::exception& e) {
         std::fprintf(stderr, "radargate %s: error: %s\n", c.name, radargate::cli::one_line(e.what()).c_str());

@@ -32,7 +32,8 @@ struct Opts {
 int g_warmup_scale = 1;
 
 __global__ void fill_random(float* p, std::size_t n, unsigned seed, float scale) {
-  for (std::size_t i = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; i < n; i += std::size_t(gridDim.x) * blockDim.x) {
+  for (std::size_t i = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; i < n;
+       i += std::size_t(gridDim.x) * blockDim.x) {
     unsigned h = unsigned(i) * 2654435761u ^ (seed * 97u + 13u);
     h ^= h >> 15;
     h *= 2246822519u;
@@ -42,7 +43,8 @@ __global__ void fill_random(float* p, std::size_t n, unsigned seed, float scale)
 }
 template <class S>
 __global__ void fill_random_s(S* p, std::size_t n, unsigned seed, float scale) {
-  for (std::size_t i = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; i < n; i += std::size_t(gridDim.x) * blockDim.x) {
+  for (std::size_t i = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; i < n;
+       i += std::size_t(gridDim.x) * blockDim.x) {
     unsigned h = unsigned(i) * 2654435761u ^ (seed * 97u + 13u);
     h ^= h >> 15;
     h *= 2246822519u;
@@ -97,8 +99,8 @@ double measure_gemm(int repeats) {
   const cudaDataType_t t = detail::gpu::storage<S>::cuda_type;
   const double ms = median_ms(
       [&] {
-        cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, A.ptr, t, n, B.ptr, t, n, &zero, C.ptr, CUDA_R_32F,
-                     n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, A.ptr, t, n, B.ptr, t, n, &zero, C.ptr, CUDA_R_32F, n,
+                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
       },
       3, repeats);
   cublasDestroy(h);
@@ -144,7 +146,8 @@ std::vector<Result> run(const Opts& o, double bw, double peak) {
     // Matrix FLOPs of the forward (shrink, expand, angles, Wx x, Wg x) and its fewest bytes
     // (x, y, A, B, and the small parameters once).
     const double T_ = double(T), N = double(D.N), r = double(D.r), k = double(D.k), P = double(D.P);
-    const double flops_f = 2 * T_ * N * r * (D.d_in + D.d) + 2 * T_ * N * P * k + 2 * T_ * k * D.d_in + 2 * T_ * N * D.d_in;
+    const double flops_f =
+        2 * T_ * N * r * (D.d_in + D.d) + 2 * T_ * N * P * k + 2 * T_ * k * D.d_in + 2 * T_ * N * D.d_in;
     double params = 0;
     for (const auto& kv : m.tensors) params += double(kv.second.data.size());
     const double bytes_f = es * (T_ * D.d_in + T_ * D.d + params);
@@ -195,19 +198,32 @@ int main(int argc, char** argv) {
       }
       return argv[++i];
     };
-    if (a == "--T") o.T = std::atol(next().c_str());
-    else if (a == "--N") o.N = std::atol(next().c_str());
-    else if (a == "--d-in") o.d_in = std::atol(next().c_str());
-    else if (a == "--d") o.d = std::atol(next().c_str());
-    else if (a == "--r") o.r = std::atol(next().c_str());
-    else if (a == "--k") o.k = std::atol(next().c_str());
-    else if (a == "--P") o.P = std::atol(next().c_str());
-    else if (a == "--decode-T") o.decode_T = std::atol(next().c_str());
-    else if (a == "--variant") o.variant = next();
-    else if (a == "--dtype") o.dtype = next();
-    else if (a == "--repeats") o.repeats = std::atoi(next().c_str());
-    else if (a == "--json") o.json = next();
-    else if (a == "--profile") o.profile = true;
+    if (a == "--T")
+      o.T = std::atol(next().c_str());
+    else if (a == "--N")
+      o.N = std::atol(next().c_str());
+    else if (a == "--d-in")
+      o.d_in = std::atol(next().c_str());
+    else if (a == "--d")
+      o.d = std::atol(next().c_str());
+    else if (a == "--r")
+      o.r = std::atol(next().c_str());
+    else if (a == "--k")
+      o.k = std::atol(next().c_str());
+    else if (a == "--P")
+      o.P = std::atol(next().c_str());
+    else if (a == "--decode-T")
+      o.decode_T = std::atol(next().c_str());
+    else if (a == "--variant")
+      o.variant = next();
+    else if (a == "--dtype")
+      o.dtype = next();
+    else if (a == "--repeats")
+      o.repeats = std::atoi(next().c_str());
+    else if (a == "--json")
+      o.json = next();
+    else if (a == "--profile")
+      o.profile = true;
     else {
       std::fprintf(stderr, "radargate_cuda_bench: unknown option %s\n", a.c_str());
       return 2;
@@ -224,9 +240,12 @@ int main(int argc, char** argv) {
     if (o.profile) {
       g_warmup_scale = 0;
       o.repeats = 1;
-      if (o.dtype == "bf16") res = run<__nv_bfloat16>(o, 1.0, 1.0);
-      else if (o.dtype == "f16") res = run<__half>(o, 1.0, 1.0);
-      else res = run<float>(o, 1.0, 1.0);
+      if (o.dtype == "bf16")
+        res = run<__nv_bfloat16>(o, 1.0, 1.0);
+      else if (o.dtype == "f16")
+        res = run<__half>(o, 1.0, 1.0);
+      else
+        res = run<float>(o, 1.0, 1.0);
       return 0;
     }
     const double bw = measure_bandwidth(20);
@@ -243,25 +262,30 @@ int main(int argc, char** argv) {
     }
     std::printf("device %s: copy bandwidth %.0f GB/s, %s cuBLAS GEMM %.1f TFLOP/s\n", prop.name, bw / 1e9,
                 o.dtype.c_str(), peak / 1e12);
-    if (o.dtype == "bf16") res = run<__nv_bfloat16>(o, bw, peak);
-    else if (o.dtype == "f16") res = run<__half>(o, bw, peak);
-    else res = run<float>(o, bw, peak);
+    if (o.dtype == "bf16")
+      res = run<__nv_bfloat16>(o, bw, peak);
+    else if (o.dtype == "f16")
+      res = run<__half>(o, bw, peak);
+    else
+      res = run<float>(o, bw, peak);
     if (!o.json.empty()) {
       FILE* f = std::fopen(o.json.c_str(), "w");
       if (!f) {
         std::fprintf(stderr, "radargate_cuda_bench: cannot write %s\n", o.json.c_str());
         return 1;
       }
-      std::fprintf(f, "{\n  \"device\": \"%s\", \"sms\": %d,\n  \"bandwidth_Bps\": %.6e, \"gemm_flops\": %.6e,\n", prop.name,
-                   prop.multiProcessorCount, bw, peak);
-      std::fprintf(f, "  \"config\": {\"variant\": \"%s\", \"dtype\": \"%s\", \"T\": %ld, \"N\": %ld, \"d_in\": %ld, \"d\": %ld, "
-                      "\"r\": %ld, \"k\": %ld, \"P\": %ld, \"decode_T\": %ld},\n",
-                   o.variant.c_str(), o.dtype.c_str(), long(o.T), long(o.N), long(o.d_in), long(o.d), long(o.r), long(o.k),
-                   long(o.P > 0 ? o.P : o.d / 2), long(o.decode_T));
+      std::fprintf(f, "{\n  \"device\": \"%s\", \"sms\": %d,\n  \"bandwidth_Bps\": %.6e, \"gemm_flops\": %.6e,\n",
+                   prop.name, prop.multiProcessorCount, bw, peak);
+      std::fprintf(
+          f,
+          "  \"config\": {\"variant\": \"%s\", \"dtype\": \"%s\", \"T\": %ld, \"N\": %ld, \"d_in\": %ld, \"d\": %ld, "
+          "\"r\": %ld, \"k\": %ld, \"P\": %ld, \"decode_T\": %ld},\n",
+          o.variant.c_str(), o.dtype.c_str(), long(o.T), long(o.N), long(o.d_in), long(o.d), long(o.r), long(o.k),
+          long(o.P > 0 ? o.P : o.d / 2), long(o.decode_T));
       std::fprintf(f, "  \"cases\": [\n");
       for (std::size_t i = 0; i < res.size(); ++i)
-        std::fprintf(f, "    {\"name\": \"%s\", \"ms\": %.6f, \"bytes\": %.6e, \"flops\": %.6e}%s\n", res[i].name.c_str(),
-                     res[i].ms, res[i].bytes, res[i].flops, i + 1 < res.size() ? "," : "");
+        std::fprintf(f, "    {\"name\": \"%s\", \"ms\": %.6f, \"bytes\": %.6e, \"flops\": %.6e}%s\n",
+                     res[i].name.c_str(), res[i].ms, res[i].bytes, res[i].flops, i + 1 < res.size() ? "," : "");
       std::fprintf(f, "  ]\n}\n");
       std::fclose(f);
     }

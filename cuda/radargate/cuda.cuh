@@ -28,11 +28,11 @@
 #include <memory>
 #include <radargate/backend.hpp>
 #include <radargate/config.hpp>
+#include <radargate/detail/layer_checks.hpp>
 #include <radargate/error.hpp>
+#include <radargate/grad_plan.hpp>
 #include <radargate/layer_config.hpp>
 #include <radargate/params.hpp>
-#include <radargate/detail/layer_checks.hpp>
-#include <radargate/grad_plan.hpp>
 #include <radargate/view.hpp>
 #include <radargate/workspace.hpp>
 #include <type_traits>

@@ -53,7 +53,8 @@ int main(int argc, char** argv) {
       for (const io::ModelLayer<float>& l : set) chosen.push_back(&l);
     std::vector<std::unique_ptr<radargate::Layer<float, radargate::backend::cpu>>> layers;
     for (const io::ModelLayer<float>* l : chosen)
-      layers.push_back(std::make_unique<radargate::Layer<float, radargate::backend::cpu>>(l->config, l->params, options));
+      layers.push_back(
+          std::make_unique<radargate::Layer<float, radargate::backend::cpu>>(l->config, l->params, options));
 
     // One decode step per layer: a single token, x_j = sin(0.7 j + 0.3). The buffers are made
     // first, so that the heap peak below is the layers' own.

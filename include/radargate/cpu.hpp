@@ -92,8 +92,8 @@ inline bool use_single_threaded_blas() noexcept {
 
 /// Options of the cpu backend.
 struct CpuOptions {
-  int threads = 1;         // threads per call (>= 1); results are bit-identical for a given count
-  index_t tile_planes = 0; // rotation planes per tile (0: chosen from N, r and the L2 size)
+  int threads = 1;          // threads per call (>= 1); results are bit-identical for a given count
+  index_t tile_planes = 0;  // rotation planes per tile (0: chosen from N, r and the L2 size)
   // lora.A and lora.B as the layer keeps them: in Scalar, or (Layer<float> only) rounded to bf16
   // or f16 at construction and weights_changed(), products accumulated in float; see
   // docs/CPU_BACKEND.md, "16-bit weights"
@@ -210,13 +210,12 @@ class CpuLayer final : public CpuLayerBase<S> {
     forward(x, y, ctx, own_workspace(forward_workspace_bytes(x.shape[0], detail::copy_size(x), y_copy(y))));
   }
 
-  void backward(const Context& ctx, View<const S, 2> dy, const Gradients<S>& grads,
-                GradMode mode) const override {
+  void backward(const Context& ctx, View<const S, 2> dy, const Gradients<S>& grads, GradMode mode) const override {
     std::lock_guard<std::mutex> lock(own_mutex_);
-    const std::size_t bytes = check_backward(ctx, dy, grads)
-                                  ? backward_workspace_bytes(ctx.tokens, grads, detail::copy_size(ctx.x),
-                                                             detail::copy_size(dy))
-                                  : 0;
+    const std::size_t bytes =
+        check_backward(ctx, dy, grads)
+            ? backward_workspace_bytes(ctx.tokens, grads, detail::copy_size(ctx.x), detail::copy_size(dy))
+            : 0;
     backward(ctx, dy, grads, mode, own_workspace(bytes));
   }
 
@@ -329,8 +328,10 @@ class CpuLayer final : public CpuLayerBase<S> {
     if (o.threads < 1) detail::fail("cpu option 'threads': expected a value >= 1, found ", o.threads);
     if (o.tile_planes < 0) detail::fail("cpu option 'tile_planes': expected a value >= 0, found ", o.tile_planes);
     if (o.weights != WeightStorage::scalar && !std::is_same<S, float>::value)
-      detail::fail("cpu option 'weights': expected scalar for a Layer<double> (bf16 and f16 storage are for "
-                   "Layer<float>), found ", to_string(o.weights));
+      detail::fail(
+          "cpu option 'weights': expected scalar for a Layer<double> (bf16 and f16 storage are for "
+          "Layer<float>), found ",
+          to_string(o.weights));
     return o;
   }
 
@@ -340,9 +341,8 @@ class CpuLayer final : public CpuLayerBase<S> {
 
   static void check_workspace(const char* call, const Workspace& ws, std::size_t need, index_t T) {
     if (ws.bytes < need || (need > 0 && !ws.data))
-      detail::fail("cpu ", call, " workspace: expected at least ", need, " bytes for ", T, " tokens (",
-                   call, "_workspace_bytes), found ", ws.data ? ws.bytes : 0, " bytes",
-                   ws.data ? "" : " (null data)");
+      detail::fail("cpu ", call, " workspace: expected at least ", need, " bytes for ", T, " tokens (", call,
+                   "_workspace_bytes), found ", ws.data ? ws.bytes : 0, " bytes", ws.data ? "" : " (null data)");
   }
 
   // The layer's own workspace, grown to `bytes` (callers hold own_mutex_).
@@ -363,8 +363,9 @@ class CpuLayer final : public CpuLayerBase<S> {
       detail::fail("tensor 'dy': expected shape [", T, ", ", D_.d, "], found ", detail::shape_string(dy));
     if (T > 0 && !dy.present()) detail::fail("tensor 'dy': null data for ", T, " tokens");
     if (ctx.generation != W_.generation)
-      detail::fail("context: expected one produced by this layer's forward with the current weights, found one "
-                   "from another layer or from before the last weights_changed(); run forward again");
+      detail::fail(
+          "context: expected one produced by this layer's forward with the current weights, found one "
+          "from another layer or from before the last weights_changed(); run forward again");
     validate_gradients(D_, T, p_, grads);
     const detail::BackwardNeeds need = detail::backward_needs(cfg_, grads);
     return T > 0 && (need.dv || need.dz || need.dlogits || grads.base_W0.present() || grads.base_b0.present());
@@ -381,11 +382,11 @@ class CpuLayer final : public CpuLayerBase<S> {
     const Path pth = path();
     const bool fused = pth == Path::fused;
     const std::size_t bufs =
-        std::max({pth != Path::dense ? B(n * Nr) + 2 * B(TB * L) + tile_scratch : 0,              // tiles_forward
-                  one_pass() ? B(n * Nr) + 2 * B(TB * dp) + tile_scratch : 0,                      // forward_one_pass
+        std::max({pth != Path::dense ? B(n * Nr) + 2 * B(TB * L) + tile_scratch : 0,  // tiles_forward
+                  one_pass() ? B(n * Nr) + 2 * B(TB * dp) + tile_scratch : 0,         // forward_one_pass
                   pth == Path::sparse ? detail::arena_bytes<index_t>(n) + B(n * din) + B(n * r) : 0,  // sparse_shrink
-                  pth == Path::dense ? B(n * Nr) : 0,                                               // dense expand
-                  fused ? B(n * k) + 2 * B(N * n * k) : 0});                                        // angle_inputs
+                  pth == Path::dense ? B(n * Nr) : 0,                                                 // dense expand
+                  fused ? B(n * k) + 2 * B(N * n * k) : 0});                                          // angle_inputs
     const std::size_t gemms = std::max({G(n, d, din), G(n, N, din), G(n, Nr, din), G(n, d, Nr), G(n, r, din),
                                         G(n, k, din), G(n, k, r), G(N, n * k, N)});
     return detail::round_bytes(bufs + gemms);
@@ -403,23 +404,23 @@ class CpuLayer final : public CpuLayerBase<S> {
     const Path pth = path();
     const bool fused = pth == Path::fused;
     const std::size_t rows =
-        (pth == Path::dense ? 2 * B(n * Nr) : B(n * Nr) + B(n * N * k)) +  // E and e, or e and dz
+        (pth == Path::dense ? 2 * B(n * Nr) : B(n * Nr) + B(n * N * k)) +             // E and e, or e and dz
         std::max({pth != Path::dense ? B(n * Nr) + 2 * B(TB * L) + tile_scratch : 0,  // tiles_backward
                   one_pass() ? B(n * Nr) + 3 * B(GR * dp) + 3 * B(GR * Pp) + 3 * B(TB * L) + B(SG) +
                                    detail::arena_bytes<detail::kernels::Block<S>>(GR / TB)
-                             : 0,                                                       // backward_one_pass
-                  fused ? 2 * B(N * k) + B(r) : 0,                                      // rank_space_backward
+                             : 0,                   // backward_one_pass
+                  fused ? 2 * B(N * k) + B(r) : 0,  // rank_space_backward
                   pth == Path::sparse ? detail::arena_bytes<index_t>(n) + B(n * r) + B(n * din) : 0}) +  // sparse_dx
         std::max({G(n, Nr, d), G(n, din, Nr), G(n, din, k), G(n, din, N), G(n, din, d), G(n, din, r)});
     const index_t nc = (din + nt - 1) / nt, ni = (N + nt - 1) / nt;
     const std::size_t reduce =
         (pth == Path::sparse ? detail::arena_bytes<index_t>(T) + B(T * r) + B(T * nc) : 0) +  // sparse dA
-        (fused ? 2 * B(k * ni * r) + B(ni * r * d) : 0) +                                    // reduce_dB
-        (pth == Path::dense ? B(T * ni * r) + B(ni * r * d) : 0) +
-        B(N) + B(N * N) + B(k * Pp) + B(N * Pp) + B(N * r) + 2 * B(dp) +                 // reduce_small
+        (fused ? 2 * B(k * ni * r) + B(ni * r * d) : 0) +                                     // reduce_dB
+        (pth == Path::dense ? B(T * ni * r) + B(ni * r * d) : 0) + B(N) + B(N * N) + B(k * Pp) + B(N * Pp) + B(N * r) +
+        2 * B(dp) +  // reduce_small
         2 * (2 * B(N * k * r) + B(k * dp)) +
-        std::max({G(Nr, nc, T), G(r, nc, T), G(N, nc, T), G(k, nc, T), G(d, nc, T), G(ni * r, d, k),
-                  G(ni * r, d, T), G(k, dp, Nr)});
+        std::max({G(Nr, nc, T), G(r, nc, T), G(N, nc, T), G(k, nc, T), G(d, nc, T), G(ni * r, d, k), G(ni * r, d, T),
+                  G(k, dp, Nr)});
     return detail::round_bytes(std::max(rows, reduce));
   }
 
@@ -432,9 +433,7 @@ class CpuLayer final : public CpuLayerBase<S> {
   bool stretch() const { return cfg_.gate_reads_experts(); }
   // The stretch gate with rotation in one pass over the experts (every normalisation but top-k,
   // which needs all logits before any weight is known).
-  bool one_pass() const {
-    return cfg_.rotation && stretch() && cfg_.normalize != Normalize::topk_softmax;
-  }
+  bool one_pass() const { return cfg_.rotation && stretch() && cfg_.normalize != Normalize::topk_softmax; }
   S scale(index_t i) const { return W_.scale[std::size_t(i)]; }
 
   detail::kernels::Args<S> kargs() const {
@@ -472,8 +471,8 @@ class CpuLayer final : public CpuLayerBase<S> {
 
   // ---- forward ---------------------------------------------------------------------------------
 
-  void forward_rows(Context& ctx, const detail::MatRef<S>& X, const detail::MatMut<S>& Y, index_t t0,
-                    index_t t1, detail::Arena& ar) const {
+  void forward_rows(Context& ctx, const detail::MatRef<S>& X, const detail::MatMut<S>& Y, index_t t0, index_t t1,
+                    detail::Arena& ar) const {
     const index_t n = t1 - t0, N = D_.N, r = D_.r, k = D_.k, Nr = N * r, d = D_.d;
     const auto Xr = X.rows_of(t0, n);
     auto Yr = Y.rows_of(t0, n);
@@ -600,9 +599,8 @@ class CpuLayer final : public CpuLayerBase<S> {
           W_.with_a(0, [&](const auto* a, index_t ld) {
             using WB = std::remove_const_t<std::remove_pointer_t<decltype(a)>>;
             if constexpr (detail::is_half<WB>::value)
-              detail::kernels::with_block_size(nb, [&](auto C) {
-                detail::kernels::shrink_rows<decltype(C)::value>(a, ld, Nr, din, xs, hs);
-              });
+              detail::kernels::with_block_size(
+                  nb, [&](auto C) { detail::kernels::shrink_rows<decltype(C)::value>(a, ld, Nr, din, xs, hs); });
           });
         }
         return;
@@ -628,13 +626,16 @@ class CpuLayer final : public CpuLayerBase<S> {
     detail::Arena::Mark keep(ar);
     detail::MMap<S> wx(ar.zeros<S>(n * k).data(), n, k, Eigen::OuterStride<>(k));
     if (W_.Wx.present()) detail::gemm(wx, X.rows_of(t0, n), W_.Wx.map().transpose(), false, ar);
-    detail::MMap<S> V(ar.take<S>(N * nk), N, nk, Eigen::OuterStride<>(nk)), Q(ar.take<S>(N * nk), N, nk, Eigen::OuterStride<>(nk));
+    detail::MMap<S> V(ar.take<S>(N * nk), N, nk, Eigen::OuterStride<>(nk)),
+        Q(ar.take<S>(N * nk), N, nk, Eigen::OuterStride<>(nk));
     for (index_t i = 0; i < N; ++i) {
       const detail::CMap<S> Hi(h + i * r, n, r, Eigen::OuterStride<>(N * r));
       detail::gemm(detail::MMap<S>(V.data() + i * nk, n, k, Eigen::OuterStride<>(k)), scale(i) * Hi,
-                   detail::CMap<S>(&W_.WvB[std::size_t(i * k * r)], k, r, Eigen::OuterStride<>(r)).transpose(), false, ar);
+                   detail::CMap<S>(&W_.WvB[std::size_t(i * k * r)], k, r, Eigen::OuterStride<>(r)).transpose(), false,
+                   ar);
       detail::gemm(detail::MMap<S>(Q.data() + i * nk, n, k, Eigen::OuterStride<>(k)), scale(i) * Hi,
-                   detail::CMap<S>(&W_.WcB[std::size_t(i * k * r)], k, r, Eigen::OuterStride<>(r)).transpose(), false, ar);
+                   detail::CMap<S>(&W_.WcB[std::size_t(i * k * r)], k, r, Eigen::OuterStride<>(r)).transpose(), false,
+                   ar);
     }
     detail::gemm(V, detail::CMap<S>(W_.m.data(), N, N, Eigen::OuterStride<>(N)), Q, true, ar);
     for (index_t t = 0; t < n; ++t)
@@ -823,7 +824,7 @@ class CpuLayer final : public CpuLayerBase<S> {
   // Per-thread partial sums of the parameter gradients, reduced in thread order.
   // Per-thread partial sums of the parameter gradients, reduced in thread order (in the workspace).
   struct Partial {
-    const S* BP = nullptr;  // the packed expand weights (CpuWeights::BP, or widened from 16 bits)
+    const S* BP = nullptr;                // the packed expand weights (CpuWeights::BP, or widened from 16 bits)
     detail::Buf<S> dBP, dUP, dbias, dws;  // slot space; dBP, dUP packed like BP, UP
     detail::Buf<S> ds, dm, Gv, Gc;        // [N], [N, N], [N, k, r], [N, k, r]
     detail::Buf<S> Cws;                   // [N, r]: sum_t dl_i s_i h_i (dense stretch)
@@ -857,8 +858,7 @@ class CpuLayer final : public CpuLayerBase<S> {
     if (G.map_M.present()) p.dm = ar.buf<S>(N * N);
     if (pth == Path::fused && (G.lora_B.present() || G.angle_Wv.present())) p.Gv = ar.buf<S>(N * k * r);
     if (pth == Path::fused && (G.lora_B.present() || G.angle_Wc.present())) p.Gc = ar.buf<S>(N * k * r);
-    if (pth == Path::dense && stretch() && (G.lora_B.present() || G.stretch_ws.present()))
-      p.Cws = ar.buf<S>(N * r);
+    if (pth == Path::dense && stretch() && (G.lora_B.present() || G.stretch_ws.present())) p.Cws = ar.buf<S>(N * r);
   }
 
   static void zero_partial(Partial& p) {
@@ -902,8 +902,8 @@ class CpuLayer final : public CpuLayerBase<S> {
     if (out) *out = Outs{xs, dys, dx, dA, dWg, dWx, dW0, tbase, tb};
   }
 
-  void backward_rows(const Context& ctx, Bwd& b, Partial& part, const detail::MatMut<S>* DX, index_t t0,
-                     index_t t1, detail::Arena& ar) const {
+  void backward_rows(const Context& ctx, Bwd& b, Partial& part, const detail::MatMut<S>* DX, index_t t0, index_t t1,
+                     detail::Arena& ar) const {
     const index_t n = t1 - t0, N = D_.N, r = D_.r, k = D_.k, Nr = N * r;
     const auto& G = b.G;
     const auto& need = b.need;
@@ -985,11 +985,13 @@ class CpuLayer final : public CpuLayerBase<S> {
       if (one)
         backward_one_pass(ctx, b, part, t0, t1, w, DL, w.e ? e.data() : nullptr, w.dz ? dz.data() : nullptr, ar);
       else if (w.dg || w.dpre || w.dws || w.dv)
-        tiles_backward(ctx, b.DY, t0, t1, false, w, st ? DL : nullptr, w.dg ? DL : nullptr,
-                       w.e ? e.data() : nullptr, w.dz ? dz.data() : nullptr, part, ar);
+        tiles_backward(ctx, b.DY, t0, t1, false, w, st ? DL : nullptr, w.dg ? DL : nullptr, w.e ? e.data() : nullptr,
+                       w.dz ? dz.data() : nullptr, part, ar);
       if (w.dg) normalize_back();
-      if (w.dz) rank_space_backward(ctx, b, part, t0, t1, e.data(), dz.data(), ar);
-      else if (w.e) finish_dh(e.data());
+      if (w.dz)
+        rank_space_backward(ctx, b, part, t0, t1, e.data(), dz.data(), ar);
+      else if (w.e)
+        finish_dh(e.data());
     }
 
     // dx = A^T dh + Wx^T sum_i dz_i + Wg^T dl + W0^T dy
@@ -1000,7 +1002,8 @@ class CpuLayer final : public CpuLayerBase<S> {
         sparse_dx(DX, t0, t1, DH, sel, ar);
       } else if (W_.half()) {  // 16-bit A: widened a block of rows at a time
         const index_t din = D_.d_in;
-        const index_t rows = std::max<index_t>(1, std::min<index_t>(Nr, (index_t(1) << 18) / std::max<index_t>(din, 1)));
+        const index_t rows =
+            std::max<index_t>(1, std::min<index_t>(Nr, (index_t(1) << 18) / std::max<index_t>(din, 1)));
         std::vector<S> astore;
         for (index_t j0 = 0; j0 < Nr; j0 += rows) {
           const index_t nr = std::min(rows, Nr - j0);
@@ -1024,8 +1027,8 @@ class CpuLayer final : public CpuLayerBase<S> {
   //   Gv_i += dz_i h_i^T,  Gc_i += dzc_i h_i^T  (then dB_i += s_i (Wv^T Gv_i + Wc^T Gc_i),
   //                                              dWv = sum_i s_i Gv_i B_i^T, dWc likewise)
   //   dm_ij += dz_i . (s_j WcB_j h_j),  sum_i dz_i for Wx and x
-  void rank_space_backward(const Context& ctx, Bwd& b, Partial& part, index_t t0, index_t t1, const S* e,
-                           const S* dz, detail::Arena& ar) const {
+  void rank_space_backward(const Context& ctx, Bwd& b, Partial& part, index_t t0, index_t t1, const S* e, const S* dz,
+                           detail::Arena& ar) const {
     const index_t n = t1 - t0, N = D_.N, r = D_.r, k = D_.k, Nr = N * r;
     const auto& G = b.G;
     const S* h = &ctx.h[std::size_t(t0 * Nr)];
@@ -1060,8 +1063,7 @@ class CpuLayer final : public CpuLayerBase<S> {
       if (!part.Gv.empty())
         for (index_t i = 0; i < N; ++i)
           for (index_t a = 0; a < k; ++a)
-            for (index_t q = 0; q < r; ++q)
-              part.Gv[std::size_t((i * k + a) * r + q)] += dzt[i * k + a] * ht[i * r + q];
+            for (index_t q = 0; q < r; ++q) part.Gv[std::size_t((i * k + a) * r + q)] += dzt[i * k + a] * ht[i * r + q];
       if (!part.Gc.empty())
         for (index_t i = 0; i < N; ++i)
           for (index_t a = 0; a < k; ++a)
@@ -1152,9 +1154,11 @@ class CpuLayer final : public CpuLayerBase<S> {
             constexpr int Cn = decltype(C)::value;
             if (dot_dy) {
               if (tl.rot)
-                detail::kernels::rot_forward<S, Cn, detail::kernels::Put::none, true>(K, tl, part.BP + i * r * W_.dpad, bias_row(i), b, ts.sc);
+                detail::kernels::rot_forward<S, Cn, detail::kernels::Put::none, true>(K, tl, part.BP + i * r * W_.dpad,
+                                                                                      bias_row(i), b, ts.sc);
               else
-                detail::kernels::pass_forward<S, Cn, detail::kernels::Put::none, true>(K, tl, part.BP + i * r * W_.dpad, b);
+                detail::kernels::pass_forward<S, Cn, detail::kernels::Put::none, true>(K, tl, part.BP + i * r * W_.dpad,
+                                                                                       b);
             } else {
               if (tl.rot)
                 detail::kernels::rot_backward<S, Cn>(K, tl, part.BP + i * r * W_.dpad, bias_row(i), b, w, o, ts.sc);
@@ -1283,7 +1287,8 @@ class CpuLayer final : public CpuLayerBase<S> {
               auto sweep = [&](auto deriv, auto ctr) {
                 constexpr bool Dv = decltype(deriv)::value, Ct = decltype(ctr)::value;
                 if (tl.rot)
-                  detail::kernels::rot_forward<S, Cn, Put::set, true, Dv, Ct, true>(K, tl, part.BP + i * r * W_.dpad, bias_row(i), b, sc);
+                  detail::kernels::rot_forward<S, Cn, Put::set, true, Dv, Ct, true>(K, tl, part.BP + i * r * W_.dpad,
+                                                                                    bias_row(i), b, sc);
                 else
                   detail::kernels::pass_forward<S, Cn, Put::set, true, Ct, true>(K, tl, part.BP + i * r * W_.dpad, b);
               };
@@ -1323,7 +1328,8 @@ class CpuLayer final : public CpuLayerBase<S> {
             detail::kernels::with_block_size(b.n, [&](auto C) {
               constexpr int Cn = decltype(C)::value;
               if (tl.rot)
-                detail::kernels::rot_backward<S, Cn, true, true>(K, tl, part.BP + i * r * W_.dpad, bias_row(i), b, w, o, sc);
+                detail::kernels::rot_backward<S, Cn, true, true>(K, tl, part.BP + i * r * W_.dpad, bias_row(i), b, w, o,
+                                                                 sc);
               else
                 detail::kernels::pass_backward<S, Cn, true, true>(K, tl, part.BP + i * r * W_.dpad, b, w, o, sc);
             });
@@ -1539,8 +1545,8 @@ class CpuLayer final : public CpuLayerBase<S> {
           for (index_t q = 0; q < r; ++q) Gcat(a, i * r + q) = scale(i) * Gs[std::size_t((i * k + a) * r + q)];
       avec<S> btstore;  // BT, unpacked from the packed weights when only 16-bit B is kept
       detail::MMap<S> acc(ar.take<S>(k * dpad), k, dpad, Eigen::OuterStride<>(dpad));
-      detail::gemm(acc, Gcat, detail::CMap<S>(W_.bt_unpacked(b.BP, btstore), N * r, dpad, Eigen::OuterStride<>(dpad)), false,
-                   ar);
+      detail::gemm(acc, Gcat, detail::CMap<S>(W_.bt_unpacked(b.BP, btstore), N * r, dpad, Eigen::OuterStride<>(dpad)),
+                   false, ar);
       for (index_t s = 0; s < dpad; ++s) {
         const index_t o = W_.coord[std::size_t(s)];
         if (o < 0) continue;
@@ -1575,10 +1581,9 @@ class CpuLayer final : public CpuLayerBase<S> {
 /// With RADARGATE_CPU_DISPATCH (the radargate::cpu_dispatch target, src/cpu_dispatch.cpp): the
 /// CpuLayer of the best instruction set of the running CPU, for Layer<S, backend::cpu>.
 std::unique_ptr<CpuLayerBase<float>> make_dispatched_cpu_layer(const LayerConfig& config, const Params<float>& params,
-                                                              const CpuOptions& options);
-std::unique_ptr<CpuLayerBase<double>> make_dispatched_cpu_layer(const LayerConfig& config,
-                                                               const Params<double>& params,
                                                                const CpuOptions& options);
+std::unique_ptr<CpuLayerBase<double>> make_dispatched_cpu_layer(const LayerConfig& config, const Params<double>& params,
+                                                                const CpuOptions& options);
 }  // namespace detail
 
 #if defined(RADARGATE_CPU_DISPATCH)
@@ -1601,14 +1606,17 @@ class Layer<S, backend::cpu> {
 
   Layer(const LayerConfig& config, const Params<S>& params, const CpuOptions& options = {})
 #if defined(RADARGATE_CPU_DISPATCH)
-      : impl_(detail::make_dispatched_cpu_layer(config, params, options)) {
-  }
+      : impl_(detail::make_dispatched_cpu_layer(config, params, options)){}
 #else
       : impl_(std::make_unique<detail::CpuLayer<S>>(config, params, options)) {
   }
 #endif
 
-  const LayerConfig& config() const { return impl_->config(); }
+        const LayerConfig
+        &
+        config() const {
+    return impl_->config();
+  }
   const Params<S>& params() const { return impl_->params(); }
   const Dims& dims() const { return impl_->dims(); }
   const CpuOptions& options() const { return impl_->options(); }
@@ -1643,8 +1651,7 @@ class Layer<S, backend::cpu> {
   }
   /// backward with scratch memory from the caller: ws.bytes >= backward_workspace_bytes(ctx, dy,
   /// grads). Allocates nothing.
-  void backward(const Context& ctx, View<const S, 2> dy, const Gradients<S>& grads, GradMode mode,
-                Workspace ws) const {
+  void backward(const Context& ctx, View<const S, 2> dy, const Gradients<S>& grads, GradMode mode, Workspace ws) const {
     impl_->backward(ctx, dy, grads, mode, ws);
   }
 
@@ -1654,8 +1661,7 @@ class Layer<S, backend::cpu> {
   /// Bytes of workspace forward(x, y, ...) needs: the above plus a copy of x or y when that view
   /// is not a row-major matrix.
   std::size_t forward_workspace_bytes(View<const S, 2> x, View<S, 2> y) const {
-    return impl_->forward_workspace_bytes(x.shape[0], detail::copy_size(x),
-                                          detail::OutMatrix<S, 2>::scratch_size(y));
+    return impl_->forward_workspace_bytes(x.shape[0], detail::copy_size(x), detail::OutMatrix<S, 2>::scratch_size(y));
   }
   /// Bytes of workspace backward needs for T tokens and these gradients (which and their layout),
   /// with row-major x and dy, at the current thread count.

@@ -21,8 +21,7 @@
 #include <stdexcept>
 #include <string>
 
-#if defined(RADARGATE_NO_EXCEPTIONS) || \
-    !(defined(__cpp_exceptions) || defined(__EXCEPTIONS) || defined(_CPPUNWIND))
+#if defined(RADARGATE_NO_EXCEPTIONS) || !(defined(__cpp_exceptions) || defined(__EXCEPTIONS) || defined(_CPPUNWIND))
 #define RG_EXCEPTIONS 0
 #else
 #define RG_EXCEPTIONS 1

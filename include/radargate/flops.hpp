@@ -40,7 +40,8 @@ struct WorkCount {
 
 /// Experts computed per token.
 inline double experts_computed(const LayerConfig& c, const Dims& D) {
-  const bool sparse = !c.rotation && c.has_logits() && !c.gate_reads_experts() && c.normalize == Normalize::topk_softmax;
+  const bool sparse =
+      !c.rotation && c.has_logits() && !c.gate_reads_experts() && c.normalize == Normalize::topk_softmax;
   return sparse ? double(c.topk) : double(D.N);
 }
 
@@ -67,11 +68,12 @@ inline WorkCount essential_backward(const LayerConfig& c, const Dims& D, index_t
   const double T = double(tokens), N = double(D.N), r = double(D.r), din = double(D.d_in), d = double(D.d);
   const double k = double(D.k), P = double(D.P), Ne = experts_computed(c, D);
   double f = 4 * T * Ne * r * din + 4 * T * Ne * d * r + 2 * T * Ne * d;  // dA, dx; dB, dh; du
-  if (c.has_logits()) f += 2 * T * Ne * d;                                   // dg
+  if (c.has_logits()) f += 2 * T * Ne * d;                                // dg
   if (c.gate == GateKind::linear || c.gate == GateKind::stretch) f += 4 * T * N * din;
   if (c.gate == GateKind::stretch) f += 2 * T * N * d;  // dws
   if (c.rotation)
-    f += 4 * T * k * din + 8 * T * N * r * k + 4 * T * N * N * k + 4 * T * N * P * k + 13 * T * N * P + 8 * N * k * r * d;
+    f += 4 * T * k * din + 8 * T * N * r * k + 4 * T * N * N * k + 4 * T * N * P * k + 13 * T * N * P +
+         8 * N * k * r * d;
   if (base) f += 4 * T * d * din + T * d;
   const WorkCount fw = essential_forward(c, D, tokens, base);
   const double params = fw.elements - T * din - T * d;

@@ -20,11 +20,11 @@
 namespace radargate {
 
 struct GradPlan {
-  bool x = false;                    // dL/dx asked for
-  bool param[param_count] = {};      // dL/dparam asked for, by param_table row
-  bool dv = false;                   // the chain down to the experts' outputs
-  bool dz = false;                   // the chain down to the angle inputs (rotation only)
-  bool dlogits = false;              // the chain through the gate's logits (gates with logits)
+  bool x = false;                // dL/dx asked for
+  bool param[param_count] = {};  // dL/dparam asked for, by param_table row
+  bool dv = false;               // the chain down to the experts' outputs
+  bool dz = false;               // the chain down to the angle inputs (rotation only)
+  bool dlogits = false;          // the chain through the gate's logits (gates with logits)
 
   /// Was the gradient of this parameter (param_table's file name) asked for?
   bool asked(const char* name) const {
@@ -51,8 +51,8 @@ GradPlan plan_gradients(const LayerConfig& c, const Gradients<S>& g) {
   n.dv = g.x.present() || g.lora_A.present() || g.lora_B.present() || g.lora_scale.present();
   n.dz = c.rotation && (n.dv || g.map_M.present() || g.angle_Wx.present() || g.angle_Wv.present() ||
                         g.angle_Wc.present() || g.angle_U.present() || g.angle_bias.present());
-  n.dlogits = c.has_logits() && (n.dv || n.dz || g.stretch_Wg.present() || g.stretch_bg.present() ||
-                                 g.stretch_ws.present());
+  n.dlogits =
+      c.has_logits() && (n.dv || n.dz || g.stretch_Wg.present() || g.stretch_bg.present() || g.stretch_ws.present());
   return n;
 }
 

@@ -27,39 +27,56 @@ enum class MapMode { learned, mean };
 enum class Bound { none, pi_tanh };
 enum class Pairing { adjacent, half };
 
-inline constexpr Variant all_variants[] = {Variant::sum,          Variant::uniform,       Variant::static_,
-                                           Variant::softmax,      Variant::topk,          Variant::stretch_only,
+inline constexpr Variant all_variants[] = {Variant::sum,           Variant::uniform,  Variant::static_,
+                                           Variant::softmax,       Variant::topk,     Variant::stretch_only,
                                            Variant::rotation_only, Variant::radargate};
 
 inline const char* to_string(Variant v) {
   switch (v) {
-    case Variant::sum: return "sum";
-    case Variant::uniform: return "uniform";
-    case Variant::static_: return "static";
-    case Variant::softmax: return "softmax";
-    case Variant::topk: return "topk";
-    case Variant::stretch_only: return "stretch_only";
-    case Variant::rotation_only: return "rotation_only";
-    case Variant::radargate: return "radargate";
+    case Variant::sum:
+      return "sum";
+    case Variant::uniform:
+      return "uniform";
+    case Variant::static_:
+      return "static";
+    case Variant::softmax:
+      return "softmax";
+    case Variant::topk:
+      return "topk";
+    case Variant::stretch_only:
+      return "stretch_only";
+    case Variant::rotation_only:
+      return "rotation_only";
+    case Variant::radargate:
+      return "radargate";
   }
   return "?";
 }
 inline const char* to_string(GateKind g) {
   switch (g) {
-    case GateKind::none: return "none";
-    case GateKind::uniform: return "uniform";
-    case GateKind::static_: return "static";
-    case GateKind::linear: return "linear";
-    case GateKind::stretch: return "stretch";
+    case GateKind::none:
+      return "none";
+    case GateKind::uniform:
+      return "uniform";
+    case GateKind::static_:
+      return "static";
+    case GateKind::linear:
+      return "linear";
+    case GateKind::stretch:
+      return "stretch";
   }
   return "?";
 }
 inline const char* to_string(Normalize n) {
   switch (n) {
-    case Normalize::softmax: return "softmax";
-    case Normalize::sigmoid: return "sigmoid";
-    case Normalize::topk_softmax: return "topk_softmax";
-    case Normalize::identity: return "identity";
+    case Normalize::softmax:
+      return "softmax";
+    case Normalize::sigmoid:
+      return "sigmoid";
+    case Normalize::topk_softmax:
+      return "topk_softmax";
+    case Normalize::identity:
+      return "identity";
   }
   return "?";
 }
@@ -102,9 +119,9 @@ inline Pairing parse_pairing(std::string_view s) {
 /// change the free fields (map, bound, pairing, normalize, tau, topk).
 struct LayerConfig {
   Variant variant = Variant::radargate;
-  bool rotation = true;                       // fixed by the variant
-  GateKind gate = GateKind::stretch;          // fixed by the variant
-  Normalize normalize = Normalize::softmax;   // default per variant; used by static/linear/stretch
+  bool rotation = true;                      // fixed by the variant
+  GateKind gate = GateKind::stretch;         // fixed by the variant
+  Normalize normalize = Normalize::softmax;  // default per variant; used by static/linear/stretch
   MapMode map = MapMode::learned;
   Bound bound = Bound::pi_tanh;
   Pairing pairing = Pairing::adjacent;
@@ -115,22 +132,49 @@ struct LayerConfig {
     LayerConfig c;
     c.variant = v;
     switch (v) {
-      case Variant::sum: c.rotation = false; c.gate = GateKind::none; break;
-      case Variant::uniform: c.rotation = false; c.gate = GateKind::uniform; break;
-      case Variant::static_: c.rotation = false; c.gate = GateKind::static_; c.normalize = Normalize::identity; break;
-      case Variant::softmax: c.rotation = false; c.gate = GateKind::linear; c.normalize = Normalize::softmax; break;
-      case Variant::topk: c.rotation = false; c.gate = GateKind::linear; c.normalize = Normalize::topk_softmax; break;
-      case Variant::stretch_only: c.rotation = false; c.gate = GateKind::stretch; c.normalize = Normalize::softmax; break;
-      case Variant::rotation_only: c.rotation = true; c.gate = GateKind::uniform; break;
-      case Variant::radargate: c.rotation = true; c.gate = GateKind::stretch; c.normalize = Normalize::softmax; break;
+      case Variant::sum:
+        c.rotation = false;
+        c.gate = GateKind::none;
+        break;
+      case Variant::uniform:
+        c.rotation = false;
+        c.gate = GateKind::uniform;
+        break;
+      case Variant::static_:
+        c.rotation = false;
+        c.gate = GateKind::static_;
+        c.normalize = Normalize::identity;
+        break;
+      case Variant::softmax:
+        c.rotation = false;
+        c.gate = GateKind::linear;
+        c.normalize = Normalize::softmax;
+        break;
+      case Variant::topk:
+        c.rotation = false;
+        c.gate = GateKind::linear;
+        c.normalize = Normalize::topk_softmax;
+        break;
+      case Variant::stretch_only:
+        c.rotation = false;
+        c.gate = GateKind::stretch;
+        c.normalize = Normalize::softmax;
+        break;
+      case Variant::rotation_only:
+        c.rotation = true;
+        c.gate = GateKind::uniform;
+        break;
+      case Variant::radargate:
+        c.rotation = true;
+        c.gate = GateKind::stretch;
+        c.normalize = Normalize::softmax;
+        break;
     }
     return c;
   }
 
   /// True when the gate computes logits and passes them through `normalize`.
-  bool has_logits() const {
-    return gate == GateKind::static_ || gate == GateKind::linear || gate == GateKind::stretch;
-  }
+  bool has_logits() const { return gate == GateKind::static_ || gate == GateKind::linear || gate == GateKind::stretch; }
   /// True when the gate weights depend on the expert outputs (the stretch term ws . u_i).
   bool gate_reads_experts() const { return gate == GateKind::stretch; }
 

@@ -118,8 +118,7 @@ struct RandomModelOptions {
 /// A random model of any configuration: every required tensor and (by default) every optional
 /// one the configuration reads, with scales that keep activations of order one.
 template <class S>
-Model<S> random_model(const LayerConfig& cfg, const Dims& D, std::uint64_t seed,
-                      const RandomModelOptions& opt = {}) {
+Model<S> random_model(const LayerConfig& cfg, const Dims& D, std::uint64_t seed, const RandomModelOptions& opt = {}) {
   std::mt19937_64 rng(seed);
   std::normal_distribution<double> normal(0.0, 1.0);
   Model<S> m;
@@ -133,12 +132,25 @@ Model<S> random_model(const LayerConfig& cfg, const Dims& D, std::uint64_t seed,
     Tensor<S> t = make_tensor<S>(param_shape(name, D));
     double sd = 1.0;
     switch (info.init) {
-      case Init::inv_sqrt_d_in: sd = 1.0 / std::sqrt(double(D.d_in)); break;
-      case Init::inv_sqrt_r: sd = 1.0 / std::sqrt(double(D.r)); break;
-      case Init::inv_sqrt_d: sd = 1.0 / std::sqrt(double(D.d)); break;
-      case Init::angle: sd = opt.angle_scale / std::sqrt(double(D.k)); break;
-      case Init::half: sd = 0.5; break;
-      case Init::unit: case Init::around_one: sd = 1.0; break;
+      case Init::inv_sqrt_d_in:
+        sd = 1.0 / std::sqrt(double(D.d_in));
+        break;
+      case Init::inv_sqrt_r:
+        sd = 1.0 / std::sqrt(double(D.r));
+        break;
+      case Init::inv_sqrt_d:
+        sd = 1.0 / std::sqrt(double(D.d));
+        break;
+      case Init::angle:
+        sd = opt.angle_scale / std::sqrt(double(D.k));
+        break;
+      case Init::half:
+        sd = 0.5;
+        break;
+      case Init::unit:
+      case Init::around_one:
+        sd = 1.0;
+        break;
     }
     for (S& e : t.data) e = S(sd * normal(rng));
     // A positive scale; drawn after the normal draws above, so every seed keeps its model.

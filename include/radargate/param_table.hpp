@@ -22,14 +22,14 @@ enum class Dim : unsigned char { N, r, d_in, d, k, P };
 
 /// Which configurations read a parameter.
 enum class Reader : unsigned char {
-  experts,           // every configuration; required (the LoRA experts)
-  always,            // every configuration; optional
-  learned_map,       // rotation with map "learned"; required
-  rotation,          // rotation; required
-  rotation_optional, // rotation; optional
-  logits,            // gates with logits (static, linear, stretch); optional
-  gate_weights,      // gates linear and stretch; optional
-  stretch,           // gate stretch; optional
+  experts,            // every configuration; required (the LoRA experts)
+  always,             // every configuration; optional
+  learned_map,        // rotation with map "learned"; required
+  rotation,           // rotation; required
+  rotation_optional,  // rotation; optional
+  logits,             // gates with logits (static, linear, stretch); optional
+  gate_weights,       // gates linear and stretch; optional
+  stretch,            // gate stretch; optional
 };
 
 /// How random_model draws a parameter: a normal with the given standard deviation, except
@@ -44,20 +44,20 @@ enum class Init : unsigned char {
   around_one,     // 0.5 + 0.5 |n|
 };
 
-#define RADARGATE_PARAMETERS(X)                                                                      \
-  X(lora_A, "lora.A", 3, (Dim::N, Dim::r, Dim::d_in), Reader::experts, Init::inv_sqrt_d_in)          \
-  X(lora_B, "lora.B", 3, (Dim::N, Dim::d, Dim::r), Reader::experts, Init::inv_sqrt_r)                \
-  X(lora_scale, "lora.scale", 1, (Dim::N), Reader::always, Init::around_one)                         \
-  X(map_M, "map.M", 2, (Dim::N, Dim::N), Reader::learned_map, Init::unit)                            \
-  X(angle_Wx, "angle.Wx", 2, (Dim::k, Dim::d_in), Reader::rotation_optional, Init::inv_sqrt_d_in)    \
-  X(angle_Wv, "angle.Wv", 2, (Dim::k, Dim::d), Reader::rotation_optional, Init::inv_sqrt_d)          \
-  X(angle_Wc, "angle.Wc", 2, (Dim::k, Dim::d), Reader::rotation_optional, Init::inv_sqrt_d)          \
-  X(angle_U, "angle.U", 2, (Dim::P, Dim::k), Reader::rotation, Init::angle)                          \
-  X(angle_bias, "angle.bias", 2, (Dim::N, Dim::P), Reader::rotation_optional, Init::half)            \
-  X(stretch_Wg, "stretch.Wg", 2, (Dim::N, Dim::d_in), Reader::gate_weights, Init::inv_sqrt_d_in)     \
-  X(stretch_bg, "stretch.bg", 1, (Dim::N), Reader::logits, Init::unit)                               \
-  X(stretch_ws, "stretch.ws", 1, (Dim::d), Reader::stretch, Init::inv_sqrt_d)                        \
-  X(base_W0, "base.W0", 2, (Dim::d, Dim::d_in), Reader::always, Init::inv_sqrt_d_in)                 \
+#define RADARGATE_PARAMETERS(X)                                                                   \
+  X(lora_A, "lora.A", 3, (Dim::N, Dim::r, Dim::d_in), Reader::experts, Init::inv_sqrt_d_in)       \
+  X(lora_B, "lora.B", 3, (Dim::N, Dim::d, Dim::r), Reader::experts, Init::inv_sqrt_r)             \
+  X(lora_scale, "lora.scale", 1, (Dim::N), Reader::always, Init::around_one)                      \
+  X(map_M, "map.M", 2, (Dim::N, Dim::N), Reader::learned_map, Init::unit)                         \
+  X(angle_Wx, "angle.Wx", 2, (Dim::k, Dim::d_in), Reader::rotation_optional, Init::inv_sqrt_d_in) \
+  X(angle_Wv, "angle.Wv", 2, (Dim::k, Dim::d), Reader::rotation_optional, Init::inv_sqrt_d)       \
+  X(angle_Wc, "angle.Wc", 2, (Dim::k, Dim::d), Reader::rotation_optional, Init::inv_sqrt_d)       \
+  X(angle_U, "angle.U", 2, (Dim::P, Dim::k), Reader::rotation, Init::angle)                       \
+  X(angle_bias, "angle.bias", 2, (Dim::N, Dim::P), Reader::rotation_optional, Init::half)         \
+  X(stretch_Wg, "stretch.Wg", 2, (Dim::N, Dim::d_in), Reader::gate_weights, Init::inv_sqrt_d_in)  \
+  X(stretch_bg, "stretch.bg", 1, (Dim::N), Reader::logits, Init::unit)                            \
+  X(stretch_ws, "stretch.ws", 1, (Dim::d), Reader::stretch, Init::inv_sqrt_d)                     \
+  X(base_W0, "base.W0", 2, (Dim::d, Dim::d_in), Reader::always, Init::inv_sqrt_d_in)              \
   X(base_b0, "base.b0", 1, (Dim::d), Reader::always, Init::unit)
 
 #define RADARGATE_UNPAREN_(...) __VA_ARGS__

@@ -70,12 +70,18 @@ struct Dims {
 /// The value of one dimension.
 inline index_t dim_value(Dim e, const Dims& D) {
   switch (e) {
-    case Dim::N: return D.N;
-    case Dim::r: return D.r;
-    case Dim::d_in: return D.d_in;
-    case Dim::d: return D.d;
-    case Dim::k: return D.k;
-    case Dim::P: return D.P;
+    case Dim::N:
+      return D.N;
+    case Dim::r:
+      return D.r;
+    case Dim::d_in:
+      return D.d_in;
+    case Dim::d:
+      return D.d;
+    case Dim::k:
+      return D.k;
+    case Dim::P:
+      return D.P;
   }
   return 0;
 }
@@ -102,15 +108,22 @@ inline const ParamInfo* find_param(const std::string& name) {
 inline Need param_need(const LayerConfig& c, const ParamInfo& info) {
   const Need rotating = c.rotation ? Need::optional : Need::unused;
   switch (info.reader) {
-    case Reader::experts: return Need::required;
-    case Reader::always: return Need::optional;
-    case Reader::learned_map: return c.rotation && c.map == MapMode::learned ? Need::required : Need::unused;
-    case Reader::rotation: return c.rotation ? Need::required : Need::unused;
-    case Reader::rotation_optional: return rotating;
-    case Reader::logits: return c.has_logits() ? Need::optional : Need::unused;
+    case Reader::experts:
+      return Need::required;
+    case Reader::always:
+      return Need::optional;
+    case Reader::learned_map:
+      return c.rotation && c.map == MapMode::learned ? Need::required : Need::unused;
+    case Reader::rotation:
+      return c.rotation ? Need::required : Need::unused;
+    case Reader::rotation_optional:
+      return rotating;
+    case Reader::logits:
+      return c.has_logits() ? Need::optional : Need::unused;
     case Reader::gate_weights:
       return c.gate == GateKind::linear || c.gate == GateKind::stretch ? Need::optional : Need::unused;
-    case Reader::stretch: return c.gate == GateKind::stretch ? Need::optional : Need::unused;
+    case Reader::stretch:
+      return c.gate == GateKind::stretch ? Need::optional : Need::unused;
   }
   return Need::unused;
 }
@@ -163,8 +176,7 @@ Dims validate(const LayerConfig& c, const Params<T>& p) {
     const Need need = param_need(c, name);
     if (need == Need::required && !v.present())
       detail::fail("tensor '", name, "': required by variant '", to_string(c.variant),
-                   c.rotation && std::string(name) == "map.M" ? "' with map \"learned\"" : "'",
-                   ", but it is missing");
+                   c.rotation && std::string(name) == "map.M" ? "' with map \"learned\"" : "'", ", but it is missing");
     if (need == Need::unused && v.present())
       detail::fail("tensor '", name, "': not read by variant '", to_string(c.variant), "'",
                    std::string(name) == "map.M" ? " with map \"mean\"" : "", "; remove it from the model");
@@ -206,8 +218,7 @@ void validate_gradients(const Dims& D, index_t T_tokens, const Params<T>& p, con
   // A gradient for a parameter has the parameter's shape; one for an absent parameter is an error.
   auto check = [&](const char* name, const auto& pv, const auto& gv) {
     if (!gv.present()) return;
-    if (!pv.present())
-      detail::fail("gradient 'grad.", name, "': asked for, but the parameter '", name, "' is absent");
+    if (!pv.present()) detail::fail("gradient 'grad.", name, "': asked for, but the parameter '", name, "' is absent");
     for (int i = 0; i < std::decay_t<decltype(pv)>::rank; ++i)
       if (pv.shape[i] != gv.shape[i])
         detail::fail("gradient 'grad.", name, "': expected shape ", detail::shape_string(pv), ", found ",

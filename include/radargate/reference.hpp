@@ -21,9 +21,9 @@
 #include <vector>
 
 #include "backend.hpp"
+#include "detail/layer_checks.hpp"
 #include "detail/math.hpp"
 #include "error.hpp"
-#include "detail/layer_checks.hpp"
 #include "grad_plan.hpp"
 #include "params.hpp"
 #include "view.hpp"
@@ -43,20 +43,18 @@ class Layer<S, backend::reference> {
   struct Context {
     index_t tokens = 0;
     View<const S, 2> x;
-    std::vector<S> m;     // [N, N] relational-map weights (token independent)
-    std::vector<S> h;     // [T, N, r]
-    std::vector<S> v;     // [T, N, d]
-    std::vector<S> c;     // [T, N, d]  (rotation on)
-    std::vector<S> z;     // [T, N, k]  (rotation on)
-    std::vector<S> pre;   // [T, N, P]  (rotation on) pre-activation of the angle bound
-    std::vector<S> u;     // [T, N, d]  rotated (or plain) expert outputs
-    std::vector<S> g;     // [T, N]     gate weights
+    std::vector<S> m;                // [N, N] relational-map weights (token independent)
+    std::vector<S> h;                // [T, N, r]
+    std::vector<S> v;                // [T, N, d]
+    std::vector<S> c;                // [T, N, d]  (rotation on)
+    std::vector<S> z;                // [T, N, k]  (rotation on)
+    std::vector<S> pre;              // [T, N, P]  (rotation on) pre-activation of the angle bound
+    std::vector<S> u;                // [T, N, d]  rotated (or plain) expert outputs
+    std::vector<S> g;                // [T, N]     gate weights
     std::vector<unsigned char> sel;  // [T, N] experts computed (all, except for a top-k gate)
   };
 
-  Layer(const LayerConfig& config, const Params<S>& params) : cfg_(config), p_(params) {
-    D_ = validate(cfg_, p_);
-  }
+  Layer(const LayerConfig& config, const Params<S>& params) : cfg_(config), p_(params) { D_ = validate(cfg_, p_); }
 
   const LayerConfig& config() const { return cfg_; }
   const Params<S>& params() const { return p_; }
@@ -115,8 +113,7 @@ class Layer<S, backend::reference> {
   }
 
   /// backward with scratch from the caller (ws.bytes >= backward_workspace_bytes): allocates nothing.
-  void backward(const Context& ctx, View<const S, 2> dy, const Gradients<S>& grads, GradMode mode,
-                Workspace ws) const {
+  void backward(const Context& ctx, View<const S, 2> dy, const Gradients<S>& grads, GradMode mode, Workspace ws) const {
     const Dims& D = D_;
     const index_t T = ctx.tokens;
     if (dy.shape[0] != T || dy.shape[1] != D.d)
@@ -135,15 +132,14 @@ class Layer<S, backend::reference> {
                    ws.data ? "" : " (null data)");
     if (T == 0) return;
     const auto a = reinterpret_cast<std::uintptr_t>(ws.data);
-    S* scratch = reinterpret_cast<S*>(static_cast<unsigned char*>(ws.data) + (alignof(S) - a % alignof(S)) % alignof(S));
+    S* scratch =
+        reinterpret_cast<S*>(static_cast<unsigned char*>(ws.data) + (alignof(S) - a % alignof(S)) % alignof(S));
     for (index_t t = 0; t < T; ++t) backward_token(ctx, t, dy[t], grads, need, scratch);
   }
 
  private:
   // One token's scratch in backward: du, dv, dc [N, d], dl, dm [N], dz [k], dpre [P], dh [r].
-  std::size_t scratch_values() const {
-    return std::size_t(3 * D_.N * D_.d + 2 * D_.N + D_.k + D_.P + D_.r);
-  }
+  std::size_t scratch_values() const { return std::size_t(3 * D_.N * D_.d + 2 * D_.N + D_.k + D_.P + D_.r); }
 
   S scale(index_t i) const { return p_.lora_scale.present() ? p_.lora_scale(i) : S(1); }
 
@@ -347,8 +343,7 @@ class Layer<S, backend::reference> {
           using std::cos;
           using std::sin;
           detail::rotate_pair_transpose(cos(alpha), sin(alpha), dv[i * d + a], dv[i * d + b]);
-          const S dalpha =
-              detail::rotation_angle_grad(du[i * d + a], du[i * d + b], u[i * d + a], u[i * d + b]);
+          const S dalpha = detail::rotation_angle_grad(du[i * d + a], du[i * d + b], u[i * d + a], u[i * d + b]);
           dpre[m] = dalpha * detail::bound_derivative(cfg_.bound, pre[i * P + m]);
         }
         // pre_i = U z_i + bias_i

@@ -1,7 +1,7 @@
 // radargate._core.membership: batched cone / hull membership with certificates, as
 // `radargate cone` computes it (radargate/geometry/cone.hpp).
-#include "binding.hpp"
 #include "radargate/geometry.hpp"
+#include "binding.hpp"
 
 namespace radargate {
 namespace python {

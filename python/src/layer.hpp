@@ -27,7 +27,7 @@ template <class S>
 struct PyContext {
   std::unique_ptr<typename Layer<S, backend::reference>::Context> ref;
   std::unique_ptr<typename Layer<S, backend::cpu>::Context> cpu;
-  InArray x;                 // keeps x alive while the context points into it
+  InArray x;  // keeps x alive while the context points into it
   const void* owner = nullptr;
   std::uint64_t generation = 0;
   index_t tokens = 0;
@@ -43,8 +43,10 @@ class PyLayer {
     if (threads < 1) value_fail("threads: expected an integer >= 1, found " + std::to_string(threads));
     const std::vector<std::string>& names = param_names();
     if (params.size() != names.size())
-      value_fail("params: expected a list of " + std::to_string(names.size()) + " entries (one per parameter name, "
-                 "None when absent), found " + std::to_string(params.size()));
+      value_fail("params: expected a list of " + std::to_string(names.size()) +
+                 " entries (one per parameter name, "
+                 "None when absent), found " +
+                 std::to_string(params.size()));
     size_t i = 0;
     for_each_param(p_, [&](const char* name, auto& v) {
       using V = std::decay_t<decltype(v)>;
@@ -94,8 +96,9 @@ class PyLayer {
   void backward(const PyContext<S>& ctx, const InArray& dy, const nb::object& grad_x, const nb::list& grads,
                 bool accumulate) const {
     if (ctx.owner != this || ctx.generation != generation_ || (!ctx.cpu && !ctx.ref))
-      value_fail("context: expected one made by this layer's forward since its weights last changed; run forward "
-                 "again");
+      value_fail(
+          "context: expected one made by this layer's forward since its weights last changed; run forward "
+          "again");
     const View<const S, 2> dyv = in_view<S, 2>(dy, "dy");
     std::vector<OutArray> keep;
     const Gradients<S> g = gradient_views(grad_x, grads, keep);
@@ -114,8 +117,9 @@ class PyLayer {
   /// gradient.
   void backward_flat(const PyContext<S>& ctx, const InArray& dy, const OutArray& flat, const nb::tuple& need) const {
     if (ctx.owner != this || ctx.generation != generation_ || (!ctx.cpu && !ctx.ref))
-      value_fail("context: expected one made by this layer's forward since its weights last changed; run forward "
-                 "again");
+      value_fail(
+          "context: expected one made by this layer's forward since its weights last changed; run forward "
+          "again");
     const View<const S, 2> dyv = in_view<S, 2>(dy, "dy");
     const View<S, 1> fv = out_view<S, 1>(flat, "flat");
     if (need.size() != 1 + present_.size())
@@ -126,8 +130,9 @@ class PyLayer {
     S* at = fv.data;
     index_t left = fv.shape[0];
     auto take = [&](index_t n) {
-      if (n > left) value_fail("flat: expected room for every gradient asked for, found " + std::to_string(fv.shape[0]) +
-                               " elements");
+      if (n > left)
+        value_fail("flat: expected room for every gradient asked for, found " + std::to_string(fv.shape[0]) +
+                   " elements");
       S* p = at;
       at += n;
       left -= n;
@@ -242,8 +247,8 @@ class PyLayer {
     }
     const std::vector<std::string>& names = param_names();
     if (grads.size() != names.size())
-      value_fail("grads: expected a list of " + std::to_string(names.size()) + " entries (None when not wanted), found " +
-                 std::to_string(grads.size()));
+      value_fail("grads: expected a list of " + std::to_string(names.size()) +
+                 " entries (None when not wanted), found " + std::to_string(grads.size()));
     size_t i = 0;
     for_each_param(g, [&](const char* name, auto& v) {
       using V = std::decay_t<decltype(v)>;
@@ -265,7 +270,7 @@ class PyLayer {
   LayerConfig cfg_;
   Params<S> p_;
   std::array<ParamShape, std::size(param_table)> shapes_;  // per parameter slot, in file order
-  std::vector<size_t> present_;       // the slots the layer has
+  std::vector<size_t> present_;                            // the slots the layer has
   std::vector<InArray> keep_;
   std::unique_ptr<Layer<S, backend::reference>> ref_;
   std::unique_ptr<Layer<S, backend::cpu>> cpu_;
@@ -281,10 +286,9 @@ void bind_layer(nb::module_& m, const char* name, const char* ctx_name) {
       .def(nb::init<const std::string&, const nb::list&, const std::string&, int>(), nb::arg("config"),
            nb::arg("params"), nb::arg("backend") = "cpu", nb::arg("threads") = 1)
       .def("forward", &PyLayer<S>::forward, nb::arg("x"), nb::arg("y"))
-      .def("backward", &PyLayer<S>::backward, nb::arg("ctx"), nb::arg("dy"), nb::arg("grad_x").none(),
-           nb::arg("grads"), nb::arg("accumulate") = false)
-      .def("backward_flat", &PyLayer<S>::backward_flat, nb::arg("ctx"), nb::arg("dy"), nb::arg("flat"),
-           nb::arg("need"))
+      .def("backward", &PyLayer<S>::backward, nb::arg("ctx"), nb::arg("dy"), nb::arg("grad_x").none(), nb::arg("grads"),
+           nb::arg("accumulate") = false)
+      .def("backward_flat", &PyLayer<S>::backward_flat, nb::arg("ctx"), nb::arg("dy"), nb::arg("flat"), nb::arg("need"))
       .def("time_forward", &PyLayer<S>::time_forward, nb::arg("x"), nb::arg("y"), nb::arg("iters"))
       .def("time_forward_backward", &PyLayer<S>::time_forward_backward, nb::arg("x"), nb::arg("y"), nb::arg("dy"),
            nb::arg("grad_x").none(), nb::arg("grads"), nb::arg("iters"))

@@ -63,8 +63,8 @@ View<S, R> cuda_view(const A& a, const std::string& name, int device) {
     type_fail("array '" + name + "': expected memory on CUDA device " + std::to_string(device) + ", found " +
               device_string(a.device_type()) + " (this layer runs on the CUDA backend)");
   if (a.device_id() != device)
-    type_fail("array '" + name + "': expected memory on CUDA device " + std::to_string(device) + " (the layer's), found device " +
-              std::to_string(a.device_id()));
+    type_fail("array '" + name + "': expected memory on CUDA device " + std::to_string(device) +
+              " (the layer's), found device " + std::to_string(a.device_id()));
   if (a.dtype() != nb::dtype<T>())
     type_fail("array '" + name + "': expected dtype " + dtype_name<T>() + ", found " + dtype_string(a.dtype()));
   if (a.ndim() != size_t(R))
@@ -112,8 +112,10 @@ class PyCudaLayer {
     const LayerConfig cfg = parse_layer_config(config_json);
     const std::vector<std::string>& names = param_names();
     if (params.size() != names.size())
-      value_fail("params: expected a list of " + std::to_string(names.size()) + " entries (one per parameter name, "
-                 "None when absent), found " + std::to_string(params.size()));
+      value_fail("params: expected a list of " + std::to_string(names.size()) +
+                 " entries (one per parameter name, "
+                 "None when absent), found " +
+                 std::to_string(params.size()));
     Params<float> p;
     size_t i = 0;
     for_each_param(p, [&](const char* name, auto& v) {
@@ -173,8 +175,9 @@ class PyCudaLayer {
   void backward_flat(const PyCudaContext& ctx, const InArray& dy, const OutArray& flat, const nb::tuple& need,
                      const InArray& ws, std::uintptr_t stream) const {
     if (ctx.owner != this || ctx.generation != generation_)
-      value_fail("context: expected one made by this layer's forward since its weights last changed; run forward "
-                 "again");
+      value_fail(
+          "context: expected one made by this layer's forward since its weights last changed; run forward "
+          "again");
     const View<const float, 2> dyv = cuda_view<const float, 2>(dy, "dy", device_);
     const View<float, 1> fv = cuda_view<float, 1>(flat, "flat", device_);
     if (fv.shape[0] > 1 && fv.stride[0] != 1)
@@ -217,8 +220,7 @@ class PyCudaLayer {
   /// The gradients asked for by `need` (x, then each parameter the layer has), laid one after the
   /// other, each contiguous, from `base` (`size` elements), or (sizing) all at a dummy `base`: for
   /// the workspace size, where only which gradients are present matters.
-  Gradients<float> gradient_views(index_t tokens, const nb::tuple& need, float* base, index_t size,
-                                  bool sizing) const {
+  Gradients<float> gradient_views(index_t tokens, const nb::tuple& need, float* base, index_t size, bool sizing) const {
     if (need.size() != 1 + present_.size())
       value_fail("need: expected " + std::to_string(1 + present_.size()) + " flags (x and each parameter), found " +
                  std::to_string(need.size()));
@@ -226,8 +228,8 @@ class PyCudaLayer {
     index_t left = size;
     auto take = [&](index_t n) {
       if (sizing) return base;
-      if (n > left) value_fail("flat: expected room for every gradient asked for, found " + std::to_string(size) +
-                               " elements");
+      if (n > left)
+        value_fail("flat: expected room for every gradient asked for, found " + std::to_string(size) + " elements");
       float* p = at;
       at += n;
       left -= n;

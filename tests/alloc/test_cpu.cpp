@@ -12,9 +12,8 @@ using namespace rgtest;
 
 namespace {
 
-const Variant eight_variants[] = {Variant::sum,          Variant::uniform,       Variant::static_, Variant::softmax,
-                                Variant::topk,         Variant::stretch_only,  Variant::rotation_only,
-                                Variant::radargate};
+const Variant eight_variants[] = {Variant::sum,  Variant::uniform,      Variant::static_,       Variant::softmax,
+                                  Variant::topk, Variant::stretch_only, Variant::rotation_only, Variant::radargate};
 
 Dims dims() {
   Dims D;
@@ -34,8 +33,12 @@ struct Setup {
   std::vector<S> x, dy, y;
   GradStore<S> g;
   Setup(Variant v, index_t T)
-      : c(make_case(v, T)), m(random_model<S>(c.cfg, c.D, 11, c.opt)), x(random_vector<S>(std::size_t(T * c.D.d_in), 12)),
-        dy(random_vector<S>(std::size_t(T * c.D.d), 13)), y(std::size_t(T * c.D.d)), g(m, T, c.D.d_in) {}
+      : c(make_case(v, T)),
+        m(random_model<S>(c.cfg, c.D, 11, c.opt)),
+        x(random_vector<S>(std::size_t(T * c.D.d_in), 12)),
+        dy(random_vector<S>(std::size_t(T * c.D.d), 13)),
+        y(std::size_t(T * c.D.d)),
+        g(m, T, c.D.d_in) {}
   static Case make_case(Variant v, index_t T) {
     Case c;
     c.cfg = LayerConfig::make(v);

@@ -73,9 +73,9 @@ TEST_CASE("trainer: a step after the first allocates nothing", "[train][alloc]")
   const Data p = make_data(D, 58, 3);
   const std::vector<std::string> gate_and_angles = {"map.M",      "angle.Wx",   "angle.Wv",   "angle.Wc",  "angle.U",
                                                     "angle.bias", "stretch.Wg", "stretch.bg", "stretch.ws"};
-  const std::vector<std::string> everything = {"lora.A",  "lora.B",     "lora.scale", "map.M",      "angle.Wx",
-                                               "angle.Wv", "angle.Wc",  "angle.U",    "angle.bias", "stretch.Wg",
-                                               "stretch.bg", "stretch.ws", "base.W0",  "base.b0"};
+  const std::vector<std::string> everything = {"lora.A",     "lora.B",     "lora.scale", "map.M",      "angle.Wx",
+                                               "angle.Wv",   "angle.Wc",   "angle.U",    "angle.bias", "stretch.Wg",
+                                               "stretch.bg", "stretch.ws", "base.W0",    "base.b0"};
   for (Variant v : {Variant::radargate, Variant::softmax, Variant::topk})
     for (auto loss : {train::LossKind::mse, train::LossKind::cross_entropy})
       for (int which = 0; which < 3; ++which) {

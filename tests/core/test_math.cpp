@@ -98,7 +98,8 @@ TEST_CASE("rotation angle gradient and plane coordinates", "[math]") {
     };
     double x = va, y = vb;
     detail::rotate_pair(std::cos(alpha), std::sin(alpha), x, y);
-    CHECK(detail::rotation_angle_grad(dua, dub, x, y) == Approx((L(alpha + 1e-6) - L(alpha - 1e-6)) / 2e-6).margin(1e-8));
+    CHECK(detail::rotation_angle_grad(dua, dub, x, y) ==
+          Approx((L(alpha + 1e-6) - L(alpha - 1e-6)) / 2e-6).margin(1e-8));
   }
   index_t a, b;
   detail::plane_coords(Pairing::adjacent, 3, 9, a, b);

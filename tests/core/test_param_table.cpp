@@ -44,8 +44,8 @@ TEST_CASE("param table: shapes and needs", "[table]") {
 }
 
 TEST_CASE("version: the string matches the macros", "[version]") {
-  const std::string s = std::to_string(RADARGATE_VERSION_MAJOR) + "." + std::to_string(RADARGATE_VERSION_MINOR) +
-                        "." + std::to_string(RADARGATE_VERSION_PATCH);
+  const std::string s = std::to_string(RADARGATE_VERSION_MAJOR) + "." + std::to_string(RADARGATE_VERSION_MINOR) + "." +
+                        std::to_string(RADARGATE_VERSION_PATCH);
   CHECK(s == version_string);
   CHECK(RADARGATE_VERSION == RADARGATE_VERSION_MAJOR * 10000 + RADARGATE_VERSION_MINOR * 100 + RADARGATE_VERSION_PATCH);
 }

@@ -21,9 +21,7 @@ Run run(const Model<double>& m, const std::vector<double>& x, index_t T) {
   return r;
 }
 
-Dims dims_for(const LayerConfig& c, index_t N = 4) {
-  return Dims{5, 8, N, 2, c.rotation ? 3 : 0, c.rotation ? 4 : 0};
-}
+Dims dims_for(const LayerConfig& c, index_t N = 4) { return Dims{5, 8, N, 2, c.rotation ? 3 : 0, c.rotation ? 4 : 0}; }
 }  // namespace
 
 TEST_CASE("a plane rotation preserves the pair's norm, and its transpose undoes it", "[math]") {
@@ -50,7 +48,8 @@ TEST_CASE("the angle bound and its derivative", "[math]") {
     const double a = detail::bound_value(Bound::pi_tanh, p);
     CHECK(std::abs(a) <= detail::pi<double>());
     const double h = 1e-6;
-    const double fd = (detail::bound_value(Bound::pi_tanh, p + h) - detail::bound_value(Bound::pi_tanh, p - h)) / (2 * h);
+    const double fd =
+        (detail::bound_value(Bound::pi_tanh, p + h) - detail::bound_value(Bound::pi_tanh, p - h)) / (2 * h);
     CHECK(detail::bound_derivative(Bound::pi_tanh, p) == Approx(fd).margin(1e-8));
     CHECK(detail::bound_derivative_from_value(Bound::pi_tanh, a) == Approx(fd).margin(1e-8));
     CHECK(detail::bound_value(Bound::none, p) == p);
@@ -100,8 +99,7 @@ TEST_CASE("zero angles make rotation the identity", "[properties]") {
   }
 }
 
-TEST_CASE("softmax and top-k gates sum to one; unselected experts get zero and are not computed",
-          "[properties]") {
+TEST_CASE("softmax and top-k gates sum to one; unselected experts get zero and are not computed", "[properties]") {
   for (Variant v : {Variant::softmax, Variant::topk, Variant::stretch_only, Variant::radargate}) {
     LayerConfig c = LayerConfig::make(v);
     const Dims D = dims_for(c, 5);

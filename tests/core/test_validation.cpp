@@ -32,8 +32,8 @@ TEST_CASE("missing, unused and misshapen parameters are named", "[validation]") 
 
   m = model(Variant::radargate);
   m.tensors.at("lora.B").shape = {3, 8, 3};
-  CHECK_THROWS_WITH(construct(m), Contains("'lora.B'") && Contains("expected shape [3, 8, 2]") &&
-                                      Contains("found [3, 8, 3]"));
+  CHECK_THROWS_WITH(construct(m),
+                    Contains("'lora.B'") && Contains("expected shape [3, 8, 2]") && Contains("found [3, 8, 3]"));
 
   m = model(Variant::radargate);
   m.tensors.at("angle.U") = make_tensor<double>({5, 2});  // P = 5 > floor(8/2)

@@ -10,9 +10,9 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <type_traits>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "radargate.hpp"
@@ -152,8 +152,8 @@ Model<S> rounded_experts(Model<S> m, WeightStorage storage) {
 /// with the reference on the same rounded weights.
 template <class S>
 void check_against_reference(const Case& c, int threads, index_t tile_planes,
-                             const std::function<bool(const std::string&)>& want = all_grads,
-                             bool accumulate = false, WeightStorage storage = WeightStorage::scalar) {
+                             const std::function<bool(const std::string&)>& want = all_grads, bool accumulate = false,
+                             WeightStorage storage = WeightStorage::scalar) {
   INFO(c.describe() << " threads=" << threads << " tile_planes=" << tile_planes << " accumulate=" << accumulate
                     << " weights=" << to_string(storage));
   const Model<S> m_in = random_model<S>(c.cfg, c.D, c.seed, c.opt);

@@ -18,8 +18,8 @@ TEMPLATE_TEST_CASE("vectorised angle maths matches std:: to a few ulp (absolute)
   constexpr index_t W = detail::simd::width<S>();
   const double eps = std::numeric_limits<S>::epsilon();
   std::mt19937_64 rng(3);
-  std::vector<S> inputs = {S(0), S(-0.0), S(1e-30), S(-1e-7), S(0.25), S(0.625), S(-0.624), S(1), S(-3.5),
-                           S(7.9), S(8.1), S(-19.9), S(25), S(-60), S(1e6)};
+  std::vector<S> inputs = {S(0),    S(-0.0), S(1e-30), S(-1e-7), S(0.25), S(0.625), S(-0.624), S(1),
+                           S(-3.5), S(7.9),  S(8.1),   S(-19.9), S(25),   S(-60),   S(1e6)};
   for (int i = 0; i < 20000; ++i) {
     const double scale = i % 3 == 0 ? 0.01 : (i % 3 == 1 ? 1.0 : 12.0);
     inputs.push_back(S(std::uniform_real_distribution<double>(-scale, scale)(rng)));

@@ -80,7 +80,8 @@ TEST_CASE("strided views for x, y, dy, parameters and gradients", "[cpu]") {
     std::vector<S> At(A.data.size());
     for (index_t i = 0; i < N; ++i)
       for (index_t q = 0; q < r; ++q)
-        for (index_t a = 0; a < din; ++a) At[std::size_t((i * din + a) * r + q)] = A.data[std::size_t((i * r + q) * din + a)];
+        for (index_t a = 0; a < din; ++a)
+          At[std::size_t((i * din + a) * r + q)] = A.data[std::size_t((i * r + q) * din + a)];
     Params<S> ps = m.params();
     ps.lora_A.data = At.data();
     ps.lora_A.stride[0] = din * r;
@@ -116,7 +117,8 @@ TEST_CASE("strided views for x, y, dy, parameters and gradients", "[cpu]") {
     auto& dA = gc.g.tensors["lora.A"].data;
     for (index_t i = 0; i < N; ++i)
       for (index_t q = 0; q < r; ++q)
-        for (index_t a = 0; a < din; ++a) dA[std::size_t((i * r + q) * din + a)] = dAt[std::size_t((i * din + a) * r + q)];
+        for (index_t a = 0; a < din; ++a)
+          dA[std::size_t((i * r + q) * din + a)] = dAt[std::size_t((i * din + a) * r + q)];
     CHECK(rel_err(gc.dx, gr.dx) <= 1e-12);
     for (const auto& kv : gr.g.tensors) {
       INFO("gradient " << kv.first);
@@ -169,8 +171,7 @@ TEST_CASE("cpu options and shapes are validated; an empty batch is handled", "[c
   std::vector<S> x(10), y(16);
   CHECK_THROWS_WITH(cpu.forward(make_view(x.data(), 2, 4), make_view(y.data(), 2, 8)),
                     Catch::Contains("tensor 'x'") && Catch::Contains("[2, 4]"));
-  CHECK_THROWS_WITH(cpu.forward(make_view(x.data(), 2, 5), make_view(y.data(), 2, 7)),
-                    Catch::Contains("tensor 'y'"));
+  CHECK_THROWS_WITH(cpu.forward(make_view(x.data(), 2, 5), make_view(y.data(), 2, 7)), Catch::Contains("tensor 'y'"));
   auto ctx = cpu.forward(make_view(x.data(), 2, 5), make_view(y.data(), 2, 8));
   CHECK_THROWS_WITH(cpu.backward(ctx, make_view(y.data(), 1, 8), Gradients<S>{}), Catch::Contains("tensor 'dy'"));
 

@@ -23,8 +23,8 @@ TEMPLATE_TEST_CASE("cpu backend equals the reference on random shapes", "[cpu]",
   }
 }
 
-TEMPLATE_TEST_CASE("cpu backend edge shapes: N = 1, r = 1, k = 1, d_in = 1, odd d, P = floor(d/2)", "[cpu]",
-                   float, double) {
+TEMPLATE_TEST_CASE("cpu backend edge shapes: N = 1, r = 1, k = 1, d_in = 1, odd d, P = floor(d/2)", "[cpu]", float,
+                   double) {
   for (Variant v : all_variants) {
     DYNAMIC_SECTION(to_string(v)) {
       for (Pairing pr : {Pairing::adjacent, Pairing::half}) {
@@ -48,8 +48,7 @@ TEMPLATE_TEST_CASE("cpu backend edge shapes: N = 1, r = 1, k = 1, d_in = 1, odd 
   }
 }
 
-TEMPLATE_TEST_CASE("cpu backend over several tiles and token blocks at a realistic width", "[cpu]", float,
-                   double) {
+TEMPLATE_TEST_CASE("cpu backend over several tiles and token blocks at a realistic width", "[cpu]", float, double) {
   for (Variant v : {Variant::radargate, Variant::rotation_only, Variant::topk, Variant::stretch_only}) {
     DYNAMIC_SECTION(to_string(v)) {
       Case c;
@@ -78,9 +77,9 @@ TEMPLATE_TEST_CASE("cpu backend accumulates into gradient buffers", "[cpu]", flo
 
 TEMPLATE_TEST_CASE("cpu backend computes any subset of the gradients", "[cpu]", float, double) {
   // One gradient at a time: each backward path must work without the others being asked for.
-  const char* names[] = {"x",        "lora.A",   "lora.B",     "lora.scale", "map.M",
-                         "angle.Wx", "angle.Wv", "angle.Wc",   "angle.U",    "angle.bias",
-                         "stretch.Wg", "stretch.bg", "stretch.ws", "base.W0",  "base.b0"};
+  const char* names[] = {"x",          "lora.A",     "lora.B",     "lora.scale", "map.M",
+                         "angle.Wx",   "angle.Wv",   "angle.Wc",   "angle.U",    "angle.bias",
+                         "stretch.Wg", "stretch.bg", "stretch.ws", "base.W0",    "base.b0"};
   for (Variant v : all_variants) {
     DYNAMIC_SECTION(to_string(v)) {
       Case c = random_case(v, 29);
@@ -126,8 +125,7 @@ TEMPLATE_TEST_CASE("cpu backend: the stretch gate with rotation under every norm
   }
 }
 
-TEMPLATE_TEST_CASE("cpu backend: the one-pass stretch backward over several groups of tokens", "[cpu]", float,
-                   double) {
+TEMPLATE_TEST_CASE("cpu backend: the one-pass stretch backward over several groups of tokens", "[cpu]", float, double) {
   // Backward works in groups of 32 tokens, each swept tile by tile (512 planes per tile for r = 2
   // in float, 256 in double, so P = 700 makes two or three rotation tiles and a pass-through
   // one); 70 tokens, and 150 over 2 threads (75 each), make several groups, a ragged last group

@@ -36,8 +36,9 @@ void check_widening() {
       const std::uint16_t h = std::uint16_t(i + l);
       const float want = io_widen<H>(h);
       if (!same_float(detail::to_float(all[i + l]), want) || !same_float(lanes[l], want)) {
-        if (++bad < 5) UNSCOPED_INFO("pattern " << h << ": expected " << want << ", found " << detail::to_float(all[i + l])
-                                                << " (scalar), " << lanes[l] << " (vector)");
+        if (++bad < 5)
+          UNSCOPED_INFO("pattern " << h << ": expected " << want << ", found " << detail::to_float(all[i + l])
+                                   << " (scalar), " << lanes[l] << " (vector)");
       }
     }
   }
@@ -53,8 +54,8 @@ TEST_CASE("bf16 and f16 widen exactly, as the safetensors reader does", "[cpu][h
 
 TEST_CASE("bf16 and f16 rounding matches the safetensors writer", "[cpu][half]") {
   std::mt19937 rng(5);
-  std::vector<float> values = {0.0f, -0.0f, 1.0f, 65504.0f, 65519.99f, 65520.0f, 1e-8f, 2.98e-8f, 6.1e-5f,
-                               3.4e38f, -3.4e38f, INFINITY, -INFINITY, 1.00390625f, 1.01171875f};
+  std::vector<float> values = {0.0f,    -0.0f,   1.0f,     65504.0f, 65519.99f, 65520.0f,    1e-8f,      2.98e-8f,
+                               6.1e-5f, 3.4e38f, -3.4e38f, INFINITY, -INFINITY, 1.00390625f, 1.01171875f};
   for (int i = 0; i < 200000; ++i) {
     std::uint32_t u = rng();
     float f;
@@ -66,8 +67,9 @@ TEST_CASE("bf16 and f16 rounding matches the safetensors writer", "[cpu][half]")
   for (float f : values) {
     const std::uint16_t b = detail::to_bf16(f).bits, h = detail::to_f16(f).bits;
     if (b != io::float_to_bf16(f) || h != io::float_to_half(f))
-      if (++bad < 5) UNSCOPED_INFO("value " << f << ": bf16 " << b << " vs " << io::float_to_bf16(f) << ", f16 " << h
-                                            << " vs " << io::float_to_half(f));
+      if (++bad < 5)
+        UNSCOPED_INFO("value " << f << ": bf16 " << b << " vs " << io::float_to_bf16(f) << ", f16 " << h << " vs "
+                               << io::float_to_half(f));
   }
   CHECK(bad == 0);
   CHECK(std::isnan(detail::to_float(detail::to_bf16(NAN))));
@@ -112,7 +114,8 @@ TEST_CASE("16-bit expert weights: options, double refused, weights_changed round
     FAIL("a Layer<double> with bf16 weights was accepted");
   } catch (const radargate::error& e) {
     CHECK(std::string(e.what()) ==
-          "cpu option 'weights': expected scalar for a Layer<double> (bf16 and f16 storage are for Layer<float>), found bf16");
+          "cpu option 'weights': expected scalar for a Layer<double> (bf16 and f16 storage are for Layer<float>), "
+          "found bf16");
   }
 
   // new values in the parameter memory reach the 16-bit copies at weights_changed()

@@ -21,11 +21,22 @@ using Mat = Eigen::MatrixXd;
 using Vec = Eigen::VectorXd;
 
 enum Family {
-  generic, duplicate, zero_column, collinear, nearly_collinear, wide, rank_deficient, tiny, huge, mixed_columns, n_families
+  generic,
+  duplicate,
+  zero_column,
+  collinear,
+  nearly_collinear,
+  wide,
+  rank_deficient,
+  tiny,
+  huge,
+  mixed_columns,
+  n_families
 };
 inline const char* family_name(int f) {
-  static const char* names[] = {"generic", "duplicate", "zero_column", "collinear", "nearly collinear", "wide (N > d)",
-                                "rank_deficient", "scale 1e-20", "scale 1e20", "column scales 1e-20..1e20"};
+  static const char* names[] = {
+      "generic",      "duplicate",      "zero_column", "collinear",  "nearly collinear",
+      "wide (N > d)", "rank_deficient", "scale 1e-20", "scale 1e20", "column scales 1e-20..1e20"};
   return names[f];
 }
 

@@ -51,8 +51,8 @@ void require_consistent(const ExpansionReport& r) {
 
 TEMPLATE_TEST_CASE("expansion: weighted-sum variants never leave the cone", "[geometry][expansion]", float, double) {
   using S = TestType;
-  const Variant variants[] = {Variant::sum, Variant::uniform, Variant::static_, Variant::softmax, Variant::topk,
-                              Variant::stretch_only};
+  const Variant variants[] = {Variant::sum,     Variant::uniform, Variant::static_,
+                              Variant::softmax, Variant::topk,    Variant::stretch_only};
   for (Variant v : variants) {
     for (std::uint64_t seed : {1u, 2u, 3u}) {
       LayerConfig cfg = LayerConfig::make(v);
@@ -68,8 +68,8 @@ TEMPLATE_TEST_CASE("expansion: weighted-sum variants never leave the cone", "[ge
       REQUIRE(r.lora_cone.outside == 0);
       REQUIRE(r.ws_cone_check.covered == T);
       REQUIRE(r.ws_cone_check.passed());
-      const bool normalised = v == Variant::uniform || v == Variant::softmax || v == Variant::topk ||
-                              v == Variant::stretch_only;
+      const bool normalised =
+          v == Variant::uniform || v == Variant::softmax || v == Variant::topk || v == Variant::stretch_only;
       if (normalised) {
         REQUIRE(r.lora_hull.inside == T);
         REQUIRE(r.ws_hull_check.covered == T);
@@ -83,7 +83,8 @@ TEMPLATE_TEST_CASE("expansion: weighted-sum variants never leave the cone", "[ge
   }
 }
 
-TEMPLATE_TEST_CASE("expansion: rotations leave the cone and the report says so", "[geometry][expansion]", float, double) {
+TEMPLATE_TEST_CASE("expansion: rotations leave the cone and the report says so", "[geometry][expansion]", float,
+                   double) {
   using S = TestType;
   for (Variant v : {Variant::radargate, Variant::rotation_only}) {
     LayerConfig cfg = LayerConfig::make(v);
@@ -118,8 +119,9 @@ TEMPLATE_TEST_CASE("expansion: rotations leave the cone and the report says so",
           V[o * dims.N + i] = double(ctx.v[(t * dims.N + i) * dims.d + o]);
           p[o] += double(ctx.g[t * dims.N + i]) * double(ctx.u[(t * dims.N + i) * dims.d + o]);
         }
-      const Membership mc = cone_membership(View<const double, 2>(make_view(static_cast<const double*>(V.data()), dims.d, dims.N)),
-                                            View<const double, 1>(make_view(static_cast<const double*>(p.data()), dims.d)));
+      const Membership mc =
+          cone_membership(View<const double, 2>(make_view(static_cast<const double*>(V.data()), dims.d, dims.N)),
+                          View<const double, 1>(make_view(static_cast<const double*>(p.data()), dims.d)));
       REQUIRE(mc.verdict == r.per_token[t].lora_cone.verdict);
       REQUIRE(mc.distance == Approx(r.per_token[t].lora_cone.distance).epsilon(1e-9).margin(1e-12));
       if (mc.outside()) REQUIRE(mc.distance > 0);

@@ -41,8 +41,8 @@ TEST_CASE("membership: certificates verify on every family, and agree with brute
         if (set == Set::hull) REQUIRE(sum == Approx(1.0).epsilon(1e-12));
         // Distance against brute force, and the verdict against the brute-force distance when
         // that distance is clearly on one side of the tolerance.
-        const double brute = set == Set::cone ? geotest::brute_cone_distance(p.M(), p.Y())
-                                              : geotest::brute_hull_distance(p.M(), p.Y());
+        const double brute =
+            set == Set::cone ? geotest::brute_cone_distance(p.M(), p.Y()) : geotest::brute_hull_distance(p.M(), p.Y());
         const double err = std::abs(m.distance - brute) / (m.scale > 0 ? m.scale : 1.0);
         worst_dist[s] = std::max(worst_dist[s], err);
         REQUIRE(err <= 1e-9);
@@ -63,7 +63,8 @@ TEST_CASE("membership: certificates verify on every family, and agree with brute
   }
 }
 
-TEST_CASE("membership: a point pushed out of the boundary by delta is outside at distance delta", "[geometry][membership]") {
+TEST_CASE("membership: a point pushed out of the boundary by delta is outside at distance delta",
+          "[geometry][membership]") {
   std::mt19937_64 rng(9);
   std::normal_distribution<double> nd;
   for (Set set : {Set::cone, Set::hull}) {
@@ -188,9 +189,11 @@ TEST_CASE("membership: batches equal single calls and do not depend on the threa
   }
   // Errors name the batch entry.
   V[2 * d * N + 3] = std::nan("");
-  REQUIRE_THROWS_WITH(membership_batch(Set::cone, Vb, Yb), Catch::Contains("tensor 'V[2]'") && Catch::Contains("finite"));
+  REQUIRE_THROWS_WITH(membership_batch(Set::cone, Vb, Yb),
+                      Catch::Contains("tensor 'V[2]'") && Catch::Contains("finite"));
   auto Ybad = View<const double, 2>(make_view(static_cast<const double*>(Y.data()), B - 1, d));
-  REQUIRE_THROWS_WITH(membership_batch(Set::cone, Vb, Ybad), Catch::Contains("tensor 'y'") && Catch::Contains("[64, 5]"));
+  REQUIRE_THROWS_WITH(membership_batch(Set::cone, Vb, Ybad),
+                      Catch::Contains("tensor 'y'") && Catch::Contains("[64, 5]"));
 }
 
 TEST_CASE("membership: float data gives the same verdicts as the same numbers in double", "[geometry][membership]") {
@@ -207,8 +210,9 @@ TEST_CASE("membership: float data gives the same verdicts as the same numbers in
     for (size_t k = 0; k < yf.size(); ++k) p.y[k] = yf[k];
     for (Set set : {Set::cone, Set::hull}) {
       const Membership a = membership(set, p.Vv(), p.yv());
-      const Membership b = membership(set, View<const float, 2>(make_view(static_cast<const float*>(Vf.data()), p.d, p.N)),
-                                      View<const float, 1>(make_view(static_cast<const float*>(yf.data()), p.d)));
+      const Membership b =
+          membership(set, View<const float, 2>(make_view(static_cast<const float*>(Vf.data()), p.d, p.N)),
+                     View<const float, 1>(make_view(static_cast<const float*>(yf.data()), p.d)));
       REQUIRE(a.verdict == b.verdict);
       REQUIRE(a.lambda == b.lambda);
     }

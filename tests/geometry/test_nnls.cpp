@@ -167,9 +167,9 @@ TEST_CASE("nnls: bad input gets a clear error", "[geometry][nnls]") {
   auto Vv = View<const double, 2>(make_view(V, 2, 3));
   REQUIRE_THROWS_WITH(nnls(View<const double, 2>(make_view(V, 2, 0)), View<const double, 1>(make_view(y, 2))),
                       Catch::Contains("tensor 'V'") && Catch::Contains("non-empty"));
-  REQUIRE_THROWS_WITH(nnls(Vv, View<const double, 1>(make_view(y, 1))),
-                      Catch::Contains("tensor 'y'") && Catch::Contains("expected shape [2]") &&
-                          Catch::Contains("found [1]"));
+  REQUIRE_THROWS_WITH(nnls(Vv, View<const double, 1>(make_view(y, 1))), Catch::Contains("tensor 'y'") &&
+                                                                            Catch::Contains("expected shape [2]") &&
+                                                                            Catch::Contains("found [1]"));
   const double Vn[] = {1, 2, std::nan(""), 4, 5, 6};
   REQUIRE_THROWS_WITH(nnls(View<const double, 2>(make_view(Vn, 2, 3)), View<const double, 1>(make_view(y, 2))),
                       Catch::Contains("tensor 'V'") && Catch::Contains("finite") && Catch::Contains("[0, 2]"));

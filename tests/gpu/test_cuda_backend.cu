@@ -132,8 +132,10 @@ void run_case(const rgtest::Case& c, TileShape tiles) {
     for (const char* name : {"stretch.bg", "stretch.Wg"})
       if (m.has(name)) std::fill(m.tensors[name].data.begin(), m.tensors[name].data.end(), 0.0);
   const Dims D = validate(m.config, m.params());
-  const std::vector<double> x = rggpu::round_through<S>(rgtest::random_vector<double>(std::size_t(T * D.d_in), c.seed + 7));
-  const std::vector<double> dy = rggpu::round_through<S>(rgtest::random_vector<double>(std::size_t(T * D.d), c.seed + 9));
+  const std::vector<double> x =
+      rggpu::round_through<S>(rgtest::random_vector<double>(std::size_t(T * D.d_in), c.seed + 7));
+  const std::vector<double> dy =
+      rggpu::round_through<S>(rgtest::random_vector<double>(std::size_t(T * D.d), c.seed + 9));
   std::vector<double> y_ref;
   const auto g_ref = reference_grads(m, x, dy, T, y_ref);
 
@@ -193,7 +195,8 @@ void run_case(const rgtest::Case& c, TileShape tiles) {
     rggpu::cuda_ok(cudaDeviceSynchronize(), "backward");
     auto shifted = [&](const std::vector<double>& ref) {
       std::vector<double> o(ref.size());
-      for (std::size_t i = 0; i < ref.size(); ++i) o[i] = ref[i] + double(rggpu::to_f(rggpu::from_f<S>(start[i % start.size()])));
+      for (std::size_t i = 0; i < ref.size(); ++i)
+        o[i] = ref[i] + double(rggpu::to_f(rggpu::from_f<S>(start[i % start.size()])));
       return o;
     };
     // The start values are part of the reference, so the tolerance applies to the sum.
@@ -230,7 +233,8 @@ std::vector<rgtest::Case> gpu_cases() {
     out.push_back(make_case(v, 6, 16, 128, 256, 16, 128, 130, Pairing::adjacent, Bound::pi_tanh, ++seed));
     out.push_back(make_case(v, 3, 8, 40, 67, 5, 33, 17, Pairing::half, Bound::none, ++seed));
   }
-  out.push_back(make_case(Variant::radargate, 8, 32, 256, 512, 32, 256, 200, Pairing::adjacent, Bound::pi_tanh, ++seed));
+  out.push_back(
+      make_case(Variant::radargate, 8, 32, 256, 512, 32, 256, 200, Pairing::adjacent, Bound::pi_tanh, ++seed));
   out.push_back(make_case(Variant::radargate, 1, 16, 64, 64, 16, 32, 33, Pairing::adjacent, Bound::pi_tanh, ++seed));
   out.push_back(make_case(Variant::radargate, 7, 4, 33, 97, 3, 11, 70, Pairing::adjacent, Bound::none, ++seed));
   for (Variant v : {Variant::static_, Variant::softmax, Variant::radargate}) {
@@ -262,13 +266,25 @@ void bad_arguments() {
     std::printf("FAIL %s: no error\n", what);
   };
   DeviceArray<char> ws(layer.forward_workspace_bytes(4));
-  throws([&] { layer.forward(make_view(static_cast<const float*>(xd.ptr), 4, 8), make_view(yd.ptr, 4, 10), Workspace{ws.ptr, 16}); },
-         "forward workspace: expected at least", "too small a workspace");
+  throws(
+      [&] {
+        layer.forward(make_view(static_cast<const float*>(xd.ptr), 4, 8), make_view(yd.ptr, 4, 10),
+                      Workspace{ws.ptr, 16});
+      },
+      "forward workspace: expected at least", "too small a workspace");
   std::vector<float> host_x(32);
-  throws([&] { layer.forward(make_view(static_cast<const float*>(host_x.data()), 4, 8), make_view(yd.ptr, 4, 10), Workspace{ws.ptr, ws.n}); },
-         "tensor 'x': expected device memory", "host memory for x");
-  throws([&] { layer.forward(make_view(static_cast<const float*>(xd.ptr), 4, 7), make_view(yd.ptr, 4, 10), Workspace{ws.ptr, ws.n}); },
-         "tensor 'x': expected shape", "wrong x shape");
+  throws(
+      [&] {
+        layer.forward(make_view(static_cast<const float*>(host_x.data()), 4, 8), make_view(yd.ptr, 4, 10),
+                      Workspace{ws.ptr, ws.n});
+      },
+      "tensor 'x': expected device memory", "host memory for x");
+  throws(
+      [&] {
+        layer.forward(make_view(static_cast<const float*>(xd.ptr), 4, 7), make_view(yd.ptr, 4, 10),
+                      Workspace{ws.ptr, ws.n});
+      },
+      "tensor 'x': expected shape", "wrong x shape");
   Params<float> p = dm.params;
   p.angle_U = View<const float, 2>{};
   throws([&] { Layer<float, backend::cuda> bad(m.config, p); }, "tensor 'angle.U': required", "missing angle.U");
@@ -283,7 +299,8 @@ int main() {
   }
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
-  std::printf("device: %s (sm_%d%d, %d multiprocessors)\n", prop.name, prop.major, prop.minor, prop.multiProcessorCount);
+  std::printf("device: %s (sm_%d%d, %d multiprocessors)\n", prop.name, prop.major, prop.minor,
+              prop.multiProcessorCount);
   try {
     const auto cases = gpu_cases();
     int n = 0;

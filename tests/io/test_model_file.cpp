@@ -2,10 +2,10 @@
 // dtype, and one checked message per kind of bad model or input.
 #include <catch2/catch.hpp>
 
-#include "support/testing.hpp"
 #include <cmath>
 #include <limits>
 #include <string>
+#include "support/testing.hpp"
 
 #include "radargate/io/model_file.hpp"
 
@@ -97,8 +97,10 @@ TEST_CASE("config JSON: errors name the field, the expected and the found value"
   CHECK(err(R"({"variant": 3})") == "config field 'variant': expected a string, found number (3)");
   CHECK(err(R"({"variant": "radargate", "temperature": 2})") ==
         "config field 'temperature': unknown; expected one of variant, map, bound, pairing, normalize, tau, topk");
-  CHECK(err(R"({"variant": "radargate", "tau": "1"})") == "config field 'tau': expected a number, found string (\"1\")");
-  CHECK(err(R"({"variant": "radargate", "tau": 0})") == "config field 'tau': expected a normal number in [2.2250738585072014e-308, 1e300], found 0");
+  CHECK(err(R"({"variant": "radargate", "tau": "1"})") ==
+        "config field 'tau': expected a number, found string (\"1\")");
+  CHECK(err(R"({"variant": "radargate", "tau": 0})") ==
+        "config field 'tau': expected a normal number in [2.2250738585072014e-308, 1e300], found 0");
   CHECK(err(R"({"variant": "radargate", "tau": 1e-310})") ==
         "config field 'tau': expected a normal number in [2.2250738585072014e-308, 1e300], found 1e-310");
   CHECK(err(R"({"variant": "topk", "topk": 18446744073709551615})") ==
@@ -112,10 +114,12 @@ TEST_CASE("config JSON: errors name the field, the expected and the found value"
   CHECK(err(R"({"variant": "radargate", "bound": "tanh"})") ==
         "config field 'bound': expected one of none | pi_tanh, found \"tanh\"");
   CHECK(err(R"({"variant": "sum", "normalize": "softmax"})") ==
-        "config field 'normalize': variant 'sum' has a gate without logits (none), so nothing to normalize; found \"softmax\"");
-  CHECK(err(R"({"variant": "rotation_only", "normalize": "softmax"})") ==
-        "config field 'normalize': variant 'rotation_only' has a gate without logits (uniform), so nothing to normalize; "
-        "found \"softmax\"");
+        "config field 'normalize': variant 'sum' has a gate without logits (none), so nothing to normalize; found "
+        "\"softmax\"");
+  CHECK(
+      err(R"({"variant": "rotation_only", "normalize": "softmax"})") ==
+      "config field 'normalize': variant 'rotation_only' has a gate without logits (uniform), so nothing to normalize; "
+      "found \"softmax\"");
   CHECK(err(R"(["radargate"])") == "config: expected a JSON object, found array ([\"radargate\"])");
   CHECK_THAT(err("{variant: radargate}"), Catch::StartsWith("config: not valid JSON: "));
 }
@@ -165,7 +169,8 @@ TEST_CASE("load: bad model files are errors that name the file, the tensor, expe
   }
   SECTION("configuration errors") {
     CHECK(load(edited_model(keep, R"({"variant":"radar_gate"})")) ==
-          "file 'm.safetensors': __metadata__ 'radargate.config': config field 'variant': expected one of sum | uniform | "
+          "file 'm.safetensors': __metadata__ 'radargate.config': config field 'variant': expected one of sum | "
+          "uniform | "
           "static | softmax | topk | stretch_only | rotation_only | radargate, found \"radar_gate\"");
     CHECK_THAT(load(edited_model(keep, R"({"variant":)")),
                Catch::StartsWith("file 'm.safetensors': __metadata__ 'radargate.config': config: not valid JSON: "));
@@ -181,9 +186,10 @@ TEST_CASE("load: bad model files are errors that name the file, the tensor, expe
       if (n == "lora.A") w.add("lora.a", make_tensor<float>({1}), DType::F32);
       return false;
     };
-    CHECK_THAT(load(edited_model(extra)),
-               Catch::StartsWith("file 'm.safetensors': tensor 'lora.a': unknown parameter name; expected one of lora.A, "
-                                 "lora.B, lora.scale, map.M,"));
+    CHECK_THAT(
+        load(edited_model(extra)),
+        Catch::StartsWith("file 'm.safetensors': tensor 'lora.a': unknown parameter name; expected one of lora.A, "
+                          "lora.B, lora.scale, map.M,"));
   }
   SECTION("missing required tensor") {
     auto drop = [](SafetensorsWriter&, const std::string& n) { return n == "angle.U"; };
@@ -196,7 +202,8 @@ TEST_CASE("load: bad model files are errors that name the file, the tensor, expe
       w.add(n, make_tensor<float>({3, 6, 3}), DType::F32);
       return true;
     };
-    CHECK(load(edited_model(shape)) == "file 'm.safetensors': tensor 'lora.B': expected shape [3, 6, 2], found [3, 6, 3]");
+    CHECK(load(edited_model(shape)) ==
+          "file 'm.safetensors': tensor 'lora.B': expected shape [3, 6, 2], found [3, 6, 3]");
     auto rank = [](SafetensorsWriter& w, const std::string& n) {
       if (n != "stretch.ws") return false;
       w.add(n, make_tensor<float>({6, 1}), DType::F32);
@@ -264,9 +271,12 @@ TEST_CASE("activations: x and dy are checked against the model", "[io]") {
   CHECK(a.x.shape == std::vector<index_t>{4, 5});
   CHECK(a.dy.data == std::vector<float>(24, 1.0f));
   CHECK(load(file({{"x", x}}), false) == "(no error)");
-  CHECK(load(file({{"y", x}}), false) == "file 'in.safetensors': tensor 'y': unknown input name; expected x [T, d_in] or dy [T, d]");
-  CHECK(load(file({{"dy", dy}}), false) == "file 'in.safetensors': tensor 'x': missing from the file (expected shape [T, 5])");
-  CHECK(load(file({{"x", x}}), true) == "file 'in.safetensors': tensor 'dy': missing from the file (backward needs dy [4, 6])");
+  CHECK(load(file({{"y", x}}), false) ==
+        "file 'in.safetensors': tensor 'y': unknown input name; expected x [T, d_in] or dy [T, d]");
+  CHECK(load(file({{"dy", dy}}), false) ==
+        "file 'in.safetensors': tensor 'x': missing from the file (expected shape [T, 5])");
+  CHECK(load(file({{"x", x}}), true) ==
+        "file 'in.safetensors': tensor 'dy': missing from the file (backward needs dy [4, 6])");
   CHECK(load(file({{"x", x}}, DType::F64), false) ==
         "file 'in.safetensors': tensor 'x': expected dtype F32 (the model's dtype), found F64");
   CHECK(load(file({{"x", make_tensor<double>({4, 6})}}), false) ==
@@ -277,5 +287,6 @@ TEST_CASE("activations: x and dy are checked against the model", "[io]") {
         "file 'in.safetensors': tensor 'dy': expected shape [4, 6] (T from x), found [3, 6]");
   Tensor<double> bad = x;
   bad.data[7] = std::nan("");
-  CHECK(load(file({{"x", bad}}), false) == "file 'in.safetensors': tensor 'x': expected finite values, found nan at index [1, 2]");
+  CHECK(load(file({{"x", bad}}), false) ==
+        "file 'in.safetensors': tensor 'x': expected finite values, found nan at index [1, 2]");
 }

@@ -7,7 +7,6 @@
 
 #include <catch2/catch.hpp>
 
-#include "support/testing.hpp"
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -15,6 +14,7 @@
 #include <random>
 #include <string>
 #include <vector>
+#include "support/testing.hpp"
 
 #include "radargate/io/safetensors.hpp"
 
@@ -22,7 +22,6 @@ using namespace radargate;
 using namespace radargate::io;
 
 namespace {
-
 
 /// A file built by hand: the 8-byte size (the header's length unless `size` overrides it), the header
 /// text and the data bytes.
@@ -165,12 +164,11 @@ TEST_CASE("reader: unaligned offsets in a file built by hand", "[io]") {
   data.push_back(0x3C);
   data.push_back(0x80);  // BF16 -1.0 = 0xBF80
   data.push_back(0xBF);
-  const std::string header =
-      R"({"u":{"dtype":"U8","shape":[3],"data_offsets":[0,3]},)"
-      R"("d":{"dtype":"F64","shape":[3],"data_offsets":[3,27]},)"
-      R"("f":{"dtype":"F32","shape":[2,1],"data_offsets":[27,35]},)"
-      R"("h":{"dtype":"F16","shape":[1],"data_offsets":[35,37]},)"
-      R"("b":{"dtype":"BF16","shape":[1],"data_offsets":[37,39]}})";
+  const std::string header = R"({"u":{"dtype":"U8","shape":[3],"data_offsets":[0,3]},)"
+                             R"("d":{"dtype":"F64","shape":[3],"data_offsets":[3,27]},)"
+                             R"("f":{"dtype":"F32","shape":[2,1],"data_offsets":[27,35]},)"
+                             R"("h":{"dtype":"F16","shape":[1],"data_offsets":[35,37]},)"
+                             R"("b":{"dtype":"BF16","shape":[1],"data_offsets":[37,39]}})";
   const SafetensorsFile f = SafetensorsFile::from_bytes(craft(header, data), "hand");
   CHECK(f.get<double>("d").data == std::vector<double>{1.5, -2.25, 3.0e-300});
   CHECK(f.get<float>("f").data == std::vector<float>{0.1f, -7.0f});
@@ -187,20 +185,20 @@ TEST_CASE("half: known values, rounding to nearest even, overflow, subnormals, N
   CHECK(float_to_half(-2.0) == 0xC000);
   CHECK(float_to_half(0.0) == 0x0000);
   CHECK(float_to_half(-0.0) == 0x8000);
-  CHECK(float_to_half(65504.0) == 0x7BFF);                       // largest finite
-  CHECK(float_to_half(65519.99) == 0x7BFF);                      // below the midpoint to 2^16
-  CHECK(float_to_half(65520.0) == 0x7C00);                       // the midpoint rounds to even = inf
+  CHECK(float_to_half(65504.0) == 0x7BFF);   // largest finite
+  CHECK(float_to_half(65519.99) == 0x7BFF);  // below the midpoint to 2^16
+  CHECK(float_to_half(65520.0) == 0x7C00);   // the midpoint rounds to even = inf
   CHECK(float_to_half(1e10) == 0x7C00);
   CHECK(float_to_half(-std::numeric_limits<double>::infinity()) == 0xFC00);
-  CHECK(float_to_half(std::ldexp(1.0, -24)) == 0x0001);          // smallest subnormal
-  CHECK(float_to_half(std::ldexp(1.0, -25)) == 0x0000);          // half of it: tie, to even (0)
+  CHECK(float_to_half(std::ldexp(1.0, -24)) == 0x0001);  // smallest subnormal
+  CHECK(float_to_half(std::ldexp(1.0, -25)) == 0x0000);  // half of it: tie, to even (0)
   CHECK(float_to_half(std::ldexp(1.0, -25) * 1.0000001) == 0x0001);
-  CHECK(float_to_half(std::ldexp(3.0, -25)) == 0x0002);          // 1.5 ulp: tie, to even (2)
-  CHECK(float_to_half(std::ldexp(1023.0, -24)) == 0x03FF);       // largest subnormal
-  CHECK(float_to_half(std::ldexp(2047.0, -25)) == 0x0400);       // rounds up into the normals
-  CHECK(float_to_half(std::ldexp(1.0, -14)) == 0x0400);          // smallest normal
-  CHECK(float_to_half(1.0 + std::ldexp(1.0, -11)) == 0x3C00);    // tie between 1 and 1+2^-10: even
-  CHECK(float_to_half(1.0 + std::ldexp(3.0, -11)) == 0x3C02);    // tie between odd and even: even
+  CHECK(float_to_half(std::ldexp(3.0, -25)) == 0x0002);        // 1.5 ulp: tie, to even (2)
+  CHECK(float_to_half(std::ldexp(1023.0, -24)) == 0x03FF);     // largest subnormal
+  CHECK(float_to_half(std::ldexp(2047.0, -25)) == 0x0400);     // rounds up into the normals
+  CHECK(float_to_half(std::ldexp(1.0, -14)) == 0x0400);        // smallest normal
+  CHECK(float_to_half(1.0 + std::ldexp(1.0, -11)) == 0x3C00);  // tie between 1 and 1+2^-10: even
+  CHECK(float_to_half(1.0 + std::ldexp(3.0, -11)) == 0x3C02);  // tie between odd and even: even
   CHECK(float_to_half(1.0 + std::ldexp(1.0, -11) + 1e-12) == 0x3C01);
   CHECK(float_to_half(1e-30) == 0x0000);
   CHECK(float_to_half(-1e-30) == 0x8000);
@@ -243,8 +241,7 @@ TEST_CASE("half: every bit pattern round trips, and random values round to the n
     const double ax = std::fabs(x), av = std::fabs(v);
     REQUIRE(std::fabs(ax - av) <= std::fabs(ax - up));
     REQUIRE(std::fabs(ax - av) <= std::fabs(ax - down));
-    if (std::fabs(ax - av) == std::fabs(ax - up) || std::fabs(ax - av) == std::fabs(ax - down))
-      REQUIRE((mag & 1) == 0);
+    if (std::fabs(ax - av) == std::fabs(ax - up) || std::fabs(ax - av) == std::fabs(ax - down)) REQUIRE((mag & 1) == 0);
   }
 }
 
@@ -253,10 +250,10 @@ TEST_CASE("bfloat16: known values, every bit pattern, agreement with the bit-lev
   CHECK(float_to_bf16(-1.0) == 0xBF80);
   CHECK(float_to_bf16(3.0e38) == 0x7F62);
   CHECK(float_to_bf16(std::numeric_limits<double>::infinity()) == 0x7F80);
-  CHECK(float_to_bf16(1e39) == 0x7F80);                        // beyond float's range
-  CHECK(float_to_bf16(1.0 + std::ldexp(1.0, -8)) == 0x3F80);   // tie, to even
-  CHECK(float_to_bf16(1.0 + std::ldexp(3.0, -8)) == 0x3F82);   // tie, to even
-  CHECK(float_to_bf16(std::ldexp(1.0, -133)) == 0x0001);       // smallest subnormal
+  CHECK(float_to_bf16(1e39) == 0x7F80);                       // beyond float's range
+  CHECK(float_to_bf16(1.0 + std::ldexp(1.0, -8)) == 0x3F80);  // tie, to even
+  CHECK(float_to_bf16(1.0 + std::ldexp(3.0, -8)) == 0x3F82);  // tie, to even
+  CHECK(float_to_bf16(std::ldexp(1.0, -133)) == 0x0001);      // smallest subnormal
   CHECK(std::isnan(bf16_to_float(float_to_bf16(std::nan("")))));
   for (std::uint32_t h = 0; h < 0x10000; ++h) {
     const float f = bf16_to_float(std::uint16_t(h));
@@ -305,8 +302,11 @@ TEST_CASE("reader: every malformed file is an error that says what was expected 
   REQUIRE(parse_error(craft(ok, d8)) == "(no error)");
 
   SECTION("too short for the size") {
-    CHECK(parse_error({}) == "file 't.safetensors': too short for the 8-byte header size: expected at least 8 bytes, found 0 (empty file)");
-    CHECK(parse_error({1, 2, 3, 4, 5}) == "file 't.safetensors': too short for the 8-byte header size: expected at least 8 bytes, found 5");
+    CHECK(
+        parse_error({}) ==
+        "file 't.safetensors': too short for the 8-byte header size: expected at least 8 bytes, found 0 (empty file)");
+    CHECK(parse_error({1, 2, 3, 4, 5}) ==
+          "file 't.safetensors': too short for the 8-byte header size: expected at least 8 bytes, found 5");
   }
   SECTION("header larger than the file") {
     CHECK(parse_error(craft(ok, d8, 1000)) ==
@@ -330,7 +330,8 @@ TEST_CASE("reader: every malformed file is an error that says what was expected 
   }
   SECTION("entry not an object; missing or wrong fields") {
     CHECK(parse_error(craft(R"({"x": 3})", {})) ==
-          "file 't.safetensors': tensor 'x': expected an object with dtype, shape and data_offsets, found a non-negative integer");
+          "file 't.safetensors': tensor 'x': expected an object with dtype, shape and data_offsets, found a "
+          "non-negative integer");
     CHECK(parse_error(craft(R"({"x":{"shape":[2],"data_offsets":[0,8]}})", d8)) ==
           "file 't.safetensors': tensor 'x': missing 'dtype'");
     CHECK(parse_error(craft(R"({"x":{"dtype":"F32","data_offsets":[0,8]}})", d8)) ==
@@ -340,15 +341,18 @@ TEST_CASE("reader: every malformed file is an error that says what was expected 
     CHECK(parse_error(craft(R"({"x":{"dtype":5,"shape":[2],"data_offsets":[0,8]}})", d8)) ==
           "file 't.safetensors': tensor 'x': 'dtype': expected a string, found a non-negative integer (5)");
     CHECK(parse_error(craft(R"({"x":{"dtype":"F128","shape":[2],"data_offsets":[0,8]}})", d8)) ==
-          "file 't.safetensors': tensor 'x': 'dtype': expected a safetensors dtype (F64, F32, F16, BF16, I64, ...), found \"F128\"");
+          "file 't.safetensors': tensor 'x': 'dtype': expected a safetensors dtype (F64, F32, F16, BF16, I64, ...), "
+          "found \"F128\"");
     CHECK(parse_error(craft(R"({"x":{"dtype":"F32","shape":2,"data_offsets":[0,8]}})", d8)) ==
-          "file 't.safetensors': tensor 'x': 'shape': expected an array of non-negative integers, found a non-negative integer (2)");
+          "file 't.safetensors': tensor 'x': 'shape': expected an array of non-negative integers, found a non-negative "
+          "integer (2)");
     CHECK(parse_error(craft(R"({"x":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", d8)) ==
           "file 't.safetensors': tensor 'x': 'shape': expected non-negative integers, found a negative integer (-2)");
     CHECK(parse_error(craft(R"({"x":{"dtype":"F32","shape":[2.0],"data_offsets":[0,8]}})", d8)) ==
           "file 't.safetensors': tensor 'x': 'shape': expected non-negative integers, found number (2.0)");
     CHECK(parse_error(craft(R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0]}})", d8)) ==
-          "file 't.safetensors': tensor 'x': 'data_offsets': expected an array [begin, end], found an array of 1 element");
+          "file 't.safetensors': tensor 'x': 'data_offsets': expected an array [begin, end], found an array of 1 "
+          "element");
     CHECK(parse_error(craft(R"({"x":{"dtype":"F32","shape":[2],"data_offsets":["0",8]}})", d8)) ==
           "file 't.safetensors': tensor 'x': 'data_offsets': expected non-negative integers, found string (\"0\")");
   }
@@ -356,17 +360,21 @@ TEST_CASE("reader: every malformed file is an error that says what was expected 
     CHECK(parse_error(craft(R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}})", d8)) ==
           "file 't.safetensors': tensor 'x': 'data_offsets': expected begin <= end, found [8, 0]");
     CHECK(parse_error(craft(R"({"x":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", d8)) ==
-          "file 't.safetensors': tensor 'x': 'data_offsets' [0, 16] out of range: the data section has 8 bytes (file truncated?)");
-    CHECK(parse_error(craft(R"({"x":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", d8)) ==
-          "file 't.safetensors': tensor 'x': expected 12 bytes (shape [3] of F32), found data_offsets [0, 8] = 8 bytes");
-    CHECK(parse_error(craft(R"({"x":{"dtype":"F64","shape":[2],"data_offsets":[0,8]}})", d8)) ==
-          "file 't.safetensors': tensor 'x': expected 16 bytes (shape [2] of F64), found data_offsets [0, 8] = 8 bytes");
+          "file 't.safetensors': tensor 'x': 'data_offsets' [0, 16] out of range: the data section has 8 bytes (file "
+          "truncated?)");
+    CHECK(
+        parse_error(craft(R"({"x":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", d8)) ==
+        "file 't.safetensors': tensor 'x': expected 12 bytes (shape [3] of F32), found data_offsets [0, 8] = 8 bytes");
+    CHECK(
+        parse_error(craft(R"({"x":{"dtype":"F64","shape":[2],"data_offsets":[0,8]}})", d8)) ==
+        "file 't.safetensors': tensor 'x': expected 16 bytes (shape [2] of F64), found data_offsets [0, 8] = 8 bytes");
     CHECK_THAT(parse_error(craft(R"({"x":{"dtype":"F64","shape":[4294967296,4294967296],"data_offsets":[0,8]}})", d8)),
                Catch::Contains("tensor 'x': shape [4294967296, 4294967296] is too large"));
   }
   SECTION("truncated data section") {
     CHECK(parse_error(craft(ok, std::vector<unsigned char>(5, 0))) ==
-          "file 't.safetensors': tensor 'x': 'data_offsets' [0, 8] out of range: the data section has 5 bytes (file truncated?)");
+          "file 't.safetensors': tensor 'x': 'data_offsets' [0, 8] out of range: the data section has 5 bytes (file "
+          "truncated?)");
   }
   SECTION("overlap, gap, trailing bytes, duplicate names") {
     const std::vector<unsigned char> d12(12, 0);
@@ -459,7 +467,9 @@ TEST_CASE("write_atomic: the file appears whole; a failed write leaves nothing b
   // A rename onto a non-empty directory fails after the temporary file was written: it is removed.
   REQUIRE(::mkdir((dir + "/sub").c_str(), 0755) == 0);
   REQUIRE(::mkdir((dir + "/sub/inner").c_str(), 0755) == 0);
-  CHECK_THAT(error_of([&] { w.write_atomic(dir + "/sub"); }), Catch::StartsWith("output '" + dir + "/sub': expected a new file or a regular file to replace, found a directory"));
+  CHECK_THAT(error_of([&] { w.write_atomic(dir + "/sub"); }),
+             Catch::StartsWith("output '" + dir +
+                               "/sub': expected a new file or a regular file to replace, found a directory"));
   auto names = list_dir(dir);
   std::sort(names.begin(), names.end());
   CHECK(names == std::vector<std::string>{"out.safetensors", "sub"});

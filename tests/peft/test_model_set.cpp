@@ -45,7 +45,8 @@ TEMPLATE_TEST_CASE("model set: layers of every variant round trip by name, with 
     std::vector<std::string> names;
     int j = 0;
     for (Variant v : all_variants) {
-      Model<double> m = random_model<double>(LayerConfig::make(v), dims(5 + j, 6 + 2 * (j % 2), 2 + j % 3, 1 + j % 2), 10 + j);
+      Model<double> m =
+          random_model<double>(LayerConfig::make(v), dims(5 + j, 6 + 2 * (j % 2), 2 + j % 3, 1 + j % 2), 10 + j);
       names.push_back("model.layers." + std::to_string(j) + ".mlp.up_proj");
       w.add(names.back(), m, dt);
       models.push_back(m);
@@ -66,10 +67,10 @@ TEMPLATE_TEST_CASE("model set: layers of every variant round trip by name, with 
         const Tensor<S>& t = back.tensors.at(kv.first);
         REQUIRE(t.shape == kv.second.shape);
         for (std::size_t e = 0; e < t.data.size(); ++e) {
-          const double want = dt == io::DType::F16 ? double(io::half_to_float(io::float_to_half(kv.second.data[e])))
+          const double want = dt == io::DType::F16    ? double(io::half_to_float(io::float_to_half(kv.second.data[e])))
                               : dt == io::DType::BF16 ? double(io::bf16_to_float(io::float_to_bf16(kv.second.data[e])))
-                                                      : dt == io::DType::F32 ? double(float(kv.second.data[e]))
-                                                                              : double(S(kv.second.data[e]));
+                              : dt == io::DType::F32  ? double(float(kv.second.data[e]))
+                                                      : double(S(kv.second.data[e]));
           REQUIRE(double(t.data[e]) == want);
         }
       }
@@ -132,9 +133,11 @@ TEST_CASE("model set: errors name the file, the layer and what was found", "[pef
   CHECK(error_of([&] { (void)set.layer("l2"); }) == "file 'two': no layer 'l2'; the file holds 2 layers: l0, l1");
 
   // writer refusals
-  CHECK(error_of([&] { w.add("l0", random_model<double>(LayerConfig::make(Variant::sum), dims(3, 2, 1, 1), 1), io::DType::F32); }) ==
-        "layer 'l0': added twice");
-  CHECK(error_of([&] { w.add("", Model<double>(), io::DType::F32); }) == "layer name: expected a non-empty name, found \"\"");
+  CHECK(error_of([&] {
+          w.add("l0", random_model<double>(LayerConfig::make(Variant::sum), dims(3, 2, 1, 1), 1), io::DType::F32);
+        }) == "layer 'l0': added twice");
+  CHECK(error_of([&] { w.add("", Model<double>(), io::DType::F32); }) ==
+        "layer name: expected a non-empty name, found \"\"");
   Model<double> bad = random_model<double>(LayerConfig::make(Variant::sum), dims(3, 2, 1, 1), 1);
   bad.tensors["lora.B"].shape = {1, 2, 2};
   CHECK(error_of([&] { w.add("bad", bad, io::DType::F32); }).rfind("layer 'bad': tensor 'lora.B'", 0) == 0);
@@ -146,20 +149,25 @@ TEST_CASE("model set: errors name the file, the layer and what was found", "[pef
   raw.add("l0.lora.B", m.tensors.at("lora.B"), io::DType::F32);
   raw.add("l9.lora.A", m.tensors.at("lora.A"), io::DType::F32);
   raw.set_metadata(io::layers_key, R"([{"name": "l0", "config": {"variant": "sum"}}])");
-  CHECK(error_of([&] { io::ModelSet<float> s(bytes_file(raw.serialize(), "f")); }) ==
-        "file 'f': tensor 'l9.lora.A': belongs to no layer: expected '<layer>.<parameter>' with a layer listed in "
-        "'radargate.layers' (l0) and a parameter among lora.A, lora.B, lora.scale, map.M, angle.Wx, angle.Wv, angle.Wc, "
-        "angle.U, angle.bias, stretch.Wg, stretch.bg, stretch.ws, base.W0, base.b0");
+  CHECK(
+      error_of([&] { io::ModelSet<float> s(bytes_file(raw.serialize(), "f")); }) ==
+      "file 'f': tensor 'l9.lora.A': belongs to no layer: expected '<layer>.<parameter>' with a layer listed in "
+      "'radargate.layers' (l0) and a parameter among lora.A, lora.B, lora.scale, map.M, angle.Wx, angle.Wv, angle.Wc, "
+      "angle.U, angle.bias, stretch.Wg, stretch.bg, stretch.ws, base.W0, base.b0");
   io::SafetensorsWriter raw2;
   raw2.add("l0.lora.A", m.tensors.at("lora.A"), io::DType::F32);
   Tensor<double> B = make_tensor<double>({1, 2, 3});
   raw2.add("l0.lora.B", B, io::DType::F32);
   raw2.set_metadata(io::layers_key, R"([{"name": "l0", "config": {"variant": "sum"}}])");
-  CHECK(error_of([&] { io::ModelSet<float> s(bytes_file(raw2.serialize(), "g")); }).rfind("file 'g': layer 'l0': tensor 'lora.B'", 0) == 0);
+  CHECK(error_of([&] {
+          io::ModelSet<float> s(bytes_file(raw2.serialize(), "g"));
+        }).rfind("file 'g': layer 'l0': tensor 'lora.B'", 0) == 0);
   io::SafetensorsWriter raw3;
   raw3.add("l0.lora.A", m.tensors.at("lora.A"), io::DType::F32);
   raw3.set_metadata(io::layers_key, R"([{"name": "l0", "config": {"variant": "nope"}}])");
-  CHECK(error_of([&] { io::ModelSet<float> s(bytes_file(raw3.serialize(), "h")); }).rfind("file 'h': layer 'l0': ", 0) == 0);
+  CHECK(error_of([&] {
+          io::ModelSet<float> s(bytes_file(raw3.serialize(), "h"));
+        }).rfind("file 'h': layer 'l0': ", 0) == 0);
   raw3.set_metadata(io::config_key, R"({"variant": "sum"})");
   CHECK(error_of([&] { io::ModelSet<float> s(bytes_file(raw3.serialize(), "i")); }) ==
         "file 'i': __metadata__ holds both 'radargate.config' (one layer) and 'radargate.layers' (many layers); "

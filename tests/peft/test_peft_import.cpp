@@ -60,8 +60,11 @@ TEST_CASE("peft import: refusals name the adapter and the module", "[peft]") {
     }
     return std::string("(no error)");
   };
-  CHECK(msg("dora").rfind("adapter '" + fx + "/adapters/dora': module 'model.layers.0.self_attn.q_proj': use_dora", 0) == 0);
-  CHECK(msg("embedding").rfind("adapter '" + fx + "/adapters/embedding': module 'model.embed_tokens': LoRA on an embedding", 0) == 0);
+  CHECK(msg("dora").rfind("adapter '" + fx + "/adapters/dora': module 'model.layers.0.self_attn.q_proj': use_dora",
+                          0) == 0);
+  CHECK(msg("embedding")
+            .rfind("adapter '" + fx + "/adapters/embedding': module 'model.embed_tokens': LoRA on an embedding", 0) ==
+        0);
   CHECK(msg("conv").rfind("adapter '" + fx + "/adapters/conv': module 'conv': LoRA on a convolution", 0) == 0);
   CHECK(msg("missing").rfind("adapter '" + fx + "/adapters/missing': expected a directory", 0) == 0);
 }

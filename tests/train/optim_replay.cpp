@@ -39,7 +39,8 @@ int main(int argc, char** argv) {
     train::Schedule sched{train::parse_schedule(j.at("schedule").get<std::string>()), j.at("lr").get<double>(),
                           j.at("warmup").get<std::int64_t>(), std::int64_t(steps)};
     const double clip = j.at("clip").get<double>();
-    std::vector<double> b0(static_cast<std::size_t>(n0)), b1(static_cast<std::size_t>(n1)), lrs(static_cast<std::size_t>(steps));
+    std::vector<double> b0(static_cast<std::size_t>(n0)), b1(static_cast<std::size_t>(n1)),
+        lrs(static_cast<std::size_t>(steps));
     train::Optimizer<double> opt(o);
     opt.add("p0", p0.data.data(), b0.data(), std::size_t(n0));
     opt.add("p1", p1.data.data(), b1.data(), std::size_t(n1));

@@ -23,8 +23,9 @@ std::vector<double> randn(std::size_t n, std::uint64_t seed, double sd = 1.0) {
 TEST_CASE("mse: value and gradient against central differences", "[train][loss]") {
   const index_t T = 5, d = 7;
   std::vector<double> y = randn(T * d, 1), t = randn(T * d, 2), dy(T * d);
-  const double L = train::mse_loss<double>(make_view(static_cast<const double*>(y.data()), T, d),
-                                           make_view(static_cast<const double*>(t.data()), T, d), make_view(dy.data(), T, d));
+  const double L =
+      train::mse_loss<double>(make_view(static_cast<const double*>(y.data()), T, d),
+                              make_view(static_cast<const double*>(t.data()), T, d), make_view(dy.data(), T, d));
   double ref = 0;
   for (std::size_t i = 0; i < y.size(); ++i) ref += (y[i] - t[i]) * (y[i] - t[i]);
   CHECK(L == Approx(ref / double(T * d)).epsilon(1e-14));
@@ -48,8 +49,8 @@ TEST_CASE("cross_entropy: value, accuracy and gradient against central differenc
   std::vector<double> y = randn(T * d, 3, 2.0), dy(T * d);
   std::vector<std::int64_t> labels = {0, 4, 2, 2, 1, 3};
   std::int64_t correct = 0;
-  const double L = train::cross_entropy_loss<double>(make_view(static_cast<const double*>(y.data()), T, d), labels.data(),
-                                                     make_view(dy.data(), T, d), &correct);
+  const double L = train::cross_entropy_loss<double>(make_view(static_cast<const double*>(y.data()), T, d),
+                                                     labels.data(), make_view(dy.data(), T, d), &correct);
   double ref = 0;
   std::int64_t right = 0;
   for (index_t t = 0; t < T; ++t) {

@@ -85,8 +85,9 @@ TEST_CASE("SGD: plain, momentum (first step copies), Nesterov, weight decay", "[
   train::OptimizerOptions bad;
   bad.kind = train::OptimizerKind::sgd;
   bad.nesterov = true;
-  CHECK_THROWS_WITH(train::Optimizer<double>(bad),
-                    "optimizer option nesterov: needs momentum > 0 and dampening = 0, found momentum 0 and dampening 0");
+  CHECK_THROWS_WITH(
+      train::Optimizer<double>(bad),
+      "optimizer option nesterov: needs momentum > 0 and dampening = 0, found momentum 0 and dampening 0");
   bad.nesterov = false;
   bad.beta1 = 1.0;
   CHECK_THROWS_WITH(train::Optimizer<double>(bad), "optimizer option beta1: expected a number in [0, 1), found 1");

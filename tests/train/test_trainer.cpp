@@ -19,7 +19,6 @@ using namespace radargate;
 
 namespace {
 
-
 struct Problem {
   Model<double> m;
   std::vector<double> x, y;
@@ -69,7 +68,7 @@ Problem problem(Variant v, index_t T, std::uint64_t seed) {
   return p;
 }
 
-const std::vector<std::string> gate_and_angles = {"map.M", "angle.Wx", "angle.Wv", "angle.Wc", "angle.U",
+const std::vector<std::string> gate_and_angles = {"map.M",      "angle.Wx",   "angle.Wv",   "angle.Wc",  "angle.U",
                                                   "angle.bias", "stretch.Wg", "stretch.bg", "stretch.ws"};
 
 train::TrainerOptions options(train::LossKind loss, train::OptimizerKind k, index_t T, int epochs) {
@@ -100,10 +99,12 @@ TEST_CASE("trainer: the loss falls, and only the trained tensors change", "[trai
       const double first = tr.evaluate(data).loss;
       for (int e = 0; e < 12; ++e) tr.run_epoch(data);
       const double last = tr.evaluate(data).loss;
-      INFO("loss " << train::to_string(loss) << ", optimizer " << train::to_string(kind) << ": " << first << " -> " << last);
+      INFO("loss " << train::to_string(loss) << ", optimizer " << train::to_string(kind) << ": " << first << " -> "
+                   << last);
       CHECK(last < 0.9 * first);
       for (const auto& kv : p.m.tensors) {
-        const bool trained = std::find(gate_and_angles.begin(), gate_and_angles.end(), kv.first) != gate_and_angles.end();
+        const bool trained =
+            std::find(gate_and_angles.begin(), gate_and_angles.end(), kv.first) != gate_and_angles.end();
         INFO("tensor " << kv.first);
         CHECK((kv.second.data != before.tensors.at(kv.first).data) == trained);
       }
@@ -133,8 +134,8 @@ namespace {
 template <class S, class L, class Make>
 std::pair<std::vector<unsigned char>, std::vector<unsigned char>> run_with_stop(const Model<S>& original,
                                                                                 const train::Dataset<S>& data,
-                                                                                const train::TrainerOptions& o, int epochs,
-                                                                                int stop, Make make_layer) {
+                                                                                const train::TrainerOptions& o,
+                                                                                int epochs, int stop, Make make_layer) {
   Model<S> m = original;
   std::vector<unsigned char> state;
   {
@@ -171,7 +172,8 @@ TEST_CASE("trainer: stopped after epoch k and resumed gives the same bytes", "[t
       const auto resumed = run_with_stop<double, Layer<double>>(p.m, p.data(o.loss), o, E, k, make_ref);
       CHECK(resumed.first == whole.first);
       CHECK(resumed.second == whole.second);
-      const auto resumed_cpu = run_with_stop<double, Layer<double, backend::cpu>>(p.m, p.data(o.loss), o, E, k, make_cpu);
+      const auto resumed_cpu =
+          run_with_stop<double, Layer<double, backend::cpu>>(p.m, p.data(o.loss), o, E, k, make_cpu);
       CHECK(resumed_cpu.first == whole_cpu.first);
       CHECK(resumed_cpu.second == whole_cpu.second);
     }
@@ -192,11 +194,13 @@ TEST_CASE("trainer: a state with other settings is refused, naming the setting",
   CHECK_THROWS_WITH(train::load_state(io::SafetensorsFile::from_bytes(bytes, "s.safetensors"), other, p.data(o.loss)),
                     "file 's.safetensors': training state: setting 'lr' was 0.02 in the saved run, this run has 0.5; "
                     "resume with the same settings");
-  train::Trainer<double, Layer<double>> fewer(p.m, layer, {"angle.U"}, options(o.loss, train::OptimizerKind::adamw, p.T, 2));
+  train::Trainer<double, Layer<double>> fewer(p.m, layer, {"angle.U"},
+                                              options(o.loss, train::OptimizerKind::adamw, p.T, 2));
   CHECK_THROWS_WITH(train::load_state(io::SafetensorsFile::from_bytes(bytes, "s.safetensors"), fewer, p.data(o.loss)),
                     Catch::Contains("setting 'train' was"));
   // Other data of the same size: refused by its fingerprint.
-  train::Trainer<double, Layer<double>> same(p.m, layer, gate_and_angles, options(o.loss, train::OptimizerKind::adamw, p.T, 2));
+  train::Trainer<double, Layer<double>> same(p.m, layer, gate_and_angles,
+                                             options(o.loss, train::OptimizerKind::adamw, p.T, 2));
   p.y[5] += 1.0;
   CHECK_THROWS_WITH(train::load_state(io::SafetensorsFile::from_bytes(bytes, "s.safetensors"), same, p.data(o.loss)),
                     Catch::Contains("setting 'train_data_fnv1a' was"));

@@ -39,15 +39,15 @@ struct FusedArgs {
   Pairing pairing = Pairing::adjacent;
   Bound bound = Bound::pi_tanh;
   bool rot = false;
-  int EG = 1;              // experts per blockIdx.z (output and dot passes)
-  const S* hs = nullptr;   // [Tpad][N][rpad]
-  const S* z = nullptr;    // [Tpad][N][kpad]
-  const S* hsT = nullptr;  // [N][rpad][Tpad]
-  const S* zT = nullptr;   // [N][kpad][Tpad]
-  const S* Bp = nullptr;   // [N][2 Spad][rpad]   slot rows
-  const S* BpT = nullptr;  // [N][rpad][2 Spad]
-  const S* Up = nullptr;   // [Spad][kpad]
-  const S* UpT = nullptr;  // [kpad][Spad]
+  int EG = 1;                   // experts per blockIdx.z (output and dot passes)
+  const S* hs = nullptr;        // [Tpad][N][rpad]
+  const S* z = nullptr;         // [Tpad][N][kpad]
+  const S* hsT = nullptr;       // [N][rpad][Tpad]
+  const S* zT = nullptr;        // [N][kpad][Tpad]
+  const S* Bp = nullptr;        // [N][2 Spad][rpad]   slot rows
+  const S* BpT = nullptr;       // [N][rpad][2 Spad]
+  const S* Up = nullptr;        // [Spad][kpad]
+  const S* UpT = nullptr;       // [kpad][Spad]
   const float* bias = nullptr;  // [N][Spad]
   const float* ws = nullptr;    // [2 Spad] slot rows, or null
   const float* g = nullptr;     // [Tpad][N]
@@ -195,7 +195,8 @@ __device__ __forceinline__ void unit_rotate_b(float v[2][2][4], const float pre[
     }
 }
 template <class S, bool GRAD>
-__device__ __forceinline__ void unit_rotate(const FusedArgs<S>& a, float v[2][2][4], const float pre[2][4], UnitRot& R) {
+__device__ __forceinline__ void unit_rotate(const FusedArgs<S>& a, float v[2][2][4], const float pre[2][4],
+                                            UnitRot& R) {
   if (!a.rot) return;
   if (a.bound == Bound::pi_tanh)
     unit_rotate_b<S, true, GRAD>(v, pre, R);
@@ -302,8 +303,8 @@ __global__ void __launch_bounds__(WT* WC * 32) output_pass(FusedArgs<S> a) {
           const index_t t = t0 + g + 8 * h;
           if (t >= a.T) continue;
           if (gridDim.z > 1) {
-            float2* o = reinterpret_cast<float2*>(
-                a.ypart + (index_t(blockIdx.z) * a.Tpad + t) * 2 * a.Spad + 32 * u + 16 * pg + 8 * tl + 2 * q);
+            float2* o = reinterpret_cast<float2*>(a.ypart + (index_t(blockIdx.z) * a.Tpad + t) * 2 * a.Spad + 32 * u +
+                                                  16 * pg + 8 * tl + 2 * q);
             *o = make_float2(acc[uu][pg][tl][2 * h], acc[uu][pg][tl][2 * h + 1]);
             continue;
           }
@@ -369,8 +370,8 @@ __global__ void __launch_bounds__(WT* WC * 32) dot_pass(FusedArgs<S> a, bool wit
     // In the gate backward, with a normalisation whose dl_j carries a factor g_j (softmax, top-k,
     // sigmoid), an expert with g = 0 for every token of the tile has dl = 0 whatever its dot
     // product, so it is skipped. (Not for identity: there dl = dg / tau.)
-    const bool skip = skip_unselected && !__any_sync(0xffffffffu, a.g[(t0 + g) * a.N + i] != 0.f ||
-                                                              a.g[(t0 + g + 8) * a.N + i] != 0.f);
+    const bool skip = skip_unselected &&
+                      !__any_sync(0xffffffffu, a.g[(t0 + g) * a.N + i] != 0.f || a.g[(t0 + g + 8) * a.N + i] != 0.f);
     if (!skip) {
       Expert<S, FIX> e;
       load_expert(a, i, t0, g, q, e);
@@ -563,7 +564,9 @@ template <int CW, int TW>
 struct ColumnLayout {
   static constexpr int warps = CW * TW;
   // per warp: dB tiles 4 * RC, dU tiles 2 * KC, dbias tiles 2, dws tiles 4; 32 float4 each
-  static __host__ __device__ int tiles(index_t rpad, index_t kpad) { return int(4 * (rpad / 16) + 2 * (kpad / 16) + 6); }
+  static __host__ __device__ int tiles(index_t rpad, index_t kpad) {
+    return int(4 * (rpad / 16) + 2 * (kpad / 16) + 6);
+  }
   static std::size_t smem(index_t rpad, index_t kpad) {
     return std::size_t(warps) * (std::size_t(tiles(rpad, kpad)) * 32 * sizeof(float4) + 128 * sizeof(float));
   }
@@ -579,10 +582,10 @@ __global__ void __launch_bounds__(CW* TW * 32, 2) column_pass(FusedArgs<S> a, Co
   const int RC = int(a.rpad / 16), KC = int(a.kpad / 16);
   const int NTL = L::tiles(a.rpad, a.kpad);
   float4* acc = sm4 + index_t(warp) * NTL * 32;
-  float4* accB = acc;                // [pg * 2 + tile][RC]
-  float4* accU = acc + 4 * RC * 32;  // [pg][KC]
-  float4* accb = accU + 2 * KC * 32; // [pg]
-  float4* accw = accb + 2 * 32;      // [pg * 2 + tile]
+  float4* accB = acc;                 // [pg * 2 + tile][RC]
+  float4* accU = acc + 4 * RC * 32;   // [pg][KC]
+  float4* accb = accU + 2 * KC * 32;  // [pg]
+  float4* accw = accb + 2 * 32;       // [pg * 2 + tile]
   float* scratch = reinterpret_cast<float*>(sm4 + index_t(L::warps) * NTL * 32) + warp * 128;
   const index_t u = index_t(blockIdx.x) * CW + cw;
   const bool active = u < a.units;

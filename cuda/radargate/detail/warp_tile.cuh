@@ -42,8 +42,8 @@ struct Warp<S, true> {
   static __device__ __forceinline__ std::uint32_t pack(float lo, float hi);
 
   /// A(row, k) = m[(row0 + row) * ld + k0 + k]; rows at or past nrows read as zero.
-  static __device__ __forceinline__ void load_a(A& a, const S* m, index_t ld, index_t row0, index_t nrows,
-                                                index_t k0, int g, int q) {
+  static __device__ __forceinline__ void load_a(A& a, const S* m, index_t ld, index_t row0, index_t nrows, index_t k0,
+                                                int g, int q) {
     const index_t r0 = row0 + g, r1 = r0 + 8;
     const S* p0 = m + r0 * ld + k0 + 2 * q;
     const S* p1 = m + r1 * ld + k0 + 2 * q;
@@ -125,8 +125,7 @@ struct Warp<float, false> {
     a.r0 = r0 < nrows ? m + r0 * ld + k0 : nullptr;
     a.r1 = r1 < nrows ? m + r1 * ld + k0 : nullptr;
   }
-  static __device__ __forceinline__ void load_b(B& b, const float* m, index_t ld, index_t n0, index_t k0, int,
-                                                int q) {
+  static __device__ __forceinline__ void load_b(B& b, const float* m, index_t ld, index_t n0, index_t k0, int, int q) {
     b.n0 = m + (n0 + 2 * q) * ld + k0;
     b.n1 = b.n0 + ld;
     b.ks = 1;

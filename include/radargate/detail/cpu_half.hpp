@@ -40,9 +40,12 @@ enum class WeightStorage { scalar, bf16, f16 };
 
 inline const char* to_string(WeightStorage w) {
   switch (w) {
-    case WeightStorage::bf16: return "bf16";
-    case WeightStorage::f16: return "f16";
-    default: return "scalar";
+    case WeightStorage::bf16:
+      return "bf16";
+    case WeightStorage::f16:
+      return "f16";
+    default:
+      return "scalar";
   }
 }
 
@@ -91,8 +94,8 @@ inline f16 to_f16(float f) {
   const std::uint16_t sign = std::uint16_t((u >> 16) & 0x8000u);
   const std::uint32_t a = u & 0x7fffffffu;
   if (a > 0x7f800000u) return f16{std::uint16_t(sign | 0x7e00u | ((a >> 13) & 0x3ffu))};  // NaN
-  if (a >= 0x477ff000u) return f16{std::uint16_t(sign | 0x7c00u)};  // rounds to >= 65520: inf
-  if (a < 0x38800000u) {  // below 2^-14: a subnormal f16 (or zero), in units of 2^-24
+  if (a >= 0x477ff000u) return f16{std::uint16_t(sign | 0x7c00u)};                        // rounds to >= 65520: inf
+  if (a < 0x38800000u) {                             // below 2^-14: a subnormal f16 (or zero), in units of 2^-24
     const float q = bits_to_float(a) * 16777216.0f;  // exact scaling by 2^24
     return f16{std::uint16_t(sign | std::uint16_t(std::nearbyint(q)))};  // to nearest, ties to even
   }
@@ -153,8 +156,8 @@ RG_INLINE batch<float> load_w(const bf16* p) {
   return batch<float>(_mm256_castsi256_ps(
       _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16)));
 #elif defined(RG_HALF_SSE2)
-  return batch<float>(_mm_castsi128_ps(
-      _mm_unpacklo_epi16(_mm_setzero_si128(), _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)))));
+  return batch<float>(
+      _mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)))));
 #elif defined(RG_HALF_NEON)
   return batch<float>(vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(reinterpret_cast<const std::uint16_t*>(p)), 16)));
 #elif defined(RG_HALF_SCALAR)

@@ -75,16 +75,16 @@ struct Args {
 template <class S>
 struct Block {
   int n = 0;
-  const S* hs[max_block] = {};  // s_i h_i, [r]
-  const S* z[max_block] = {};   // z_i, [k]
-  S g[max_block] = {};          // gate weight g_i
-  S dl[max_block] = {};         // dL/dl_i (stretch gate; zero otherwise)
-  const S* wa[max_block] = {};  // Dot: dotted with u on the a-slots (pass tile: its slots)
-  const S* wb[max_block] = {};  //      and on the b-slots
-  S* ya[max_block] = {};        // Out: y accumulators, a-slots (pass tile: its slots)
-  S* yb[max_block] = {};        //      b-slots
-  S dot[max_block] = {};        // Dot: result
-  const S* dya[max_block] = {}; // backward: dy on the a-slots (pass tile: its slots)
+  const S* hs[max_block] = {};   // s_i h_i, [r]
+  const S* z[max_block] = {};    // z_i, [k]
+  S g[max_block] = {};           // gate weight g_i
+  S dl[max_block] = {};          // dL/dl_i (stretch gate; zero otherwise)
+  const S* wa[max_block] = {};   // Dot: dotted with u on the a-slots (pass tile: its slots)
+  const S* wb[max_block] = {};   //      and on the b-slots
+  S* ya[max_block] = {};         // Out: y accumulators, a-slots (pass tile: its slots)
+  S* yb[max_block] = {};         //      b-slots
+  S dot[max_block] = {};         // Dot: result
+  const S* dya[max_block] = {};  // backward: dy on the a-slots (pass tile: its slots)
   const S* dyb[max_block] = {};
   S* e[max_block] = {};         // backward: += B_i^T dv, [r]
   S* dz[max_block] = {};        // backward: += U^T dpre, [k]
@@ -156,10 +156,18 @@ RG_INLINE T* at(T* const (&p)[C], int u, index_t j) {
 template <class F>
 RG_INLINE void with_block_size(int n, F&& f) {
   switch (n) {
-    case 1: f(std::integral_constant<int, 1>{}); break;
-    case 2: f(std::integral_constant<int, 2>{}); break;
-    case 3: f(std::integral_constant<int, 3>{}); break;
-    default: f(std::integral_constant<int, 4>{}); break;
+    case 1:
+      f(std::integral_constant<int, 1>{});
+      break;
+    case 2:
+      f(std::integral_constant<int, 2>{});
+      break;
+    case 3:
+      f(std::integral_constant<int, 3>{});
+      break;
+    default:
+      f(std::integral_constant<int, 4>{});
+      break;
   }
 }
 
@@ -171,9 +179,7 @@ RG_INLINE void with_flags(F&& f) {
 }
 template <class F, class... Rest>
 RG_INLINE void with_flags(F&& f, bool first, Rest... rest) {
-  auto bind = [&](auto b) {
-    with_flags([&](auto... more) { f(b, more...); }, rest...);
-  };
+  auto bind = [&](auto b) { with_flags([&](auto... more) { f(b, more...); }, rest...); };
   if (first)
     bind(std::true_type{});
   else
@@ -257,8 +263,8 @@ void block_angles_bound(const Args<S>& K, const Tile& tl, const S* bias_i, const
 }
 
 template <class S, int C>
-RG_INLINE void block_angles(const Args<S>& K, const Tile& tl, const S* bias_i, const Block<S>& b,
-                            const Scratch<S>& sc, bool deriv) {
+RG_INLINE void block_angles(const Args<S>& K, const Tile& tl, const S* bias_i, const Block<S>& b, const Scratch<S>& sc,
+                            bool deriv) {
   if (K.bound == Bound::pi_tanh)
     block_angles_bound<S, C, Bound::pi_tanh>(K, tl, bias_i, b, sc, deriv);
   else
@@ -296,8 +302,7 @@ RG_INLINE void block_expand(const WB* p, index_t r, const Block<S>& b, batch<S>*
 /// Deriv: also store bound'(pre) in sc.db.
 /// BPi: expert i's packed expand weights as stored (S, bf16 or f16).
 template <class S, int C, Put Out, bool Dot, bool Deriv = false, bool Centered = false, bool Il = false, class WB>
-void rot_forward(const Args<S>& K, const Tile& tl, const WB* BPi, const S* bias_i, Block<S>& b,
-                 const Scratch<S>& sc) {
+void rot_forward(const Args<S>& K, const Tile& tl, const WB* BPi, const S* bias_i, Block<S>& b, const Scratch<S>& sc) {
   constexpr index_t W = simd::width<S>();
   const index_t r = K.r;
   S *ya[C], *yb[C];  // locals (see take)
@@ -325,7 +330,7 @@ void rot_forward(const Args<S>& K, const Tile& tl, const WB* BPi, const S* bias_
       }
       if (Dot && Centered)
         acc[u] = simd::fma(load(at<Il>(wa, u, j)), va[u] - load(at<Il>(ma, u, j)),
-                            simd::fma(load(at<Il>(wb, u, j)), vb[u] - load(at<Il>(mb, u, j)), acc[u]));
+                           simd::fma(load(at<Il>(wb, u, j)), vb[u] - load(at<Il>(mb, u, j)), acc[u]));
       else if (Dot)
         acc[u] = simd::fma(load(at<Il>(wa, u, j)), va[u], simd::fma(load(at<Il>(wb, u, j)), vb[u], acc[u]));
     }
@@ -422,8 +427,8 @@ void block_rank_update(const S* p0, S* dp0, index_t r, index_t len, const BwdWan
 /// Backward over a rotation tile for the block's tokens. Stored: u (b.ua, b.ub) and cos, sin and
 /// bound' (sc) were written by rot_forward<.., Put::set, .., true> and are read, not recomputed.
 template <class S, int C, bool Stored = false, bool Il = false>
-void rot_backward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_i, const Block<S>& b,
-                  const BwdWant& w, const BwdOut<S>& o, const Scratch<S>& sc) {
+void rot_backward(const Args<S>& K, const Tile& tl, const S* BPi, const S* bias_i, const Block<S>& b, const BwdWant& w,
+                  const BwdOut<S>& o, const Scratch<S>& sc) {
   constexpr index_t W = simd::width<S>();
   const index_t r = K.r, k = K.k, LD = sc.dstride;
   if (!Stored) block_angles<S, C>(K, tl, bias_i, b, sc, w.dpre);

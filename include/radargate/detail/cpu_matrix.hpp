@@ -33,9 +33,7 @@ struct MatRef {
   index_t rows = 0, cols = 0, ld = 0;
   bool present() const { return p != nullptr; }
   CMap<S> map() const { return CMap<S>(p, rows, cols, Eigen::OuterStride<>(ld)); }
-  CMap<S> rows_of(index_t r0, index_t n) const {
-    return CMap<S>(p + r0 * ld, n, cols, Eigen::OuterStride<>(ld));
-  }
+  CMap<S> rows_of(index_t r0, index_t n) const { return CMap<S>(p + r0 * ld, n, cols, Eigen::OuterStride<>(ld)); }
   const S* row(index_t r) const { return p + r * ld; }
 };
 

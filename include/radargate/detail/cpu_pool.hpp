@@ -3,17 +3,17 @@
 // run(f) calls f(tid) once for every tid in [0, size()), tid 0 on the calling thread, and returns
 // when all have finished. The work each tid does is decided by the caller from tid alone (a fixed
 // partition), so results never depend on scheduling. The first exception (lowest tid) is
-// rethrown (without exceptions, error.hpp, a failure ends the program). Calls are serialised: one Layer may be used from several threads, one call at a time.
-// A call allocates nothing: the job is a function pointer and the address of the caller's functor,
-// and the per-thread error slots are sized when the pool starts.
+// rethrown (without exceptions, error.hpp, a failure ends the program). Calls are serialised: one Layer may be used
+// from several threads, one call at a time. A call allocates nothing: the job is a function pointer and the address of
+// the caller's functor, and the per-thread error slots are sized when the pool starts.
 #pragma once
 
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
-#include <type_traits>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "../error.hpp"

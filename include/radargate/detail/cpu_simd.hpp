@@ -56,10 +56,22 @@ struct scalar_batch {
   RG_INLINE void store_aligned(S* p) const { *p = v; }
   RG_INLINE void store_unaligned(S* p) const { *p = v; }
   RG_INLINE S get(std::size_t) const { return v; }
-  RG_INLINE scalar_batch& operator+=(scalar_batch b) { v += b.v; return *this; }
-  RG_INLINE scalar_batch& operator-=(scalar_batch b) { v -= b.v; return *this; }
-  RG_INLINE scalar_batch& operator*=(scalar_batch b) { v *= b.v; return *this; }
-  RG_INLINE scalar_batch& operator/=(scalar_batch b) { v /= b.v; return *this; }
+  RG_INLINE scalar_batch& operator+=(scalar_batch b) {
+    v += b.v;
+    return *this;
+  }
+  RG_INLINE scalar_batch& operator-=(scalar_batch b) {
+    v -= b.v;
+    return *this;
+  }
+  RG_INLINE scalar_batch& operator*=(scalar_batch b) {
+    v *= b.v;
+    return *this;
+  }
+  RG_INLINE scalar_batch& operator/=(scalar_batch b) {
+    v /= b.v;
+    return *this;
+  }
   friend RG_INLINE scalar_batch operator-(scalar_batch a) { return scalar_batch(-a.v); }
   friend RG_INLINE scalar_batch operator+(scalar_batch a, scalar_batch b) { return scalar_batch(a.v + b.v); }
   friend RG_INLINE scalar_batch operator-(scalar_batch a, scalar_batch b) { return scalar_batch(a.v - b.v); }
@@ -353,7 +365,7 @@ RG_INLINE void sincos_pi(const B0& t, B0& s, B0& c) {
     ps = fma(ps, z, B(C::sin_c[j]));
     pc = fma(pc, z, B(C::cos_c[j]));
   }
-  const B sp = fma(x * z, ps, x);                                  // x + x z P(z)
+  const B sp = fma(x * z, ps, x);                            // x + x z P(z)
   const B cp = fma(z * z, pc, fnma(B(S(0.5)), z, B(S(1))));  // 1 - z/2 + z^2 Q(z)
   const auto odd = abs(n) == B(S(1));
   const B s1 = select(odd, cp, sp), c1 = select(odd, sp, cp);
@@ -374,34 +386,34 @@ struct Lanes {
     for (int u = 0; u < U; ++u) v[u] = B(c);
   }
 };
-#define RG_LANES_BINARY(op)                                                     \
-  template <class B, int U>                                                     \
+#define RG_LANES_BINARY(op)                                                       \
+  template <class B, int U>                                                       \
   RG_INLINE Lanes<B, U> operator op(const Lanes<B, U>& a, const Lanes<B, U>& b) { \
-    Lanes<B, U> r;                                                              \
-    for (int u = 0; u < U; ++u) r.v[u] = a.v[u] op b.v[u];                       \
-    return r;                                                                   \
+    Lanes<B, U> r;                                                                \
+    for (int u = 0; u < U; ++u) r.v[u] = a.v[u] op b.v[u];                        \
+    return r;                                                                     \
   }
 RG_LANES_BINARY(+)
 RG_LANES_BINARY(-)
 RG_LANES_BINARY(*)
 RG_LANES_BINARY(/)
 #undef RG_LANES_BINARY
-#define RG_LANES_CALL2(name)                                                    \
-  template <class B, int U>                                                     \
-  RG_INLINE Lanes<B, U> name(const Lanes<B, U>& a, const Lanes<B, U>& b) {      \
-    Lanes<B, U> r;                                                              \
-    for (int u = 0; u < U; ++u) r.v[u] = name(a.v[u], b.v[u]);            \
-    return r;                                                                   \
+#define RG_LANES_CALL2(name)                                               \
+  template <class B, int U>                                                \
+  RG_INLINE Lanes<B, U> name(const Lanes<B, U>& a, const Lanes<B, U>& b) { \
+    Lanes<B, U> r;                                                         \
+    for (int u = 0; u < U; ++u) r.v[u] = name(a.v[u], b.v[u]);             \
+    return r;                                                              \
   }
 RG_LANES_CALL2(min)
 RG_LANES_CALL2(max)
 #undef RG_LANES_CALL2
-#define RG_LANES_CALL3(name)                                                               \
-  template <class B, int U>                                                                \
+#define RG_LANES_CALL3(name)                                                                     \
+  template <class B, int U>                                                                      \
   RG_INLINE Lanes<B, U> name(const Lanes<B, U>& a, const Lanes<B, U>& b, const Lanes<B, U>& c) { \
-    Lanes<B, U> r;                                                                         \
-    for (int u = 0; u < U; ++u) r.v[u] = name(a.v[u], b.v[u], c.v[u]);               \
-    return r;                                                                              \
+    Lanes<B, U> r;                                                                               \
+    for (int u = 0; u < U; ++u) r.v[u] = name(a.v[u], b.v[u], c.v[u]);                           \
+    return r;                                                                                    \
   }
 RG_LANES_CALL3(fma)
 RG_LANES_CALL3(fnma)

@@ -62,10 +62,10 @@ struct CpuWeights {
   std::vector<S> scale, m, WvB, WcB, wsB;
   MatRef<S> A, Wg, Wx, W0, Wv, Wc;  // over caller memory, or over the stores below
   std::vector<S> A_store, Wg_store, Wx_store, W0_store, Wv_store, Wc_store;
-  std::vector<Tile> tiles;       // sized for reuse of each tile's weights across many tokens
-  std::vector<Tile> long_tiles;  // for fewer tokens than a block: nothing to reuse, longer loops
+  std::vector<Tile> tiles;         // sized for reuse of each tile's weights across many tokens
+  std::vector<Tile> long_tiles;    // for fewer tokens than a block: nothing to reuse, longer loops
   std::vector<Tile> expert_tiles;  // backward of the one-pass stretch path: one expert's B and dB in L1
-  index_t max_len = 0;           // longest tile of either list
+  index_t max_len = 0;             // longest tile of either list
   std::uint64_t generation = 0;
   WeightStorage storage = WeightStorage::scalar;
   simd::avec<bf16> Ab, BPb;  // 16-bit storage of A [N*r, d_in] and of BP (see above)
@@ -133,7 +133,8 @@ struct CpuWeights {
       for (index_t s = 0; s < dpad; s += W)
         for (index_t q = 0; q < r; ++q)
           for (index_t l = 0; l < W; ++l)
-            store[std::size_t((i * r + q) * dpad + s + l)] = bp[std::size_t(i * r * dpad + group_offset(s) + q * W + l)];
+            store[std::size_t((i * r + q) * dpad + s + l)] =
+                bp[std::size_t(i * r * dpad + group_offset(s) + q * W + l)];
     return store.data();
   }
 
@@ -215,13 +216,19 @@ struct CpuWeights {
       A.rows = N * D.r;
       A.cols = D.d_in;
       const std::size_t n = std::size_t(N * D.r * D.d_in);
-      if (storage == WeightStorage::bf16) Ab.resize(n); else Ah.resize(n);
+      if (storage == WeightStorage::bf16)
+        Ab.resize(n);
+      else
+        Ah.resize(n);
       std::size_t e = 0;
       for (index_t i = 0; i < N; ++i)
         for (index_t q = 0; q < D.r; ++q)
           for (index_t a = 0; a < D.d_in; ++a, ++e) {
             const float v = float(p.lora_A(i, q, a));
-            if (storage == WeightStorage::bf16) Ab[e] = to_bf16(v); else Ah[e] = to_f16(v);
+            if (storage == WeightStorage::bf16)
+              Ab[e] = to_bf16(v);
+            else
+              Ah[e] = to_f16(v);
           }
     } else {
       A = stacked_matrix_of(p.lora_A, A_store);

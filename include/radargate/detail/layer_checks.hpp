@@ -21,8 +21,8 @@ void zero_view(const View<T, R>& v) {
 }
 
 template <class T>
-void check_xy(const Dims& D, const View<const T, 2>& x, const char* xname, index_t xcols,
-              const View<T, 2>* y, const char* yname, index_t ycols) {
+void check_xy(const Dims& D, const View<const T, 2>& x, const char* xname, index_t xcols, const View<T, 2>* y,
+              const char* yname, index_t ycols) {
   if (x.shape[1] != xcols || x.shape[0] < 0)
     fail("tensor '", xname, "': expected shape [T, ", xcols, "], found ", shape_string(x));
   if (x.shape[0] > 0 && !x.present()) fail("tensor '", xname, "': null data for ", x.shape[0], " tokens");

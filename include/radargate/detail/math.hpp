@@ -232,7 +232,6 @@ RG_HOST_DEVICE void map_weights_backward(const T* m, T* dm, index_t i, index_t N
   for (index_t j = 0; j < N; ++j) dm[j] = j == i ? T(0) : m[j] * (dm[j] - dot);
 }
 
-
 /// Coordinate of side e (0: a, 1: b) of pair slot m in a vector of length d, or -1 where that side
 /// of the slot holds no coordinate (odd d). Slots m < P are the rotation planes (plane_coords);
 /// the others pass through unchanged.
@@ -280,7 +279,7 @@ RG_HOST_DEVICE RG_INLINE void sincospi_unit(float t, float& s, float& c) {
 RG_HOST_DEVICE RG_INLINE void sincospi(float t, float& s, float& c) {
   const float magic = 12582912.0f;
   const float n = (t + magic) - magic;
-  const float half = 0.5f * n;                     // k or k + 1/2
+  const float half = 0.5f * n;                        // k or k + 1/2
   const float par = half - ((half + magic) - magic);  // 0 for even n, +-1/2 for odd n
   const float sign = 1.0f - 4.0f * (par < 0.0f ? -par : par);
   sincospi_reduced(t - n, s, c);

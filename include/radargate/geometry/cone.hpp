@@ -56,10 +56,14 @@ inline const char* to_string(Verdict v) {
 }
 inline const char* to_string(Certificate c) {
   switch (c) {
-    case Certificate::none: return "none";
-    case Certificate::combination: return "combination";
-    case Certificate::separating_direction: return "separating_direction";
-    case Certificate::separating_hyperplane: return "separating_hyperplane";
+    case Certificate::none:
+      return "none";
+    case Certificate::combination:
+      return "combination";
+    case Certificate::separating_direction:
+      return "separating_direction";
+    case Certificate::separating_hyperplane:
+      return "separating_hyperplane";
   }
   return "?";
 }
@@ -76,16 +80,16 @@ struct Membership {
   Set set = Set::cone;
   Verdict verdict = Verdict::undetermined;
   Certificate certificate = Certificate::none;  // the certificate that verified (none: undetermined)
-  std::vector<double> lambda;     // [N] best combination found: >= 0 (hull: sums to 1)
-  double distance = 0;            // ||V lambda - y||: the distance to the set when the solver converged
-  double scale = 0;               // cone: ||y||; hull: max(||y||, max_j ||v_j||)
-  double relative_distance = 0;   // distance / scale (0 when scale is 0)
-  std::vector<double> direction;  // [d] unit w of the separating certificate (empty when inside)
-  double offset = 0;              // hull: b = max_j w . v_j; cone: 0
-  double margin = 0;              // w . y - offset (hull: a proven lower bound on the distance)
-  double dual_violation = 0;      // cone: max_j (v_j . w) / ||v_j|| of the direction (<= dual_tol if verified)
-  index_t iterations = 0;         // solver iterations
-  bool converged = false;         // the solver's own stopping rule held (informative only)
+  std::vector<double> lambda;                   // [N] best combination found: >= 0 (hull: sums to 1)
+  double distance = 0;                          // ||V lambda - y||: the distance to the set when the solver converged
+  double scale = 0;                             // cone: ||y||; hull: max(||y||, max_j ||v_j||)
+  double relative_distance = 0;                 // distance / scale (0 when scale is 0)
+  std::vector<double> direction;                // [d] unit w of the separating certificate (empty when inside)
+  double offset = 0;                            // hull: b = max_j w . v_j; cone: 0
+  double margin = 0;                            // w . y - offset (hull: a proven lower bound on the distance)
+  double dual_violation = 0;  // cone: max_j (v_j . w) / ||v_j|| of the direction (<= dual_tol if verified)
+  index_t iterations = 0;     // solver iterations
+  bool converged = false;     // the solver's own stopping rule held (informative only)
 
   bool inside() const { return verdict == Verdict::inside; }
   bool outside() const { return verdict == Verdict::outside; }

@@ -42,7 +42,7 @@ namespace radargate {
 namespace geometry {
 
 struct ExpansionOptions {
-  MembershipOptions membership;                          // tolerances, solvers, threads
+  MembershipOptions membership;  // tolerances, solvers, threads
   std::vector<double> quantiles = {0.0, 0.5, 0.9, 0.99, 1.0};
 };
 

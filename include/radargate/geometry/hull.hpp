@@ -39,9 +39,9 @@ struct HullOptions {
 };
 
 struct HullProjection {
-  std::vector<double> lambda;    // [N], >= 0, sums to 1
-  double distance = 0;           // ||V lambda - y||, accumulated in long double
-  double lower_bound = 0;        // a proven lower bound on the distance (from the last major cycle)
+  std::vector<double> lambda;  // [N], >= 0, sums to 1
+  double distance = 0;         // ||V lambda - y||, accumulated in long double
+  double lower_bound = 0;      // a proven lower bound on the distance (from the last major cycle)
   index_t iterations = 0;
   index_t max_iter = 0;
   bool converged = false;
@@ -51,9 +51,9 @@ struct HullProjection {
 namespace detail {
 
 struct WolfeCore {
-  std::vector<index_t> S;    // corral (indices into the columns)
-  std::vector<double> wts;   // its weights, > 0, sum 1
-  double lower = 0;          // lower bound on the scaled distance
+  std::vector<index_t> S;   // corral (indices into the columns)
+  std::vector<double> wts;  // its weights, > 0, sum 1
+  double lower = 0;         // lower bound on the scaled distance
   index_t iterations = 0;
   bool converged = false;
 };

@@ -46,23 +46,23 @@ struct NnlsOptions {
 };
 
 struct NnlsResult {
-  std::vector<double> lambda;   // [N], >= 0
-  double residual = 0;          // ||V lambda - y||, accumulated in long double
-  double kkt_violation = 0;     // max_j of (v_j . r)_+ and, for lambda_j > 0, |v_j . r|; over ||v_j|| ||y||
-  index_t iterations = 0;       // least-squares solves done
-  index_t max_iter = 0;         // the cap that applied
-  bool converged = false;       // false: the cap was hit before the stopping rule held
-  std::vector<index_t> passive; // columns with lambda_j > 0 (the final passive set)
+  std::vector<double> lambda;    // [N], >= 0
+  double residual = 0;           // ||V lambda - y||, accumulated in long double
+  double kkt_violation = 0;      // max_j of (v_j . r)_+ and, for lambda_j > 0, |v_j . r|; over ||v_j|| ||y||
+  index_t iterations = 0;        // least-squares solves done
+  index_t max_iter = 0;          // the cap that applied
+  bool converged = false;        // false: the cap was hit before the stopping rule held
+  std::vector<index_t> passive;  // columns with lambda_j > 0 (the final passive set)
 };
 
 namespace detail {
 
 /// The unit-scaled problem: columns of V with non-zero norm, each divided by its norm, and y/||y||.
 struct UnitCone {
-  Matrix A;                    // [d, n] unit columns
-  Vector b;                    // [d] unit (or zero when y = 0)
-  std::vector<index_t> cols;   // original index of each column of A
-  std::vector<double> scale;   // lambda_j = x_k * scale[k] = x_k ||y|| / ||v_j||
+  Matrix A;                   // [d, n] unit columns
+  Vector b;                   // [d] unit (or zero when y = 0)
+  std::vector<index_t> cols;  // original index of each column of A
+  std::vector<double> scale;  // lambda_j = x_k * scale[k] = x_k ||y|| / ||v_j||
   double ynorm = 0;
 };
 
@@ -156,8 +156,8 @@ inline NnlsCore nnls_core(const Matrix& A, const Vector& b, double kkt_tol, inde
     out.converged = true;
     return out;
   }
-  Vector r = b;           // residual of the current iterate (the projection residual when optimal)
-  PassiveLS ls, opt_ls;   // opt_ls: factors of the passive set at which x is the least-squares optimum
+  Vector r = b;          // residual of the current iterate (the projection residual when optimal)
+  PassiveLS ls, opt_ls;  // opt_ls: factors of the passive set at which x is the least-squares optimum
   bool have_factors = false;
   bool at_optimum = true;  // x = 0 is optimal for the empty passive set
   std::vector<index_t> P;

@@ -66,7 +66,8 @@ inline nlohmann::json config_to_json(const LayerConfig& c) {
 /// without logits; topk unless normalize is topk_softmax) are errors
 /// ("config field 'tau': expected a number, found string (\"1\")").
 inline LayerConfig config_from_json(const nlohmann::json& j) {
-  if (!j.is_object()) detail::fail("config: expected a JSON object, found ", j.type_name(), " (", detail::excerpt(j), ")");
+  if (!j.is_object())
+    detail::fail("config: expected a JSON object, found ", j.type_name(), " (", detail::excerpt(j), ")");
   static const char* const fields[] = {"variant", "map", "bound", "pairing", "normalize", "tau", "topk"};
   for (auto it = j.begin(); it != j.end(); ++it) {
     bool known = false;
@@ -79,7 +80,8 @@ inline LayerConfig config_from_json(const nlohmann::json& j) {
     auto it = j.find(field);
     if (it == j.end()) return nullptr;
     if (!it->is_string())
-      detail::fail("config field '", field, "': expected a string, found ", it->type_name(), " (", detail::excerpt(*it), ")");
+      detail::fail("config field '", field, "': expected a string, found ", it->type_name(), " (", detail::excerpt(*it),
+                   ")");
     return &*it;
   };
   // Enumerated values are checked by the parsers of layer_config.hpp; the value is made printable
@@ -99,8 +101,8 @@ inline LayerConfig config_from_json(const nlohmann::json& j) {
   if (const nlohmann::json* p = text("pairing")) c.pairing = parse_pairing(value(p));
   if (const nlohmann::json* n = text("normalize")) {
     if (!c.has_logits())
-      detail::fail("config field 'normalize': variant '", variant, "' has a gate without logits (",
-                   to_string(c.gate), "), so nothing to normalize; found \"", value(n), "\"");
+      detail::fail("config field 'normalize': variant '", variant, "' has a gate without logits (", to_string(c.gate),
+                   "), so nothing to normalize; found \"", value(n), "\"");
     c.normalize = parse_normalize(value(n));
   }
   auto t = j.find("tau");
@@ -125,8 +127,8 @@ inline LayerConfig config_from_json(const nlohmann::json& j) {
                    "' normalizes with ", c.has_logits() ? to_string(c.normalize) : "nothing (a gate without logits)",
                    "; found ", detail::excerpt(*k));
     // Judged on the JSON text, so that 18446744073709551615 is not reported as -1.
-    const bool in_range = k->is_number_unsigned() ? k->get<std::uint64_t>() >= 1 && k->get<std::uint64_t>() <= 1000000000
-                                                  : false;
+    const bool in_range =
+        k->is_number_unsigned() ? k->get<std::uint64_t>() >= 1 && k->get<std::uint64_t>() <= 1000000000 : false;
     if (!in_range) detail::fail("config field 'topk': expected a value in 1..N, found ", detail::excerpt(*k));
     c.topk = int(k->get<std::uint64_t>());
   }
@@ -192,7 +194,8 @@ inline DType model_dtype(const SafetensorsFile& f) {
     }
   if (!first) first = &ts.front();
   if (!is_floating(first->dtype))
-    f.fail_tensor(first->name, "expected a floating-point dtype (F64, F32, F16 or BF16), found ", to_string(first->dtype));
+    f.fail_tensor(first->name, "expected a floating-point dtype (F64, F32, F16 or BF16), found ",
+                  to_string(first->dtype));
   for (const TensorInfo& t : ts)
     if (t.dtype != first->dtype)
       f.fail_tensor(t.name, "expected dtype ", to_string(first->dtype), " (the dtype of '", first->name, "'), found ",
@@ -274,7 +277,8 @@ Tensor<S> read_matrix(const SafetensorsFile& f, const std::string& name, DType d
   if (ti.dtype != dtype)
     f.fail_tensor(name, "expected dtype ", to_string(dtype), " (the model's dtype), found ", to_string(ti.dtype));
   if (ti.shape.size() != 2 || ti.shape[1] != cols)
-    f.fail_tensor(name, "expected shape [T, ", cols, "] (", what, " = ", cols, "), found ", detail::shape_str(ti.shape));
+    f.fail_tensor(name, "expected shape [T, ", cols, "] (", what, " = ", cols, "), found ",
+                  detail::shape_str(ti.shape));
   Tensor<S> t = f.get<S>(name);
   detail::in_file(f.source(), [&] { require_finite(name, t); });
   return t;
@@ -301,7 +305,8 @@ Activations<S> load_activations(const SafetensorsFile& f, const Dims& D, DType d
   if (f.has("dy")) {
     a.dy = read_matrix<S>(f, "dy", dtype, D.d, "d");
     if (a.dy.shape[0] != a.x.shape[0])
-      f.fail_tensor("dy", "expected shape [", a.x.shape[0], ", ", D.d, "] (T from x), found ", detail::shape_str(a.dy.shape));
+      f.fail_tensor("dy", "expected shape [", a.x.shape[0], ", ", D.d, "] (T from x), found ",
+                    detail::shape_str(a.dy.shape));
   }
   return a;
 }

@@ -54,8 +54,7 @@ inline void check_layer_name(const std::string& name) {
   if (name.empty()) fail("layer name: expected a non-empty name, found \"\"");
   for (unsigned char c : name)
     if (c < 0x20 || c == 0x7f) fail("layer name '", name, "': expected printable characters, found byte ", int(c));
-  if (name.front() == '.' || name.back() == '.')
-    fail("layer name '", name, "': expected no leading or trailing '.'");
+  if (name.front() == '.' || name.back() == '.') fail("layer name '", name, "': expected no leading or trailing '.'");
 }
 }  // namespace detail
 
@@ -68,9 +67,9 @@ struct ModelLayer {
   Dims dims;
   DType dtype = DType::F32;
   Params<S> params;
-  std::vector<std::string> tensors;               // parameter names present, in file order
+  std::vector<std::string> tensors;                    // parameter names present, in file order
   std::map<std::string, std::vector<index_t>> shapes;  // parameter name -> shape
-  std::size_t in_place = 0;                        // how many tensors are viewed in the file's bytes
+  std::size_t in_place = 0;                            // how many tensors are viewed in the file's bytes
 
   /// The number of values of every tensor of the layer.
   index_t parameter_count() const {
@@ -147,7 +146,8 @@ class ModelSet {
   const ModelLayer<S>& layer(const std::string& name) const {
     if (const ModelLayer<S>* l = find(name)) return *l;
     if (!named_)
-      file_->fail_file("layer '", name, "': this is a one-layer file (its layer has no name); leave out the layer name");
+      file_->fail_file("layer '", name,
+                       "': this is a one-layer file (its layer has no name); leave out the layer name");
     file_->fail_file("no layer '", name, "'; the file holds ", layers_.size(), " layers: ", detail::join(names()));
   }
   /// The layer a command-line tool means: `name` when given; with no name, the only layer, or an
@@ -192,8 +192,7 @@ class ModelSet {
     // Which tensor belongs to which layer.
     std::map<std::string, std::pair<std::size_t, std::string>> owner;  // tensor -> (layer, param)
     for (std::size_t i = 0; i < list.size(); ++i)
-      for (const std::string& p : param_names())
-        owner[list[i].first.empty() ? p : list[i].first + "." + p] = {i, p};
+      for (const std::string& p : param_names()) owner[list[i].first.empty() ? p : list[i].first + "." + p] = {i, p};
     for (const TensorInfo& t : f.tensors())
       if (!owner.count(t.name)) {
         if (named_)
@@ -218,16 +217,19 @@ class ModelSet {
     // Depth-limited and duplicate-checked, so that the dump() of a bad entry below stays bounded.
     const nlohmann::json j = detail::in_file(f.source(), [&] { return detail::parse_json_checked(text, where); });
     if (!j.is_array() || j.empty())
-      f.fail_file(where, ": expected a non-empty array of {\"name\": ..., \"config\": {...}}, found ", detail::excerpt(j));
+      f.fail_file(where, ": expected a non-empty array of {\"name\": ..., \"config\": {...}}, found ",
+                  detail::excerpt(j));
     std::vector<std::pair<std::string, LayerConfig>> out;
     std::set<std::string> seen;
     for (std::size_t i = 0; i < j.size(); ++i) {
       const nlohmann::json& e = j[i];
       if (!e.is_object() || !e.contains("name") || !e["name"].is_string() || !e.contains("config"))
-        f.fail_file(where, " entry ", i, ": expected {\"name\": \"<layer>\", \"config\": {...}}, found ", detail::excerpt(e));
+        f.fail_file(where, " entry ", i, ": expected {\"name\": \"<layer>\", \"config\": {...}}, found ",
+                    detail::excerpt(e));
       for (auto it = e.begin(); it != e.end(); ++it)
         if (it.key() != "name" && it.key() != "config")
-          f.fail_file(where, " entry ", i, ": unknown field '", detail::excerpt(it.key()), "'; expected name and config");
+          f.fail_file(where, " entry ", i, ": unknown field '", detail::excerpt(it.key()),
+                      "'; expected name and config");
       const std::string name = e["name"].get<std::string>();
       detail::in_file(f.source(), [&] { detail::check_layer_name(name); });
       if (!seen.insert(name).second) f.fail_file(where, ": layer '", name, "' listed more than once");

@@ -44,14 +44,14 @@ using ByteSet = std::bitset<256>;
 
 struct Node {  // the parsed pattern
   enum Kind { empty, set, begin, end, concat, alt, repeat } kind = empty;
-  ByteSet bytes;                 // set
-  std::vector<Node> kids;        // concat, alt: the parts; repeat: the one operand
-  int min = 0, max = -1;         // repeat: max -1 = unbounded
+  ByteSet bytes;           // set
+  std::vector<Node> kids;  // concat, alt: the parts; repeat: the one operand
+  int min = 0, max = -1;   // repeat: max -1 = unbounded
 };
 
 struct Inst {
   enum Op { set, split, jump, begin, end, match } op = match;
-  ByteSet bytes;  // set
+  ByteSet bytes;     // set
   int x = 0, y = 0;  // split: both; jump: x
 };
 
@@ -79,9 +79,7 @@ class Parser {
   const Limits& lim_;
   std::size_t i_ = 0;
 
-  [[noreturn]] void fail_at(const std::string& what) const {
-    radargate::detail::fail(what, " at position ", i_);
-  }
+  [[noreturn]] void fail_at(const std::string& what) const { radargate::detail::fail(what, " at position ", i_); }
   bool more() const { return i_ < s_.size(); }
   // One character of the pattern for a message: itself when printable ASCII, else \xNN.
   static std::string shown(char c) {
@@ -117,11 +115,15 @@ class Parser {
       int lo, hi;
       const std::size_t at = i_;
       const char c = peek();
-      if (c == '*') lo = 0, hi = -1, ++i_;
-      else if (c == '+') lo = 1, hi = -1, ++i_;
-      else if (c == '?') lo = 0, hi = 1, ++i_;
-      else if (c == '{' && counted(lo, hi)) {}
-      else break;
+      if (c == '*')
+        lo = 0, hi = -1, ++i_;
+      else if (c == '+')
+        lo = 1, hi = -1, ++i_;
+      else if (c == '?')
+        lo = 0, hi = 1, ++i_;
+      else if (c == '{' && counted(lo, hi)) {
+      } else
+        break;
       if (atom_node.kind == Node::repeat || atom_node.kind == Node::begin || atom_node.kind == Node::end) {
         i_ = at;
         fail_at(atom_node.kind == Node::repeat ? "multiple repeat" : "nothing to repeat");
@@ -201,14 +203,30 @@ class Parser {
         ++i_;
         return n;
       }
-      case ')': fail_at("unbalanced ')'");
-      case '*': case '+': case '?': fail_at("nothing to repeat");
-      case '^': ++i_; n.kind = Node::begin; return n;
-      case '$': ++i_; n.kind = Node::end; return n;
-      case '.': ++i_; return leaf(~range('\n', '\n'));
-      case '[': return leaf(byte_class());
-      case '\\': return leaf(escape(false));
-      default: ++i_; return leaf(range(static_cast<unsigned char>(c), static_cast<unsigned char>(c)));
+      case ')':
+        fail_at("unbalanced ')'");
+      case '*':
+      case '+':
+      case '?':
+        fail_at("nothing to repeat");
+      case '^':
+        ++i_;
+        n.kind = Node::begin;
+        return n;
+      case '$':
+        ++i_;
+        n.kind = Node::end;
+        return n;
+      case '.':
+        ++i_;
+        return leaf(~range('\n', '\n'));
+      case '[':
+        return leaf(byte_class());
+      case '\\':
+        return leaf(escape(false));
+      default:
+        ++i_;
+        return leaf(range(static_cast<unsigned char>(c), static_cast<unsigned char>(c)));
     }
   }
 
@@ -218,24 +236,36 @@ class Parser {
     if (!more()) fail_at("bad escape (end of pattern)");
     const char c = s_[i_++];
     switch (c) {
-      case 'd': return digits();
-      case 'D': return ~digits();
-      case 'w': return words();
-      case 'W': return ~words();
-      case 's': return spaces();
-      case 'S': return ~spaces();
-      case 'n': return range('\n', '\n');
-      case 't': return range('\t', '\t');
-      case 'r': return range('\r', '\r');
-      case 'f': return range('\f', '\f');
-      case 'v': return range('\v', '\v');
-      default: break;
+      case 'd':
+        return digits();
+      case 'D':
+        return ~digits();
+      case 'w':
+        return words();
+      case 'W':
+        return ~words();
+      case 's':
+        return spaces();
+      case 'S':
+        return ~spaces();
+      case 'n':
+        return range('\n', '\n');
+      case 't':
+        return range('\t', '\t');
+      case 'r':
+        return range('\r', '\r');
+      case 'f':
+        return range('\f', '\f');
+      case 'v':
+        return range('\v', '\v');
+      default:
+        break;
     }
     const unsigned char u = static_cast<unsigned char>(c);
     if ((u >= '0' && u <= '9') || (u >= 'a' && u <= 'z') || (u >= 'A' && u <= 'Z') || u >= 0x80) {
       --i_;
-      fail_at(std::string("escape '\\") + shown(c) + "'" +
-              (in_class ? " in a class" : "") + " that this matcher does not read");
+      fail_at(std::string("escape '\\") + shown(c) + "'" + (in_class ? " in a class" : "") +
+              " that this matcher does not read");
     }
     return range(u, u);
   }
@@ -309,10 +339,17 @@ class Compiler {
 
   void emit(const Node& n) {  // recursion depth is bounded by the parser's nesting limit
     switch (n.kind) {
-      case Node::empty: return;
-      case Node::set: add(Inst{Inst::set, n.bytes, 0, 0}); return;
-      case Node::begin: add(Inst{Inst::begin, {}, 0, 0}); return;
-      case Node::end: add(Inst{Inst::end, {}, 0, 0}); return;
+      case Node::empty:
+        return;
+      case Node::set:
+        add(Inst{Inst::set, n.bytes, 0, 0});
+        return;
+      case Node::begin:
+        add(Inst{Inst::begin, {}, 0, 0});
+        return;
+      case Node::end:
+        add(Inst{Inst::end, {}, 0, 0});
+        return;
       case Node::concat:
         for (const Node& k : n.kids) emit(k);
         return;
@@ -379,16 +416,23 @@ class Regex {
         mark[std::size_t(pc)] = pos;
         const detail::Inst& in = prog_[std::size_t(pc)];
         switch (in.op) {
-          case detail::Inst::match: return true;
-          case detail::Inst::jump: stack.push_back(in.x); break;
-          case detail::Inst::split: stack.push_back(in.y), stack.push_back(in.x); break;
+          case detail::Inst::match:
+            return true;
+          case detail::Inst::jump:
+            stack.push_back(in.x);
+            break;
+          case detail::Inst::split:
+            stack.push_back(in.y), stack.push_back(in.x);
+            break;
           case detail::Inst::begin:
             if (pos == 0) stack.push_back(pc + 1);
             break;
           case detail::Inst::end:
             if (pos == s.size() || (pos + 1 == s.size() && s[pos] == '\n')) stack.push_back(pc + 1);
             break;
-          case detail::Inst::set: list.push_back(pc); break;
+          case detail::Inst::set:
+            list.push_back(pc);
+            break;
         }
       }
       return false;

@@ -60,12 +60,12 @@ inline constexpr const char* key_prefix = "base_model.model.";
 
 /// One adapted module of one adapter, as PEFT computes it: delta(x) = scaling * B A x.
 struct AdaptedModule {
-  std::string name;       // as the base model names it, e.g. model.layers.0.self_attn.q_proj
-  index_t r = 0;          // the rank PEFT uses for this module (r or rank_pattern)
-  double alpha = 0;       // lora_alpha or alpha_pattern
-  double scaling = 0;     // alpha / r, or alpha / sqrt(r) with use_rslora
-  Tensor<double> A;       // [r, d_in]
-  Tensor<double> B;       // [d, r]
+  std::string name;          // as the base model names it, e.g. model.layers.0.self_attn.q_proj
+  index_t r = 0;             // the rank PEFT uses for this module (r or rank_pattern)
+  double alpha = 0;          // lora_alpha or alpha_pattern
+  double scaling = 0;        // alpha / r, or alpha / sqrt(r) with use_rslora
+  Tensor<double> A;          // [r, d_in]
+  Tensor<double> B;          // [d, r]
   DType dtype = DType::F32;  // of the adapter file
 };
 
@@ -165,7 +165,8 @@ class PatternKeys {
   std::vector<pattern::Regex> compiled_;
 };
 
-inline std::string pattern_key(const std::vector<std::string>& keys, const std::string& module, const std::string& who) {
+inline std::string pattern_key(const std::vector<std::string>& keys, const std::string& module,
+                               const std::string& who) {
   return PatternKeys(keys, who).key(module);
 }
 
@@ -194,7 +195,8 @@ inline Adapter adapter_from(const std::string& dir, const std::string& config_te
   };
   if (const auto* t = field("peft_type"))
     if (!t->is_string() || t->get<std::string>() != "LORA")
-      fail(who, ": adapter_config.json: peft_type: expected \"LORA\", found ", shown(t), " (only LoRA adapters import)");
+      fail(who, ": adapter_config.json: peft_type: expected \"LORA\", found ", shown(t),
+           " (only LoRA adapters import)");
 
   Adapter a;
   a.dir = dir;
@@ -203,13 +205,11 @@ inline Adapter adapter_from(const std::string& dir, const std::string& config_te
     fail(who, ": adapter_config.json: 'r': expected an integer >= 1, found ", shown(r));
   a.r = index_t(r->get<long long>());
   const auto* al = field("lora_alpha");
-  if (!al || !al->is_number())
-    fail(who, ": adapter_config.json: 'lora_alpha': expected a number, found ", shown(al));
+  if (!al || !al->is_number()) fail(who, ": adapter_config.json: 'lora_alpha': expected a number, found ", shown(al));
   a.lora_alpha = al->get<double>();
   auto flag = [&](const char* k) {
     const auto* f = field(k);
-    if (f && !f->is_boolean())
-      fail(who, ": adapter_config.json: '", k, "': expected true or false, found ", shown(f));
+    if (f && !f->is_boolean()) fail(who, ": adapter_config.json: '", k, "': expected true or false, found ", shown(f));
     return f && f->get<bool>();
   };
   a.use_rslora = flag("use_rslora");
@@ -217,17 +217,25 @@ inline Adapter adapter_from(const std::string& dir, const std::string& config_te
 
   // Open the tensors first, so configuration refusals can name a module.
   const SafetensorsFile f = open_tensors();
-  std::vector<std::string> order;                          // modules in file order
+  std::vector<std::string> order;                                   // modules in file order
   std::map<std::string, std::map<std::string, std::string>> parts;  // module -> part -> tensor
   std::string first_module;
   for (const TensorInfo& t : f.tensors()) {
     const std::string& k = t.name;
     if (k.rfind(key_prefix, 0) != 0)
-      fail(who, ": tensor '", radargate::io::detail::printable(k), "': expected a name starting with '", key_prefix, "' (as save_pretrained writes it)");
+      fail(who, ": tensor '", radargate::io::detail::printable(k), "': expected a name starting with '", key_prefix,
+           "' (as save_pretrained writes it)");
     const std::string rest = k.substr(std::string(key_prefix).size());
-    static const char* const suffixes[] = {".lora_A.weight", ".lora_B.weight", ".lora_embedding_A", ".lora_embedding_B",
-                                           ".lora_magnitude_vector", ".lora_magnitude_vector.weight",
-                                           ".lora_A.bias", ".lora_B.bias", ".bias", ".weight"};
+    static const char* const suffixes[] = {".lora_A.weight",
+                                           ".lora_B.weight",
+                                           ".lora_embedding_A",
+                                           ".lora_embedding_B",
+                                           ".lora_magnitude_vector",
+                                           ".lora_magnitude_vector.weight",
+                                           ".lora_A.bias",
+                                           ".lora_B.bias",
+                                           ".bias",
+                                           ".weight"};
     std::string module, part;
     for (const char* s : suffixes) {
       const std::string suf = s;
@@ -255,15 +263,17 @@ inline Adapter adapter_from(const std::string& dir, const std::string& config_te
         m = o;
         break;
       }
-    refuse(m, "use_dora is true: DoRA rescales each output column by a learned magnitude over ||W0 + BA||, which is "
-              "not a sum of low-rank products; cannot be represented");
+    refuse(m,
+           "use_dora is true: DoRA rescales each output column by a learned magnitude over ||W0 + BA||, which is "
+           "not a sum of low-rank products; cannot be represented");
   }
   if (const auto* mts = field("modules_to_save"))
     if (detail::json_truthy(*mts)) {
-      const std::string m = mts->is_array() && !mts->empty() && (*mts)[0].is_string() ? (*mts)[0].get<std::string>()
-                                                                                       : shown(mts);
-      refuse(m, "listed in modules_to_save: the adapter replaces this module's full weights, which a LoRA layer "
-                "cannot represent");
+      const std::string m =
+          mts->is_array() && !mts->empty() && (*mts)[0].is_string() ? (*mts)[0].get<std::string>() : shown(mts);
+      refuse(m,
+             "listed in modules_to_save: the adapter replaces this module's full weights, which a LoRA layer "
+             "cannot represent");
     }
   if (const auto* b = field("bias"))
     if (!b->is_string() || b->get<std::string>() != "none") {
@@ -273,8 +283,9 @@ inline Adapter adapter_from(const std::string& dir, const std::string& config_te
           m = o;
           break;
         }
-      refuse(m, "bias is " + shown(b) + ", expected \"none\": the adapter trains bias vectors, which a LoRA layer "
-                "does not hold");
+      refuse(m, "bias is " + shown(b) +
+                    ", expected \"none\": the adapter trains bias vectors, which a LoRA layer "
+                    "does not hold");
     }
   if (flag("lora_bias")) refuse(first_module, "lora_bias is true: lora_B has a bias, which a LoRA layer does not hold");
   if (const auto* lr = field("layer_replication"))
@@ -311,25 +322,30 @@ inline Adapter adapter_from(const std::string& dir, const std::string& config_te
   for (const std::string& m : order) {
     const auto& p = parts[m];
     if (p.count("lora_embedding_A") || p.count("lora_embedding_B"))
-      refuse(m, "LoRA on an embedding (lora_embedding_A/B): a table lookup, not a product with the input; cannot be "
-                "represented");
+      refuse(m,
+             "LoRA on an embedding (lora_embedding_A/B): a table lookup, not a product with the input; cannot be "
+             "represented");
     if (p.count("lora_A.weight") && f.info(p.at("lora_A.weight")).shape.size() != 2)
-      refuse(m, "LoRA on a convolution (lora_A " + radargate::io::detail::shape_str(f.info(p.at("lora_A.weight")).shape) +
+      refuse(m, "LoRA on a convolution (lora_A " +
+                    radargate::io::detail::shape_str(f.info(p.at("lora_A.weight")).shape) +
                     "; a linear layer has lora_A [r, d_in]); cannot be represented");
   }
   for (const std::string& m : order) {
     const auto& p = parts[m];
     if (p.count("lora_embedding_A") || p.count("lora_embedding_B"))
-      refuse(m, "LoRA on an embedding (lora_embedding_A/B): a table lookup, not a product with the input; cannot be "
-                "represented");
+      refuse(m,
+             "LoRA on an embedding (lora_embedding_A/B): a table lookup, not a product with the input; cannot be "
+             "represented");
     if (p.count("lora_magnitude_vector") || p.count("lora_magnitude_vector.weight"))
       refuse(m, "holds lora_magnitude_vector (DoRA); cannot be represented");
     if (p.count("bias") || p.count("lora_A.bias") || p.count("lora_B.bias"))
-      refuse(m, "holds a bias tensor ('" + radargate::io::detail::printable(p.count("bias") ? p.at("bias") : p.begin()->second) +
+      refuse(m, "holds a bias tensor ('" +
+                    radargate::io::detail::printable(p.count("bias") ? p.at("bias") : p.begin()->second) +
                     "'): the adapter trains biases, which a LoRA layer does not hold");
     if (!p.count("lora_A.weight") && !p.count("lora_B.weight"))
-      refuse(m, "holds '" + radargate::io::detail::printable(p.begin()->second) + "', which is no LoRA factor (a module saved whole, as "
-                "modules_to_save does?); cannot be represented");
+      refuse(m, "holds '" + radargate::io::detail::printable(p.begin()->second) +
+                    "', which is no LoRA factor (a module saved whole, as "
+                    "modules_to_save does?); cannot be represented");
     if (!p.count("lora_A.weight")) refuse(m, "lora_B.weight without lora_A.weight");
     if (!p.count("lora_B.weight")) refuse(m, "lora_A.weight without lora_B.weight");
     for (const auto& kv : p)
@@ -339,11 +355,13 @@ inline Adapter adapter_from(const std::string& dir, const std::string& config_te
     const TensorInfo& bi = f.info(p.at("lora_B.weight"));
     if (ai.shape.size() != 2 || bi.shape.size() != 2)
       refuse(m, "LoRA on a convolution (lora_A " + radargate::io::detail::shape_str(ai.shape) + ", lora_B " +
-                    radargate::io::detail::shape_str(bi.shape) + "; a linear layer has [r, d_in] and [d, r]); cannot "
+                    radargate::io::detail::shape_str(bi.shape) +
+                    "; a linear layer has [r, d_in] and [d, r]); cannot "
                     "be represented");
     for (const TensorInfo* t : {&ai, &bi})
       if (!is_floating(t->dtype))
-        refuse(m, "tensor '" + radargate::io::detail::printable(t->name) + "': expected F32, F16, BF16 or F64, found " + to_string(t->dtype));
+        refuse(m, "tensor '" + radargate::io::detail::printable(t->name) + "': expected F32, F16, BF16 or F64, found " +
+                      to_string(t->dtype));
     if (ai.dtype != bi.dtype)
       refuse(m, std::string("lora_A is ") + to_string(ai.dtype) + " but lora_B is " + to_string(bi.dtype));
     if (bi.shape[1] != ai.shape[0])
@@ -357,8 +375,10 @@ inline Adapter adapter_from(const std::string& dir, const std::string& config_te
     am.r = rp != rank_pattern.end() ? index_t(rp->second) : a.r;
     am.alpha = ap != alpha_pattern.end() ? ap->second : a.lora_alpha;
     if (ai.shape[0] != am.r)
-      refuse(m, "lora_A has rank " + std::to_string(ai.shape[0]) + ", but adapter_config.json gives r = " +
-                    std::to_string(am.r) + (rp != rank_pattern.end() ? " (rank_pattern '" + radargate::io::detail::excerpt(key, 96) + "')" : " ('r')"));
+      refuse(m, "lora_A has rank " + std::to_string(ai.shape[0]) +
+                    ", but adapter_config.json gives r = " + std::to_string(am.r) +
+                    (rp != rank_pattern.end() ? " (rank_pattern '" + radargate::io::detail::excerpt(key, 96) + "')"
+                                              : " ('r')"));
     if (ai.shape[0] < 1 || ai.shape[1] < 1 || bi.shape[0] < 1)
       refuse(m, "empty LoRA factors " + radargate::io::detail::shape_str(ai.shape) + ", " +
                     radargate::io::detail::shape_str(bi.shape));
@@ -391,8 +411,9 @@ inline Adapter read_adapter(const std::string& dir) {
   if (!detail::exists(cfg_path)) fail(who, ": missing adapter_config.json");
   if (!detail::exists(st_path)) {
     if (detail::is_file(detail::join_path(dir, "adapter_model.bin")))
-      fail(who, ": found adapter_model.bin (a pickle), expected adapter_model.safetensors (save_pretrained's default "
-                "with safe_serialization=True)");
+      fail(who,
+           ": found adapter_model.bin (a pickle), expected adapter_model.safetensors (save_pretrained's default "
+           "with safe_serialization=True)");
     fail(who, ": missing adapter_model.safetensors");
   }
   return detail::adapter_from(dir, detail::read_text(cfg_path, who), [&] { return SafetensorsFile::read(st_path); });
@@ -433,11 +454,13 @@ class BaseModel {
     const nlohmann::json j = radargate::io::detail::parse_json_checked(
         detail::read_text(index, who), who + ": '" + radargate::io::detail::printable(index) + "'");
     if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
-      fail(who, ": '", radargate::io::detail::printable(index), "': expected an object with \"weight_map\": {tensor: shard file}");
+      fail(who, ": '", radargate::io::detail::printable(index),
+           "': expected an object with \"weight_map\": {tensor: shard file}");
     const std::size_t slash = index.find_last_of('/');
     const std::string dir = slash == std::string::npos ? "." : index.substr(0, slash);
     for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
-      if (!it->is_string()) fail(who, ": '", radargate::io::detail::printable(index), "': weight_map '",
+      if (!it->is_string())
+        fail(who, ": '", radargate::io::detail::printable(index), "': weight_map '",
              radargate::io::detail::printable(it.key()), "': expected a file name, found ", detail::shown(&*it));
       const std::string shard = it->get<std::string>();
       if (shard.find('/') != std::string::npos || shard == "." || shard == "..")
@@ -493,7 +516,7 @@ class BaseModel {
 
 struct ImportOptions {
   LayerConfig config = LayerConfig::make(Variant::sum);
-  std::string modules;      // ECMAScript regex searched in each module name; empty: every module
+  std::string modules;       // ECMAScript regex searched in each module name; empty: every module
   DType dtype = DType::F32;  // of the written tensors
   std::uint64_t seed = 0;    // layer j's gate and angle parameters: init's, from seed + j
   index_t angle_rank = 4;    // k of rotating variants (init's default)
@@ -514,8 +537,8 @@ inline ImportResult import_adapters(const std::vector<Adapter>& adapters, BaseMo
   for (const Adapter& a : adapters)
     if (a.fan_in_fan_out != a0.fan_in_fan_out)
       fail("adapter '", a.dir, "': module '", a.modules.front().name, "': fan_in_fan_out is ",
-           a.fan_in_fan_out ? "true" : "false", " but adapter '", a0.dir, "' says ", a0.fan_in_fan_out ? "true" : "false",
-           ": they disagree on how the base stores its weights");
+           a.fan_in_fan_out ? "true" : "false", " but adapter '", a0.dir, "' says ",
+           a0.fan_in_fan_out ? "true" : "false", ": they disagree on how the base stores its weights");
   std::regex select;
   if (!opt.modules.empty()) {
     try {
@@ -557,7 +580,8 @@ inline ImportResult import_adapters(const std::vector<Adapter>& adapters, BaseMo
         first_owner = &a;
       } else if (m->A.shape[1] != first->A.shape[1] || m->B.shape[0] != first->B.shape[0]) {
         fail("adapter '", a.dir, "': module '", name, "': shape d_in ", m->A.shape[1], ", d ", m->B.shape[0],
-             " disagrees with adapter '", first_owner->dir, "' (d_in ", first->A.shape[1], ", d ", first->B.shape[0], ")");
+             " disagrees with adapter '", first_owner->dir, "' (d_in ", first->A.shape[1], ", d ", first->B.shape[0],
+             ")");
       }
       R = std::max(R, m->r);
     }
@@ -583,9 +607,11 @@ inline ImportResult import_adapters(const std::vector<Adapter>& adapters, BaseMo
     for (std::size_t i = 0; i < adapters.size(); ++i) {
       const AdaptedModule& am = *adapters[i].find(name);
       for (index_t q = 0; q < am.r; ++q)
-        for (index_t c = 0; c < D.d_in; ++c) A.data[std::size_t((index_t(i) * R + q) * D.d_in + c)] = am.A.data[std::size_t(q * D.d_in + c)];
+        for (index_t c = 0; c < D.d_in; ++c)
+          A.data[std::size_t((index_t(i) * R + q) * D.d_in + c)] = am.A.data[std::size_t(q * D.d_in + c)];
       for (index_t o = 0; o < D.d; ++o)
-        for (index_t q = 0; q < am.r; ++q) B.data[std::size_t((index_t(i) * D.d + o) * R + q)] = am.B.data[std::size_t(o * am.r + q)];
+        for (index_t q = 0; q < am.r; ++q)
+          B.data[std::size_t((index_t(i) * D.d + o) * R + q)] = am.B.data[std::size_t(o * am.r + q)];
       s.data[i] = am.scaling;
     }
     m.tensors["lora.A"] = std::move(A);
@@ -594,9 +620,11 @@ inline ImportResult import_adapters(const std::vector<Adapter>& adapters, BaseMo
     if (base) {
       const std::string wn = name + ".weight", bn = name + ".bias";
       if (!base->has(wn))
-        fail("adapter '", first_owner->dir, "': module '", name, "': the base '", base->path(), "' has no tensor '", wn, "'");
+        fail("adapter '", first_owner->dir, "': module '", name, "': the base '", base->path(), "' has no tensor '", wn,
+             "'");
       Tensor<double> W = base->get(wn);
-      const std::vector<index_t> want = a0.fan_in_fan_out ? std::vector<index_t>{D.d_in, D.d} : std::vector<index_t>{D.d, D.d_in};
+      const std::vector<index_t> want =
+          a0.fan_in_fan_out ? std::vector<index_t>{D.d_in, D.d} : std::vector<index_t>{D.d, D.d_in};
       if (W.shape != want)
         fail("adapter '", first_owner->dir, "': module '", name, "': base weight '", wn, "' has shape ",
              radargate::io::detail::shape_str(W.shape), ", expected ", radargate::io::detail::shape_str(want),

@@ -64,43 +64,67 @@ enum class DType { F64, F32, F16, BF16, I64, I32, I16, I8, U64, U32, U16, U8, BO
 
 inline const char* to_string(DType t) {
   switch (t) {
-    case DType::F64: return "F64";
-    case DType::F32: return "F32";
-    case DType::F16: return "F16";
-    case DType::BF16: return "BF16";
-    case DType::I64: return "I64";
-    case DType::I32: return "I32";
-    case DType::I16: return "I16";
-    case DType::I8: return "I8";
-    case DType::U64: return "U64";
-    case DType::U32: return "U32";
-    case DType::U16: return "U16";
-    case DType::U8: return "U8";
-    case DType::BOOL: return "BOOL";
-    case DType::F8_E4M3: return "F8_E4M3";
-    case DType::F8_E5M2: return "F8_E5M2";
+    case DType::F64:
+      return "F64";
+    case DType::F32:
+      return "F32";
+    case DType::F16:
+      return "F16";
+    case DType::BF16:
+      return "BF16";
+    case DType::I64:
+      return "I64";
+    case DType::I32:
+      return "I32";
+    case DType::I16:
+      return "I16";
+    case DType::I8:
+      return "I8";
+    case DType::U64:
+      return "U64";
+    case DType::U32:
+      return "U32";
+    case DType::U16:
+      return "U16";
+    case DType::U8:
+      return "U8";
+    case DType::BOOL:
+      return "BOOL";
+    case DType::F8_E4M3:
+      return "F8_E4M3";
+    case DType::F8_E5M2:
+      return "F8_E5M2";
   }
   return "?";
 }
 
-inline constexpr DType all_dtypes[] = {DType::F64, DType::F32,  DType::F16,  DType::BF16,    DType::I64,
-                                       DType::I32, DType::I16,  DType::I8,   DType::U64,     DType::U32,
-                                       DType::U16, DType::U8,   DType::BOOL, DType::F8_E4M3, DType::F8_E5M2};
+inline constexpr DType all_dtypes[] = {DType::F64, DType::F32, DType::F16,  DType::BF16,    DType::I64,
+                                       DType::I32, DType::I16, DType::I8,   DType::U64,     DType::U32,
+                                       DType::U16, DType::U8,  DType::BOOL, DType::F8_E4M3, DType::F8_E5M2};
 
 /// Bytes per element.
 inline std::size_t dtype_size(DType t) {
   switch (t) {
-    case DType::F64: case DType::I64: case DType::U64: return 8;
-    case DType::F32: case DType::I32: case DType::U32: return 4;
-    case DType::F16: case DType::BF16: case DType::I16: case DType::U16: return 2;
-    default: return 1;
+    case DType::F64:
+    case DType::I64:
+    case DType::U64:
+      return 8;
+    case DType::F32:
+    case DType::I32:
+    case DType::U32:
+      return 4;
+    case DType::F16:
+    case DType::BF16:
+    case DType::I16:
+    case DType::U16:
+      return 2;
+    default:
+      return 1;
   }
 }
 
 /// True for the dtypes that convert to float / double (F64, F32, F16, BF16).
-inline bool is_floating(DType t) {
-  return t == DType::F64 || t == DType::F32 || t == DType::F16 || t == DType::BF16;
-}
+inline bool is_floating(DType t) { return t == DType::F64 || t == DType::F32 || t == DType::F16 || t == DType::BF16; }
 
 /// Parses a dtype name ("F32"); returns false for a name the format does not define.
 inline bool parse_dtype(const std::string& s, DType& out) {
@@ -143,10 +167,10 @@ inline std::uint16_t encode_small_float(double v, int exp_bits, int frac_bits) {
   if (a == 0.0) return std::uint16_t(sign);
   int ex = 0;
   (void)std::frexp(a, &ex);
-  int e = std::max(ex - 1, emin);              // a in [2^e, 2^(e+1)) for normal results
+  int e = std::max(ex - 1, emin);                 // a in [2^e, 2^(e+1)) for normal results
   const double m = std::ldexp(a, frac_bits - e);  // a in units of the last place; exact
   double q = std::floor(m);
-  const double rest = m - q;                   // exact
+  const double rest = m - q;  // exact
   if (rest > 0.5 || (rest == 0.5 && std::fmod(q, 2.0) != 0.0)) q += 1.0;
   std::uint32_t qi = std::uint32_t(q);
   if (qi == (2u << frac_bits)) {  // rounded up into the next binade
@@ -217,7 +241,8 @@ void decode(const unsigned char* src, DType t, std::size_t n, S* dst) {
     case DType::BF16:
       for (std::size_t i = 0; i < n; ++i) dst[i] = static_cast<S>(bf16_to_float(load_le<std::uint16_t>(src + 2 * i)));
       return;
-    default: fail("cannot decode dtype ", to_string(t), " as floating point");
+    default:
+      fail("cannot decode dtype ", to_string(t), " as floating point");
   }
 }
 
@@ -247,7 +272,8 @@ void encode(const S* src, DType t, std::size_t n, unsigned char* dst) {
     case DType::BF16:
       for (std::size_t i = 0; i < n; ++i) store_le(dst + 2 * i, float_to_bf16(double(src[i])));
       return;
-    default: fail("cannot encode floating-point values as dtype ", to_string(t));
+    default:
+      fail("cannot encode floating-point values as dtype ", to_string(t));
   }
 }
 
@@ -274,8 +300,10 @@ inline std::string printable(const std::string& s) {
   std::string r;
   r.reserve(s.size());
   for (unsigned char c : s) {
-    if (c == '\\') r += "\\\\";
-    else if (c >= 0x20 && c < 0x7f) r += char(c);
+    if (c == '\\')
+      r += "\\\\";
+    else if (c >= 0x20 && c < 0x7f)
+      r += char(c);
     else {
       r += "\\x";
       r += hexd[c >> 4];
@@ -421,7 +449,8 @@ class SafetensorsFile {
     while ((more = ::read(fd, &extra, 1)) < 0 && errno == EINTR) {
     }
     if (more > 0)
-      detail::fail("file '", p, "': expected ", size, " bytes (its size when opened), found more (the file grew while "
+      detail::fail("file '", p, "': expected ", size,
+                   " bytes (its size when opened), found more (the file grew while "
                    "being read)");
     return from_bytes(std::move(bytes), path);
   }
@@ -522,15 +551,20 @@ class SafetensorsFile {
       const char* kind;
       std::string text;
     };
-    std::string found(const Found& v) const { return v.text.empty() ? v.kind : std::string(v.kind) + " (" + v.text + ")"; }
+    std::string found(const Found& v) const {
+      return v.text.empty() ? v.kind : std::string(v.kind) + " (" + v.text + ")";
+    }
 
     bool value(const Found& v, std::uint64_t u = 0, bool is_unsigned = false, const std::string* str = nullptr) {
       switch (at) {
-        case At::start: f.fail_file("header: expected a JSON object, found ", v.kind);
-        case At::top_value: bad_top_value(v);
+        case At::start:
+          f.fail_file("header: expected a JSON object, found ", v.kind);
+        case At::top_value:
+          bad_top_value(v);
         case At::meta_value:
           if (!str)
-            f.fail_file("'__metadata__' key '", detail::printable(field), "': expected a string value, found ", found(v));
+            f.fail_file("'__metadata__' key '", detail::printable(field), "': expected a string value, found ",
+                        found(v));
           f.metadata_[field] = *str;
           at = At::meta;
           return true;
@@ -538,7 +572,8 @@ class SafetensorsFile {
           if (field == "dtype") {
             if (!str) f.fail_tensor(name, "'dtype': expected a string, found ", found(v));
             if (!parse_dtype(*str, cur.dtype))
-              f.fail_tensor(name, "'dtype': expected a safetensors dtype (F64, F32, F16, BF16, I64, ...), found ", v.text);
+              f.fail_tensor(name, "'dtype': expected a safetensors dtype (F64, F32, F16, BF16, I64, ...), found ",
+                            v.text);
             has_dtype = true;
           } else if (field == "shape") {
             f.fail_tensor(name, "'shape': expected an array of non-negative integers, found ", found(v));
@@ -556,11 +591,14 @@ class SafetensorsFile {
         case At::offsets:
           if (!is_unsigned) f.fail_tensor(name, "'data_offsets': expected non-negative integers, found ", found(v));
           if (offsets.size() == 2)
-            f.fail_tensor(name, "'data_offsets': expected an array [begin, end], found an array of more than 2 elements");
+            f.fail_tensor(name,
+                          "'data_offsets': expected an array [begin, end], found an array of more than 2 elements");
           offsets.push_back(u);
           return true;
-        case At::skip: return true;
-        default: f.fail_file("header: unexpected ", v.kind);  // unreachable: the parser checks the grammar
+        case At::skip:
+          return true;
+        default:
+          f.fail_file("header: unexpected ", v.kind);  // unreachable: the parser checks the grammar
       }
     }
     [[noreturn]] void bad_top_value(const Found& v) const {
@@ -580,14 +618,14 @@ class SafetensorsFile {
     bool number_float(nlohmann::json::number_float_t, const std::string& text) {
       return value({"number", detail::excerpt(text)});
     }
-    bool string(std::string& s) {
-      return value({"string", "\"" + detail::excerpt(s) + "\""}, 0, false, &s);
-    }
+    bool string(std::string& s) { return value({"string", "\"" + detail::excerpt(s) + "\""}, 0, false, &s); }
     bool binary(nlohmann::json::binary_t&) { return value({"binary", ""}); }
 
     bool start_object(std::size_t) {
       switch (at) {
-        case At::start: at = At::top; return true;
+        case At::start:
+          at = At::top;
+          return true;
         case At::top_value:
           keys.clear();
           if (name == "__metadata__") {
@@ -606,8 +644,11 @@ class SafetensorsFile {
           at = At::skip;
           skip_depth = 1;
           return true;
-        case At::skip: ++skip_depth; return true;
-        default: return value({"object", ""});
+        case At::skip:
+          ++skip_depth;
+          return true;
+        default:
+          return value({"object", ""});
       }
     }
     bool start_array(std::size_t) {
@@ -627,8 +668,11 @@ class SafetensorsFile {
           at = At::skip;
           skip_depth = 1;
           return true;
-        case At::skip: ++skip_depth; return true;
-        default: return value({"array", ""});
+        case At::skip:
+          ++skip_depth;
+          return true;
+        default:
+          return value({"array", ""});
       }
     }
     bool end_array() {
@@ -641,11 +685,20 @@ class SafetensorsFile {
     }
     bool end_object() {
       switch (at) {
-        case At::skip: return end_skipped();
-        case At::top: at = At::done; return true;
-        case At::meta: at = At::top; return true;
-        case At::entry: finish_entry(); at = At::top; return true;
-        default: return true;  // unreachable: the parser checks the grammar
+        case At::skip:
+          return end_skipped();
+        case At::top:
+          at = At::done;
+          return true;
+        case At::meta:
+          at = At::top;
+          return true;
+        case At::entry:
+          finish_entry();
+          at = At::top;
+          return true;
+        default:
+          return true;  // unreachable: the parser checks the grammar
       }
     }
     bool end_skipped() {
@@ -703,8 +756,8 @@ class SafetensorsFile {
       }
       if (bytes != cur.end - cur.begin)
         f.fail_tensor(name, "expected ", bytes, " bytes (shape ", detail::shape_str(cur.shape), " of ",
-                      to_string(cur.dtype), "), found data_offsets [", cur.begin, ", ", cur.end, "] = ",
-                      cur.end - cur.begin, " bytes");
+                      to_string(cur.dtype), "), found data_offsets [", cur.begin, ", ", cur.end,
+                      "] = ", cur.end - cur.begin, " bytes");
       f.index_.emplace(name, f.infos_.size());
       f.infos_.push_back(std::move(cur));
     }
@@ -717,7 +770,8 @@ class SafetensorsFile {
                 size == 0 ? " (empty file)" : "");
     const std::uint64_t n = detail::load_le<std::uint64_t>(bytes_.data());
     if (n > max_header_size)
-      fail_file("header size ", n, " bytes exceeds the limit of ", max_header_size, " bytes (corrupt or not a safetensors file)");
+      fail_file("header size ", n, " bytes exceeds the limit of ", max_header_size,
+                " bytes (corrupt or not a safetensors file)");
     if (n > size - 8)
       fail_file("header size ", n, " bytes is larger than the file: expected at most ", size - 8,
                 " bytes after the 8-byte size (file truncated?)");
@@ -862,7 +916,8 @@ class PendingFile {
         detail::fail("output '", p, "': cannot create a temporary file in '", detail::printable(dir),
                      "': ", detail::errno_text(errno));
     }
-    if (fd_ < 0) detail::fail("output '", p, "': cannot create a unique temporary file in '", detail::printable(dir), "'");
+    if (fd_ < 0)
+      detail::fail("output '", p, "': cannot create a unique temporary file in '", detail::printable(dir), "'");
     std::size_t done = 0;
     while (done < bytes.size()) {
       const ssize_t w = ::write(fd_, bytes.data() + done, bytes.size() - done);
@@ -926,8 +981,8 @@ class SafetensorsWriter {
   template <class S>
   void add(const std::string& name, const Tensor<S>& t, DType dtype) {
     if (std::size_t(t.numel()) != t.data.size())
-      detail::fail("tensor '", name, "': shape ", detail::shape_str(t.shape), " holds ", t.numel(),
-                   " elements, found ", t.data.size());
+      detail::fail("tensor '", name, "': shape ", detail::shape_str(t.shape), " holds ", t.numel(), " elements, found ",
+                   t.data.size());
     add(name, t.data.data(), t.shape, dtype);
   }
   template <class S>
@@ -940,7 +995,8 @@ class SafetensorsWriter {
     entries_.push_back(std::move(e));
   }
   /// Adds a tensor of any dtype from its little-endian bytes (size must match shape and dtype).
-  void add_raw(const std::string& name, DType dtype, const std::vector<index_t>& shape, std::vector<unsigned char> bytes) {
+  void add_raw(const std::string& name, DType dtype, const std::vector<index_t>& shape,
+               std::vector<unsigned char> bytes) {
     Entry e = make_entry(name, dtype, shape);
     if (bytes.size() != std::size_t(count(shape)) * dtype_size(dtype))
       detail::fail("tensor '", name, "': expected ", std::size_t(count(shape)) * dtype_size(dtype), " bytes, found ",
@@ -993,7 +1049,8 @@ class SafetensorsWriter {
       detail::fail("tensor name: expected a non-empty name other than __metadata__, found \"", name, "\"");
     if (has(name)) detail::fail("tensor '", name, "': added twice");
     for (index_t e : shape)
-      if (e < 0) detail::fail("tensor '", name, "': expected non-negative extents, found shape ", detail::shape_str(shape));
+      if (e < 0)
+        detail::fail("tensor '", name, "': expected non-negative extents, found shape ", detail::shape_str(shape));
     Entry e;
     e.name = name;
     e.dtype = dtype;

@@ -50,7 +50,8 @@ double mse_loss(View<const S, 2> y, View<const S, 2> target, View<S, 2> dy) {
 /// writes dL/dy into dy [T, d] when present and counts the tokens whose largest logit is the
 /// label (ties: the lower index) into *correct when given. Returns L (0 for T = 0).
 template <class S>
-double cross_entropy_loss(View<const S, 2> y, const std::int64_t* labels, View<S, 2> dy, std::int64_t* correct = nullptr) {
+double cross_entropy_loss(View<const S, 2> y, const std::int64_t* labels, View<S, 2> dy,
+                          std::int64_t* correct = nullptr) {
   const index_t T = y.shape[0], d = y.shape[1];
   if (T == 0) return 0.0;
   const double invT = 1.0 / double(T);
@@ -58,7 +59,8 @@ double cross_entropy_loss(View<const S, 2> y, const std::int64_t* labels, View<S
   std::int64_t right = 0;
   for (index_t t = 0; t < T; ++t) {
     const std::int64_t label = labels[t];
-    if (label < 0 || label >= d) detail::fail("cross_entropy: label ", label, " of token ", t, " is outside 0..", d - 1);
+    if (label < 0 || label >= d)
+      detail::fail("cross_entropy: label ", label, " of token ", t, " is outside 0..", d - 1);
     index_t arg = 0;
     double mx = double(y(t, 0));
     for (index_t j = 1; j < d; ++j)

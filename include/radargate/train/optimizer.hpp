@@ -57,7 +57,9 @@ struct OptimizerOptions {
 
   /// Throws radargate::error naming a value out of range.
   void validate() const {
-    auto bad = [](const char* n, double v, const char* want) { detail::fail("optimizer option ", n, ": expected ", want, ", found ", v); };
+    auto bad = [](const char* n, double v, const char* want) {
+      detail::fail("optimizer option ", n, ": expected ", want, ", found ", v);
+    };
     if (!(beta1 >= 0 && beta1 < 1)) bad("beta1", beta1, "a number in [0, 1)");
     if (!(beta2 >= 0 && beta2 < 1)) bad("beta2", beta2, "a number in [0, 1)");
     if (!(eps >= 0) || !std::isfinite(eps)) bad("eps", eps, "a finite number >= 0");

@@ -9,8 +9,8 @@
 //
 // __metadata__["radargate.train_state"] is a JSON object with the step and epoch counts and every
 // setting the continuation depends on (optimizer and its hyper-parameters, loss, schedule, batch,
-// seed, trained tensors, dtype, training-set size and an FNV-1a hash of its values). Loading checks each against the trainer it is
-// loaded into and names the first that differs. Needs radargate::io (nlohmann/json).
+// seed, trained tensors, dtype, training-set size and an FNV-1a hash of its values). Loading checks each against the
+// trainer it is loaded into and names the first that differs. Needs radargate::io (nlohmann/json).
 #pragma once
 
 #include <cstdio>
@@ -98,7 +98,8 @@ template <class S, class L>
 void load_state(const io::SafetensorsFile& f, Trainer<S, L>& tr, const Dataset<S>& data) {
   auto it = f.metadata().find(state_key);
   if (it == f.metadata().end())
-    f.fail_file("missing __metadata__ entry '", state_key, "'; not a training state written by 'radargate train --state'?");
+    f.fail_file("missing __metadata__ entry '", state_key,
+                "'; not a training state written by 'radargate train --state'?");
   const nlohmann::json meta = io::detail::in_file(f.source(), [&] {
     return io::detail::parse_json_checked(it->second, std::string("__metadata__ '") + state_key + "'");
   });
@@ -106,15 +107,18 @@ void load_state(const io::SafetensorsFile& f, Trainer<S, L>& tr, const Dataset<S
   const nlohmann::json want = state_settings(tr, data);
   for (auto kv = want.begin(); kv != want.end(); ++kv) {
     if (!meta.contains(kv.key()))
-      f.fail_file("training state: setting '", kv.key(), "' is missing (this run has ", io::detail::excerpt(kv.value()), ")");
+      f.fail_file("training state: setting '", kv.key(), "' is missing (this run has ", io::detail::excerpt(kv.value()),
+                  ")");
     if (meta[kv.key()] != kv.value())
       f.fail_file("training state: setting '", kv.key(), "' was ", io::detail::excerpt(meta[kv.key()]),
-                  " in the saved run, this run has ", io::detail::excerpt(kv.value()), "; resume with the same settings");
+                  " in the saved run, this run has ", io::detail::excerpt(kv.value()),
+                  "; resume with the same settings");
   }
   for (const char* key : {"step", "epoch"})
     if (!meta.contains(key) || !meta[key].is_number_integer() || meta[key].template get<std::int64_t>() < 0)
       f.fail_file("training state: expected a non-negative integer '", key, "'");
-  const std::int64_t step = meta["step"].template get<std::int64_t>(), epoch = meta["epoch"].template get<std::int64_t>();
+  const std::int64_t step = meta["step"].template get<std::int64_t>(),
+                     epoch = meta["epoch"].template get<std::int64_t>();
   const io::DType dt = sizeof(S) == 8 ? io::DType::F64 : io::DType::F32;
   Optimizer<S>& opt = tr.optimizer();
   // Everything is read and checked before anything is changed.
@@ -139,8 +143,7 @@ void load_state(const io::SafetensorsFile& f, Trainer<S, L>& tr, const Dataset<S
     std::copy(params[i].data.begin(), params[i].data.end(), s.param);
   }
   for (std::size_t k = 0; k < opt.state_count(); ++k)
-    for (std::size_t i = 0; i < opt.slots().size(); ++i)
-      opt.state(k, i) = states[k * opt.slots().size() + i].data;
+    for (std::size_t i = 0; i < opt.slots().size(); ++i) opt.state(k, i) = states[k * opt.slots().size() + i].data;
   opt.set_steps(step);
   tr.set_epochs_done(epoch);
 }

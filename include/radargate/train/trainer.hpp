@@ -54,9 +54,9 @@ struct TrainerOptions {
   LossKind loss = LossKind::mse;
   OptimizerOptions optimizer;
   Schedule schedule;
-  double clip = 0.0;        // max global gradient norm; 0: no clipping
-  index_t batch = 32;       // tokens per step (the last step of an epoch may have fewer)
-  std::uint64_t seed = 0;   // the shuffle of epoch e is a function of (seed, e) only
+  double clip = 0.0;       // max global gradient norm; 0: no clipping
+  index_t batch = 32;      // tokens per step (the last step of an epoch may have fewer)
+  std::uint64_t seed = 0;  // the shuffle of epoch e is a function of (seed, e) only
 };
 
 /// Steps in one epoch of T tokens with batches of B.
@@ -64,23 +64,23 @@ inline std::int64_t steps_per_epoch(index_t T, index_t B) { return B > 0 ? (T + 
 
 /// What a step reports to an epoch's callback.
 struct StepInfo {
-  std::int64_t epoch = 0;           // 1-based
-  std::int64_t step = 0;            // 1-based within the epoch
+  std::int64_t epoch = 0;  // 1-based
+  std::int64_t step = 0;   // 1-based within the epoch
   std::int64_t steps_in_epoch = 0;
-  std::int64_t global_step = 0;     // steps taken so far, this one included
+  std::int64_t global_step = 0;  // steps taken so far, this one included
   double loss = 0, lr = 0, grad_norm = 0;
-  index_t tokens = 0;               // in this step's batch
+  index_t tokens = 0;  // in this step's batch
 };
 
 struct EpochResult {
-  double loss = 0;          // token-weighted mean of the steps' losses
+  double loss = 0;  // token-weighted mean of the steps' losses
   std::int64_t steps = 0;
   index_t tokens = 0;
 };
 
 struct Evaluation {
   double loss = 0;
-  double accuracy = 0;      // cross_entropy: share of tokens whose largest logit is the label
+  double accuracy = 0;  // cross_entropy: share of tokens whose largest logit is the label
   index_t tokens = 0;
 };
 
@@ -97,13 +97,13 @@ template <class L, class S>
 struct has_workspace<
     L, S,
     std::void_t<typename L::Context, decltype(std::declval<const L&>().forward_workspace_bytes(index_t(0))),
-                decltype(std::declval<const L&>().backward_workspace_bytes(index_t(0), std::declval<const Gradients<S>&>())),
+                decltype(std::declval<const L&>().backward_workspace_bytes(index_t(0),
+                                                                           std::declval<const Gradients<S>&>())),
                 decltype(std::declval<const L&>().forward(std::declval<View<const S, 2>>(), std::declval<View<S, 2>>(),
                                                           std::declval<typename L::Context&>(), Workspace{})),
-                decltype(std::declval<const L&>().backward(std::declval<const typename L::Context&>(),
-                                                           std::declval<View<const S, 2>>(),
-                                                           std::declval<const Gradients<S>&>(), GradMode::overwrite,
-                                                           Workspace{}))>> : std::true_type {};
+                decltype(std::declval<const L&>().backward(
+                    std::declval<const typename L::Context&>(), std::declval<View<const S, 2>>(),
+                    std::declval<const Gradients<S>&>(), GradMode::overwrite, Workspace{}))>> : std::true_type {};
 
 template <class L, class S, bool = has_workspace<L, S>::value>
 struct SavedContext {
@@ -182,7 +182,7 @@ class Trainer {
         for (const std::string& n : param_names())
           if (model_.has(n)) have += (have.empty() ? "" : ",") + n;
         detail::fail("trainer: tensor '", train[i], "' is not in the model (variant '",
-                                radargate::to_string(model_.config.variant), "'); expected some of ", have);
+                     radargate::to_string(model_.config.variant), "'); expected some of ", have);
       }
     }
     D_ = layer_.dims();
@@ -226,26 +226,26 @@ class Trainer {
   void check(const Dataset<S>& data, const char* what = "data") const {
     if (data.x.shape[1] != D_.d_in)
       detail::fail(what, ": tensor 'x': expected shape [T, ", D_.d_in, "] (d_in of the model), found [",
-                              data.x.shape[0], ", ", data.x.shape[1], "]");
+                   data.x.shape[0], ", ", data.x.shape[1], "]");
     const index_t T = data.size();
     if (opt_.loss == LossKind::mse) {
       if (!data.y.present() && T > 0) detail::fail(what, ": loss mse needs targets y [T, d], found none");
       if (data.y.shape[0] != T || data.y.shape[1] != D_.d)
         detail::fail(what, ": tensor 'y': expected shape [", T, ", ", D_.d, "] (T of x, d of the model), found [",
-                                data.y.shape[0], ", ", data.y.shape[1], "]");
+                     data.y.shape[0], ", ", data.y.shape[1], "]");
     } else {
       if (!data.labels && T > 0) detail::fail(what, ": loss cross_entropy needs labels [T], found none");
       for (index_t t = 0; t < T; ++t)
         if (data.labels[t] < 0 || data.labels[t] >= D_.d)
-          detail::fail(what, ": tensor 'label': expected class ids in 0..", D_.d - 1, " (d = ", D_.d,
-                                  "), found ", data.labels[t], " at index [", t, "]");
+          detail::fail(what, ": tensor 'label': expected class ids in 0..", D_.d - 1, " (d = ", D_.d, "), found ",
+                       data.labels[t], " at index [", t, "]");
     }
     auto finite = [&](const View<const S, 2>& v, const char* name) {
       for (index_t t = 0; t < v.shape[0]; ++t)
         for (index_t j = 0; j < v.shape[1]; ++j)
           if (!std::isfinite(v(t, j)))
-            detail::fail(what, ": tensor '", name, "': expected finite values, found ", v(t, j), " at index [", t,
-                                    ", ", j, "]");
+            detail::fail(what, ": tensor '", name, "': expected finite values, found ", v(t, j), " at index [", t, ", ",
+                         j, "]");
     };
     finite(data.x, "x");
     if (opt_.loss == LossKind::mse) finite(data.y, "y");
@@ -288,8 +288,7 @@ class Trainer {
   /// One step on a batch given directly (x [B, d_in] with target [B, d] or labels [B], B <= batch).
   StepInfo step(View<const S, 2> x, View<const S, 2> target, const std::int64_t* labels) {
     const index_t n = x.shape[0];
-    if (n < 1 || n > opt_.batch)
-      detail::fail("trainer: expected a batch of 1..", opt_.batch, " tokens, found ", n);
+    if (n < 1 || n > opt_.batch) detail::fail("trainer: expected a batch of 1..", opt_.batch, " tokens, found ", n);
     Dataset<S> d{x, target, labels};
     gather_rows(d, nullptr, 0, n);
     StepInfo info;
