@@ -126,9 +126,10 @@ TEST_CASE("cpu backend: the counter sees what an uncontrolled call allocates", "
     void* p = std::malloc(16);
     std::free(p);
     CHECK(alloc_counter::disarm() == 1);
-    // Eigen's own product of the sizes above (x W0^T) packs its blocks on the heap
-    const Eigen::MatrixXd a = Eigen::MatrixXd::Ones(48, dims().d_in), b = Eigen::MatrixXd::Ones(dims().d_in, dims().d);
-    Eigen::MatrixXd c(48, dims().d);
+    // Eigen's own product packs its blocks on the heap once they pass its stack limit (128 KiB):
+    // at 512^3 they do for every block size Eigen picks, SSE2 to AVX-512
+    const Eigen::MatrixXd a = Eigen::MatrixXd::Ones(512, 512), b = Eigen::MatrixXd::Ones(512, 512);
+    Eigen::MatrixXd c(512, 512);
     alloc_counter::arm();
     c.noalias() = a * b;
     CHECK(alloc_counter::disarm() > 0);
