@@ -1,5 +1,5 @@
 // radargate/detail/layer_backward.cuh -- Layer<S, backend::cuda>::backward as its steps, in the
-// order they run (docs/MATH.md, the backward pass): dy into slot rows, the gate's gradients, the
+// order they run (docs/MATH.md, "Backward"): dy into slot rows, the gate's gradients, the
 // token pass (reductions over d), the rank-space gradients, the column pass (reductions over
 // tokens), the d_in-sized GEMMs, the reductions over tokens, the assembly of the LoRA and angle
 // weight gradients, and the writers. Only the steps the requested gradients need run (Needs).

@@ -1,5 +1,5 @@
 // radargate/detail/layer_forward.cuh -- Layer<S, backend::cuda>::forward as its steps (docs/MATH.md,
-// the forward pass): the shrink GEMM, the rank space per token, the gate, and the fused output
+// "Forward"): the shrink GEMM, the rank space per token, the gate, and the fused output
 // pass; and the argument structs the forward and backward passes share, each built in one place.
 // Included by radargate/cuda.cuh after the class.
 #pragma once

@@ -1,5 +1,5 @@
 // radargate/detail/fused/token.cuh -- the token pass: per token and expert, the reductions over
-// the coordinates of the backward (dz = U^T dpre and B_i^T R_i^T du).
+// the coordinates of the backward (dz = U^T dpre and B_i^T R_i^T du; docs/MATH.md, "Backward").
 #pragma once
 
 #include "unit.cuh"
