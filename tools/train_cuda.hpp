@@ -1,7 +1,8 @@
 // radargate train --backend cuda: the layer cmd_train.cpp's trainer steps, train::CudaLayer<float>
 // (cuda/radargate/train.cuh) behind virtual calls, so that the tool's C++ sources need no CUDA
-// headers. tools/train_cuda.cu, compiled by nvcc into the tool when RADARGATE_ENABLE_CUDA is on
-// (which also defines RADARGATE_WITH_CUDA for the tool's C++ sources), makes it.
+// headers. tools/train_cuda.cu, compiled by nvcc as part of tools/cuda.cu when
+// RADARGATE_ENABLE_CUDA is on (which also defines RADARGATE_WITH_CUDA for the tool's C++ sources),
+// makes it.
 #pragma once
 
 #include <cstdint>
