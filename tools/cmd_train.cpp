@@ -289,11 +289,10 @@ int train_with(const TrainArgs& a, io::LoadedModel<S>& lm, L& layer, const std::
     if (!log) detail::fail("option --log: cannot open '", a.log, "' for writing: ", io::detail::errno_text(errno));
   }
   const std::int64_t spe = train::steps_per_epoch(T, o.batch);
-  std::printf(
-      "training %s (variant %s, %s, backend %s): %s on %lld tokens, %lld steps per epoch, epochs %lld..%lld\n",
-      a.model.c_str(), to_string(lm.model.config.variant), io::to_string(lm.dtype), backend.c_str(),
-      io::detail::join(names, ",").c_str(), (long long)T, (long long)spe, (long long)(tr.epochs_done() + 1),
-      (long long)last);
+  std::printf("training %s (variant %s, %s, backend %s): %s on %lld tokens, %lld steps per epoch, epochs %lld..%lld\n",
+              a.model.c_str(), to_string(lm.model.config.variant), io::to_string(lm.dtype), backend.c_str(),
+              io::detail::join(names, ",").c_str(), (long long)T, (long long)spe, (long long)(tr.epochs_done() + 1),
+              (long long)last);
   std::fflush(stdout);
   Progress progress(a.epochs, spe, tr.epochs_done() + 1);
   const train::Dataset<S> dv = data.view();

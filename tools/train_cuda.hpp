@@ -28,8 +28,7 @@ class CudaTrainLayer {
   virtual ~CudaTrainLayer() = default;
   virtual const Dims& dims() const = 0;
   virtual Context forward(View<const float, 2> x, View<float, 2> y) = 0;
-  virtual void backward(const Context& ctx, View<const float, 2> dy, const Gradients<float>& grads,
-                        GradMode mode) = 0;
+  virtual void backward(const Context& ctx, View<const float, 2> dy, const Gradients<float>& grads, GradMode mode) = 0;
   /// Uploads the trained tensors from the model after the optimizer changed them.
   virtual void weights_changed() = 0;
   /// The device's name, for the tool's first line.

@@ -61,8 +61,7 @@ inline int require_device(const char* who) {
   const cudaError_t e = cudaGetDeviceCount(&n);
   if (e != cudaSuccess) {
     cudaGetLastError();  // clear the sticky "no device" state for later calls
-    detail::fail(who, ": expected a CUDA device, found none (", cudaGetErrorName(e), ": ", cudaGetErrorString(e),
-                 ")");
+    detail::fail(who, ": expected a CUDA device, found none (", cudaGetErrorName(e), ": ", cudaGetErrorString(e), ")");
   }
   if (n < 1) detail::fail(who, ": expected a CUDA device, found none");
   return n;
@@ -247,8 +246,7 @@ class CudaLayer {
         const Slot* s = find(name);
         if (!s) detail::fail("gradient 'grad.", name, "': the model has no tensor '", name, "' to take it");
         if (std::size_t(v.size()) != s->count)
-          detail::fail("gradient 'grad.", name, "': expected ", s->count, " elements (the tensor's), found ",
-                       v.size());
+          detail::fail("gradient 'grad.", name, "': expected ", s->count, " elements (the tensor's), found ", v.size());
         if (!v.contiguous())
           detail::fail("gradient 'grad.", name, "': expected dense row-major host memory, found a strided view");
         mask |= bit;
@@ -359,12 +357,14 @@ class CudaLayer {
   void upload(const Slot& s) {
     auto it = model_.tensors.find(s.name);
     if (it == model_.tensors.end() || it->second.data.size() != s.count)
-      detail::fail("train::CudaLayer: tensor '", s.name, "' changed size or vanished from the model since the "
-                   "adapter was built (expected ", s.count, " elements)");
+      detail::fail("train::CudaLayer: tensor '", s.name, "': expected ", s.count,
+                   " elements as when the adapter was built, found ",
+                   it == model_.tensors.end() ? std::string("none (removed from the model)")
+                                              : std::to_string(it->second.data.size()));
     if (s.count == 0) return;
-    detail::gpu::check(cudaMemcpyAsync(s.device, it->second.data.data(), s.count * sizeof(S), cudaMemcpyHostToDevice,
-                                       stream_.s),
-                       "cudaMemcpyAsync (train::CudaLayer, uploading a parameter)");
+    detail::gpu::check(
+        cudaMemcpyAsync(s.device, it->second.data.data(), s.count * sizeof(S), cudaMemcpyHostToDevice, stream_.s),
+        "cudaMemcpyAsync (train::CudaLayer, uploading a parameter)");
   }
 
   // Largest of f(t) over the token counts t <= T where it can peak: the workspaces grow with t
@@ -408,11 +408,11 @@ class CudaLayer {
     if (host.x.present()) {
       const std::size_t hp = cuda_impl::host_pitch(host.x, "grad.x");
       if (down)
-        cuda_impl::copy_rows(host.x.data, hp, static_cast<const S*>(dev.x.data), std::size_t(D_.d_in), T, D_.d_in,
-                             kind, stream_.s, "cudaMemcpy2DAsync (train::CudaLayer, downloading grad.x)");
+        cuda_impl::copy_rows(host.x.data, hp, static_cast<const S*>(dev.x.data), std::size_t(D_.d_in), T, D_.d_in, kind,
+                             stream_.s, "cudaMemcpy2DAsync (train::CudaLayer, downloading grad.x)");
       else
-        cuda_impl::copy_rows(dev.x.data, std::size_t(D_.d_in), static_cast<const S*>(host.x.data), hp, T, D_.d_in,
-                             kind, stream_.s, "cudaMemcpy2DAsync (train::CudaLayer, uploading grad.x)");
+        cuda_impl::copy_rows(dev.x.data, std::size_t(D_.d_in), static_cast<const S*>(host.x.data), hp, T, D_.d_in, kind,
+                             stream_.s, "cudaMemcpy2DAsync (train::CudaLayer, uploading grad.x)");
     }
     for_each_param(host, [&](const char* name, const auto& v) {
       if (!v.present() || v.size() == 0) return;
