@@ -157,7 +157,7 @@ class CudaLayer {
   /// weights_changed()). Every tensor of the model is copied to the device now.
   CudaLayer(Model<S>& model, const std::vector<std::string>& trained) : model_(model), trained_(trained) {
     cuda_impl::require_device("train::CudaLayer");
-    for (const std::string& n : trained_)
+    for (const std::string& n : trained_) {
       if (!model_.has(n)) {
         std::string have;
         for (const std::string& p : param_names())
@@ -165,6 +165,7 @@ class CudaLayer {
         detail::fail("train::CudaLayer: tensor '", n, "' is not in the model (variant '",
                      radargate::to_string(model_.config.variant), "'); expected some of ", have);
       }
+    }
     D_ = radargate::validate(model_.config, model_.params());
     detail::gpu::check(cudaStreamCreateWithFlags(&stream_.s, cudaStreamNonBlocking),
                        "cudaStreamCreateWithFlags (train::CudaLayer)");
@@ -224,59 +225,15 @@ class CudaLayer {
   /// dy [T, d] and the gradients in host memory; each requested parameter gradient dense, of its
   /// tensor's shape; grad.x [T, d_in] with unit stride along d_in. accumulate adds to the host values.
   void backward(const Context& ctx, View<const S, 2> dy, const Gradients<S>& grads, GradMode mode) {
-    if (ctx.call != calls_ || ctx.call == 0)
-      detail::fail("train::CudaLayer backward: expected the context of the adapter's latest forward (call ", calls_,
-                   "), found one of call ", ctx.call, "; the device keeps only the latest forward's activations");
+    const std::size_t mask = check_backward(ctx, dy, grads);
     const index_t T = ctx.tokens;
-    if (dy.shape[0] != T || dy.shape[1] != D_.d)
-      detail::fail("tensor 'dy': expected shape [", T, ", ", D_.d, "], found ", detail::shape_string(dy));
     const bool acc = mode == GradMode::accumulate;
-    // Checked before anything runs: shapes, and host layouts the copies can serve.
-    std::size_t mask = 0;
-    if (grads.x.present()) {
-      if (grads.x.shape[0] != T || grads.x.shape[1] != D_.d_in)
-        detail::fail("gradient 'grad.x': expected shape [", T, ", ", D_.d_in, "], found ",
-                     detail::shape_string(grads.x));
-      (void)cuda_impl::host_pitch(grads.x, "grad.x");
-      mask |= 1;
-    }
-    std::size_t bit = 2;
-    for_each_param(grads, [&](const char* name, const auto& v) {
-      if (v.present()) {
-        const Slot* s = find(name);
-        if (!s) detail::fail("gradient 'grad.", name, "': the model has no tensor '", name, "' to take it");
-        if (std::size_t(v.size()) != s->count)
-          detail::fail("gradient 'grad.", name, "': expected ", s->count, " elements (the tensor's), found ", v.size());
-        if (!v.contiguous())
-          detail::fail("gradient 'grad.", name, "': expected dense row-major host memory, found a strided view");
-        mask |= bit;
-      }
-      bit <<= 1;
-    });
     if (T == 0) {
       if (!acc) zero_host(grads);
       return;
     }
-    if (!dy.present()) detail::fail("tensor 'dy': null data for ", T, " tokens");
     const std::size_t dyp = cuda_impl::host_pitch(dy, "dy");
-    // Device views of the requested gradients, dense (buffers made on the first request).
-    Gradients<S> dg = grads;
-    if (grads.x.present()) {
-      gx_.reserve(std::size_t(tokens_cap_) * std::size_t(D_.d_in) * sizeof(S), "grad.x", allocations_);
-      dg.x = make_view(static_cast<S*>(gx_.data()), T, D_.d_in);
-    }
-    for_each_param(dg, [&](const char* name, auto& v) {
-      using V = std::decay_t<decltype(v)>;
-      if (!v.present()) return;
-      Slot& s = *find(name);
-      s.grad.reserve(s.count * sizeof(S), "a parameter gradient", allocations_);
-      v.data = static_cast<S*>(s.grad.data());
-      index_t st = 1;
-      for (int k = V::rank - 1; k >= 0; --k) {
-        v.stride[k] = st;
-        st *= v.shape[k];
-      }
-    });
+    const Gradients<S> dg = device_gradients(grads, T);
     if (mask != bws_mask_ || T > bws_tokens_) reserve_backward(T, dg, mask);
     S* dyd = static_cast<S*>(dy_.data());
     cuda_impl::copy_rows(dyd, std::size_t(D_.d), dy.data, dyp, T, D_.d, cudaMemcpyHostToDevice, stream_.s,
@@ -342,6 +299,66 @@ class CudaLayer {
   std::uint64_t calls_ = 0;
   index_t tokens_cap_ = 0, bws_tokens_ = 0;
   std::size_t bws_mask_ = 0;
+
+  // Everything backward checks before it runs: the context, dy's shape, and host gradients the
+  // copies can serve. Returns the set of requested gradients as bits (x, then each parameter).
+  std::size_t check_backward(const Context& ctx, View<const S, 2> dy, const Gradients<S>& grads) {
+    if (ctx.call != calls_ || ctx.call == 0) {
+      detail::fail("train::CudaLayer backward: expected the context of the adapter's latest forward (call ", calls_,
+                   "), found one of call ", ctx.call, "; the device keeps only the latest forward's activations");
+    }
+    const index_t T = ctx.tokens;
+    if (dy.shape[0] != T || dy.shape[1] != D_.d)
+      detail::fail("tensor 'dy': expected shape [", T, ", ", D_.d, "], found ", detail::shape_string(dy));
+    if (T > 0 && !dy.present()) detail::fail("tensor 'dy': null data for ", T, " tokens");
+    std::size_t mask = 0;
+    if (grads.x.present()) {
+      if (grads.x.shape[0] != T || grads.x.shape[1] != D_.d_in) {
+        detail::fail("gradient 'grad.x': expected shape [", T, ", ", D_.d_in, "], found ",
+                     detail::shape_string(grads.x));
+      }
+      (void)cuda_impl::host_pitch(grads.x, "grad.x");
+      mask |= 1;
+    }
+    std::size_t bit = 2;
+    for_each_param(grads, [&](const char* name, const auto& v) {
+      if (v.present()) {
+        check_host_gradient(name, std::size_t(v.size()), v.contiguous());
+        mask |= bit;
+      }
+      bit <<= 1;
+    });
+    return mask;
+  }
+  void check_host_gradient(const char* name, std::size_t size, bool dense) {
+    const Slot* s = find(name);
+    if (!s) detail::fail("gradient 'grad.", name, "': the model has no tensor '", name, "' to take it");
+    if (size != s->count)
+      detail::fail("gradient 'grad.", name, "': expected ", s->count, " elements (the tensor's), found ", size);
+    if (!dense) detail::fail("gradient 'grad.", name, "': expected dense row-major host memory, found a strided view");
+  }
+
+  // Device views of the requested gradients, dense (each buffer made on its first request).
+  Gradients<S> device_gradients(const Gradients<S>& grads, index_t T) {
+    Gradients<S> dg = grads;
+    if (grads.x.present()) {
+      gx_.reserve(std::size_t(tokens_cap_) * std::size_t(D_.d_in) * sizeof(S), "grad.x", allocations_);
+      dg.x = make_view(static_cast<S*>(gx_.data()), T, D_.d_in);
+    }
+    for_each_param(dg, [&](const char* name, auto& v) {
+      using V = std::decay_t<decltype(v)>;
+      if (!v.present()) return;
+      Slot& s = *find(name);
+      s.grad.reserve(s.count * sizeof(S), "a parameter gradient", allocations_);
+      v.data = static_cast<S*>(s.grad.data());
+      index_t st = 1;
+      for (int k = V::rank - 1; k >= 0; --k) {
+        v.stride[k] = st;
+        st *= v.shape[k];
+      }
+    });
+    return dg;
+  }
 
   Slot* find(const char* name) {
     for (Slot& s : slots_)

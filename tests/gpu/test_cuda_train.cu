@@ -117,6 +117,25 @@ train::TrainerOptions sgd_options(const Problem& p) {
 
 std::vector<float> flat(const Model<float>& m, const std::string& n) { return m.tensors.at(n).data; }
 
+/// Host gradient buffers for x [T, d_in] and every tensor of a model, and views over them.
+struct HostGrads {
+  std::map<std::string, Tensor<float>> t;  // "x" and the parameter names
+  Gradients<float> views;
+  HostGrads(const Model<float>& m, index_t T, index_t d_in) {
+    t["x"] = make_tensor<float>({T, d_in});
+    views.x = t["x"].mutable_view<2>();
+    for_each_param(views, [&](const char* n, auto& v) {
+      using V = std::decay_t<decltype(v)>;
+      if (!m.has(n)) return;
+      t[n] = make_tensor<float>(m.tensors.at(n).shape);
+      v = t[n].template mutable_view<V::rank>();
+    });
+  }
+  void fill(float v) {
+    for (auto& kv : t) std::fill(kv.second.data.begin(), kv.second.data.end(), v);
+  }
+};
+
 // --- the adapter's calls against the reference backend ---------------------------------------------
 
 void adapter_calls(const Problem& p) {
@@ -138,37 +157,18 @@ void adapter_calls(const Problem& p) {
   const double ey = rel(yg, yr);
   expect(ey <= 1e-4, what + ": forward y relative error " + std::to_string(ey));
 
-  // Every gradient, overwrite then accumulate onto a known start.
-  std::map<std::string, Tensor<float>> hg, hr;
-  Tensor<float> gxg = make_tensor<float>({T, d_in}), gxr = make_tensor<float>({T, d_in});
-  Gradients<float> vg, vr;
-  vg.x = gxg.mutable_view<2>();
-  vr.x = gxr.mutable_view<2>();
-  for_each_param(vg, [&](const char* n, auto& v) {
-    using V = std::decay_t<decltype(v)>;
-    if (!m.has(n)) return;
-    hg[n] = make_tensor<float>(m.tensors.at(n).shape);
-    hr[n] = make_tensor<float>(m.tensors.at(n).shape);
-    v = hg[n].template mutable_view<V::rank>();
-  });
-  for_each_param(vr, [&](const char* n, auto& v) {
-    using V = std::decay_t<decltype(v)>;
-    if (hr.count(n)) v = hr[n].template mutable_view<V::rank>();
-  });
+  // Every gradient, overwrite then accumulate onto a known start of 0.5.
+  HostGrads hg(m, T, d_in), hr(m, T, d_in);
   for (GradMode mode : {GradMode::overwrite, GradMode::accumulate}) {
     const char* mname = mode == GradMode::overwrite ? "overwrite" : "accumulate";
     if (mode == GradMode::accumulate) {
-      // A start of 0.5 everywhere in both.
-      for (auto* t : {&gxg, &gxr}) std::fill(t->data.begin(), t->data.end(), 0.5f);
-      for (auto& kv : hg) std::fill(kv.second.data.begin(), kv.second.data.end(), 0.5f);
-      for (auto& kv : hr) std::fill(kv.second.data.begin(), kv.second.data.end(), 0.5f);
+      hg.fill(0.5f);
+      hr.fill(0.5f);
     }
-    gpu.backward(cg, make_view(static_cast<const float*>(dy.data()), T, d), vg, mode);
-    ref.backward(cr, make_view(static_cast<const float*>(dy.data()), T, d), vr, mode);
-    const double ex = rel(gxg.data, gxr.data);
-    expect(ex <= 1e-3, what + " " + mname + ": grad.x relative error " + std::to_string(ex));
-    for (auto& kv : hg) {
-      const double e = rel(kv.second.data, hr[kv.first].data);
+    gpu.backward(cg, make_view(static_cast<const float*>(dy.data()), T, d), hg.views, mode);
+    ref.backward(cr, make_view(static_cast<const float*>(dy.data()), T, d), hr.views, mode);
+    for (const auto& kv : hg.t) {
+      const double e = rel(kv.second.data, hr.t.at(kv.first).data);
       expect(e <= 1e-3, what + " " + mname + ": grad." + kv.first + " relative error " + std::to_string(e));
     }
   }
@@ -179,7 +179,7 @@ void adapter_calls(const Problem& p) {
   (void)c2;
   std::string msg;
   try {
-    gpu.backward(cg, make_view(static_cast<const float*>(dy.data()), T, d), vg, GradMode::overwrite);
+    gpu.backward(cg, make_view(static_cast<const float*>(dy.data()), T, d), hg.views, GradMode::overwrite);
   } catch (const radargate::error& e) {
     msg = e.what();
   }
@@ -227,78 +227,97 @@ std::size_t free_device_bytes() {
   return free;
 }
 
-void resume_and_allocation(const Problem& p) {
-  const std::string what = std::string("resume ") + to_string(p.cfg.variant);
+train::TrainerOptions adamw_options(const Problem& p) {
   train::TrainerOptions o = sgd_options(p);
   o.optimizer = train::OptimizerOptions{};  // AdamW: its moments are part of the state
   o.schedule.kind = train::ScheduleKind::cosine;
   o.schedule.lr = 0.01;
   o.schedule.warmup = 3;
   o.schedule.total = 4 * train::steps_per_epoch(p.T, o.batch);
-  const train::Dataset<float> data = p.data();
+  return o;
+}
 
-  // Uninterrupted, 4 epochs, watching the allocations after the first step. The adapter's own count
-  // must not move after step 1. Free device memory (everything on the device, cuBLAS and the lazily
-  // loaded kernels of the runtime included) is compared from the end of the first epoch and its
-  // evaluation, when every path a step takes (full and short batches) has run once.
-  Model<float> ma = p.model();
-  train::CudaLayer<float> ga(ma, p.trained);
-  train::Trainer<float, train::CudaLayer<float>> ta(ma, ga, p.trained, o);
+/// 4 epochs never stopped, into `m`; returns the epoch losses. Checks the allocations after the
+/// first step: the adapter's own count must not move after step 1; free device memory (everything
+/// on the device, cuBLAS and the lazily loaded kernels of the runtime included) is compared from
+/// the end of the first epoch and its evaluation, when every path a step takes (full and short
+/// batches) has run once.
+std::vector<double> uninterrupted(const Problem& p, const std::string& what, Model<float>& m) {
+  const train::TrainerOptions o = adamw_options(p);
+  const train::Dataset<float> data = p.data();
+  train::CudaLayer<float> g(m, p.trained);
+  train::Trainer<float, train::CudaLayer<float>> tr(m, g, p.trained, o);
   std::size_t allocs = 0, free0 = 0;
   bool late_alloc = false;
   std::vector<double> losses;
   for (int e = 0; e < 4; ++e) {
-    losses.push_back(ta.run_epoch(data, [&](const train::StepInfo& s) {
+    losses.push_back(tr.run_epoch(data, [&](const train::StepInfo& s) {
                          if (s.global_step == 1)
-                           allocs = ga.device_allocations();
-                         else if (ga.device_allocations() != allocs)
+                           allocs = g.device_allocations();
+                         else if (g.device_allocations() != allocs)
                            late_alloc = true;
                        }).loss);
-    (void)ta.evaluate(data);
+    (void)tr.evaluate(data);
     if (e == 0) free0 = free_device_bytes();
   }
-  expect(allocs > 0 && !late_alloc && ga.device_allocations() == allocs,
+  expect(allocs > 0 && !late_alloc && g.device_allocations() == allocs,
          what + ": the adapter allocated device memory after the first step (" + std::to_string(allocs) + " -> " +
-             std::to_string(ga.device_allocations()) + " allocations)");
+             std::to_string(g.device_allocations()) + " allocations)");
   const std::size_t free1 = free_device_bytes();
   expect(free1 == free0, what + ": free device memory changed between the end of epoch 1 and of epoch 4: " +
                              std::to_string(free0) + " -> " + std::to_string(free1) + " bytes");
+  return losses;
+}
 
-  // Stopped after 2 epochs; the state (trained values, optimizer moments, counters) carried into a
-  // fresh model, adapter and trainer, as train::load_state does; then 2 more epochs.
-  Model<float> mb = p.model();
-  std::vector<Tensor<float>> saved_params;
-  std::vector<std::vector<float>> saved_states;
-  std::int64_t saved_steps = 0, saved_epochs = 0;
+/// What train::save_state keeps: the trained values, the optimizer's state and the counters.
+struct SavedState {
+  std::vector<Tensor<float>> params;
+  std::vector<std::vector<float>> states;
+  std::int64_t steps = 0, epochs = 0;
+};
+
+/// 2 epochs from a fresh model, then the state carried into another fresh model, adapter and
+/// trainer (as train::load_state and radargate train --resume do) and 2 more epochs, into `m`;
+/// returns the losses of epochs 3 and 4.
+std::vector<double> resumed(const Problem& p, Model<float>& m) {
+  const train::TrainerOptions o = adamw_options(p);
+  const train::Dataset<float> data = p.data();
+  SavedState st;
   {
+    Model<float> mb = p.model();
     train::CudaLayer<float> gb(mb, p.trained);
     train::Trainer<float, train::CudaLayer<float>> tb(mb, gb, p.trained, o);
     for (int e = 0; e < 2; ++e) tb.run_epoch(data);
-    for (const std::string& n : tb.trained()) saved_params.push_back(mb.tensors.at(n));
+    for (const std::string& n : tb.trained()) st.params.push_back(mb.tensors.at(n));
     for (std::size_t k = 0; k < tb.optimizer().state_count(); ++k)
-      for (std::size_t i = 0; i < tb.optimizer().slots().size(); ++i)
-        saved_states.push_back(tb.optimizer().state(k, i));
-    saved_steps = tb.optimizer().steps();
-    saved_epochs = tb.epochs_done();
+      for (std::size_t i = 0; i < tb.optimizer().slots().size(); ++i) st.states.push_back(tb.optimizer().state(k, i));
+    st.steps = tb.optimizer().steps();
+    st.epochs = tb.epochs_done();
   }
-  Model<float> mc = p.model();
-  train::CudaLayer<float> gc(mc, p.trained);
-  train::Trainer<float, train::CudaLayer<float>> tc(mc, gc, p.trained, o);
+  train::CudaLayer<float> gc(m, p.trained);
+  train::Trainer<float, train::CudaLayer<float>> tc(m, gc, p.trained, o);
   for (std::size_t i = 0; i < tc.trained().size(); ++i) {
-    std::vector<float>& dst = mc.tensors.at(tc.trained()[i]).data;  // in place: the optimizer holds its address
-    std::copy(saved_params[i].data.begin(), saved_params[i].data.end(), dst.begin());
+    std::vector<float>& dst = m.tensors.at(tc.trained()[i]).data;  // in place: the optimizer holds its address
+    std::copy(st.params[i].data.begin(), st.params[i].data.end(), dst.begin());
   }
   const std::size_t nslots = tc.optimizer().slots().size();
   for (std::size_t k = 0; k < tc.optimizer().state_count(); ++k)
-    for (std::size_t i = 0; i < nslots; ++i) tc.optimizer().state(k, i) = saved_states[k * nslots + i];
-  tc.optimizer().set_steps(saved_steps);
-  tc.set_epochs_done(saved_epochs);
+    for (std::size_t i = 0; i < nslots; ++i) tc.optimizer().state(k, i) = st.states[k * nslots + i];
+  tc.optimizer().set_steps(st.steps);
+  tc.set_epochs_done(st.epochs);
   gc.weights_changed();
-  std::vector<double> resumed;
-  for (int e = 0; e < 2; ++e) resumed.push_back(tc.run_epoch(data).loss);
-  expect(resumed[0] == losses[2] && resumed[1] == losses[3],
-         what + ": resumed epoch losses " + std::to_string(resumed[0]) + ", " + std::to_string(resumed[1]) +
-             " differ from uninterrupted " + std::to_string(losses[2]) + ", " + std::to_string(losses[3]));
+  std::vector<double> losses;
+  for (int e = 0; e < 2; ++e) losses.push_back(tc.run_epoch(data).loss);
+  return losses;
+}
+
+void resume_and_allocation(const Problem& p) {
+  const std::string what = std::string("resume ") + to_string(p.cfg.variant);
+  Model<float> ma = p.model(), mc = p.model();
+  const std::vector<double> la = uninterrupted(p, what, ma), lc = resumed(p, mc);
+  expect(lc[0] == la[2] && lc[1] == la[3], what + ": resumed epoch losses " + std::to_string(lc[0]) + ", " +
+                                               std::to_string(lc[1]) + " differ from uninterrupted " +
+                                               std::to_string(la[2]) + ", " + std::to_string(la[3]));
   for (const std::string& n : p.trained) {
     const std::vector<float>&a = ma.tensors.at(n).data, &c = mc.tensors.at(n).data;
     expect(a.size() == c.size() && std::memcmp(a.data(), c.data(), a.size() * sizeof(float)) == 0,
