@@ -34,7 +34,6 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <map>
 #include <memory>
 #include <string>
 #include <type_traits>
@@ -43,7 +42,6 @@
 
 #include <radargate/detail/layer_checks.hpp>
 #include <radargate/error.hpp>
-#include <radargate/grad_plan.hpp>
 #include <radargate/model.hpp>
 #include <radargate/params.hpp>
 #include <radargate/view.hpp>
@@ -373,19 +371,21 @@ class CudaLayer {
 
   void upload(const Slot& s) {
     auto it = model_.tensors.find(s.name);
-    if (it == model_.tensors.end() || it->second.data.size() != s.count)
+    if (it == model_.tensors.end() || it->second.data.size() != s.count) {
       detail::fail("train::CudaLayer: tensor '", s.name, "': expected ", s.count,
                    " elements as when the adapter was built, found ",
                    it == model_.tensors.end() ? std::string("none (removed from the model)")
                                               : std::to_string(it->second.data.size()));
+    }
     if (s.count == 0) return;
     detail::gpu::check(
         cudaMemcpyAsync(s.device, it->second.data.data(), s.count * sizeof(S), cudaMemcpyHostToDevice, stream_.s),
         "cudaMemcpyAsync (train::CudaLayer, uploading a parameter)");
   }
 
-  // Largest of f(t) over the token counts t <= T where it can peak: the workspaces grow with t
-  // between the tile boundaries (multiples of 16 tokens) and may step up below one.
+  // Largest of f(t) over 1 <= t <= T. The workspaces grow with t between multiples of 16 tokens
+  // (the tile counts, and with them the tile shapes and partial sums, change only there), so the
+  // largest is at a multiple of 16 or at T.
   template <class F>
   static std::size_t peak(index_t T, F&& f) {
     std::size_t m = f(T);
