@@ -1,6 +1,6 @@
 // radargate bench --backend cuda: the request cmd_bench.cpp passes to the CUDA timing code
-// (tools/bench_cuda.cu, compiled by nvcc into the tool when RADARGATE_ENABLE_CUDA is on, which also
-// defines RADARGATE_WITH_CUDA for the tool's C++ sources).
+// (tools/bench_cuda.cu, compiled by nvcc as part of tools/cuda.cu when RADARGATE_ENABLE_CUDA is on,
+// which also defines RADARGATE_WITH_CUDA for the tool's C++ sources).
 #pragma once
 
 #include <cstdint>

@@ -3,7 +3,7 @@
 //   data  x [T, d_in] with y [T, d] (--loss mse) or label [T] (--loss cross_entropy)
 //   step  seeded shuffle -> batch -> forward -> loss -> backward of the trained tensors -> clip ->
 //         AdamW / SGD update with the scheduled learning rate
-//   out   an ordinary model file (same seed, build and thread count: same bytes), written whole
+//   out   an ordinary model file (same seed, build, backend and thread count: same bytes), written whole
 //         or not at all; optionally the optimizer state after every epoch (--state) to continue
 //         from (--resume), and one JSON line per epoch (--log)
 #include <unistd.h>
@@ -15,6 +15,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -27,6 +28,7 @@
 #include "radargate/io/model_set.hpp"
 #include "radargate/train.hpp"
 #include "radargate/train/state_io.hpp"
+#include "train_cuda.hpp"
 
 namespace radargate {
 namespace cli {
@@ -38,7 +40,7 @@ struct TrainArgs {
   train::TrainerOptions opt;
   std::int64_t epochs = 10, stop_after = 0;
   std::vector<std::string> train;  // empty: the default set
-  bool cpu = true;
+  std::string backend = "cpu";     // reference | cpu | cuda
   int threads = 1;
 };
 
@@ -262,9 +264,10 @@ void write_output(const TrainArgs& a, const io::LoadedModel<S>& lm) {
   w.write_atomic(a.output);
 }
 
+/// `names`: the tensors to train (trained_names); `backend`: how the first line names the backend.
 template <class S, class L>
-int train_with(const TrainArgs& a, io::LoadedModel<S>& lm, L& layer, const Data<S>& data, const Data<S>* val) {
-  const std::vector<std::string> names = trained_names(a, lm.model);
+int train_with(const TrainArgs& a, io::LoadedModel<S>& lm, L& layer, const std::vector<std::string>& names,
+               const Data<S>& data, const Data<S>* val, const std::string& backend) {
   train::TrainerOptions o = a.opt;
   const index_t T = data.x.shape[0];
   o.schedule.total = std::max<std::int64_t>(1, a.epochs * train::steps_per_epoch(T, o.batch));
@@ -286,12 +289,10 @@ int train_with(const TrainArgs& a, io::LoadedModel<S>& lm, L& layer, const Data<
     if (!log) detail::fail("option --log: cannot open '", a.log, "' for writing: ", io::detail::errno_text(errno));
   }
   const std::int64_t spe = train::steps_per_epoch(T, o.batch);
-  std::printf(
-      "training %s (variant %s, %s, backend %s%s): %s on %lld tokens, %lld steps per epoch, epochs %lld..%lld\n",
-      a.model.c_str(), to_string(lm.model.config.variant), io::to_string(lm.dtype), a.cpu ? "cpu" : "reference",
-      a.cpu ? (", " + std::to_string(a.threads) + " thread" + (a.threads == 1 ? "" : "s")).c_str() : "",
-      io::detail::join(names, ",").c_str(), (long long)T, (long long)spe, (long long)(tr.epochs_done() + 1),
-      (long long)last);
+  std::printf("training %s (variant %s, %s, backend %s): %s on %lld tokens, %lld steps per epoch, epochs %lld..%lld\n",
+              a.model.c_str(), to_string(lm.model.config.variant), io::to_string(lm.dtype), backend.c_str(),
+              io::detail::join(names, ",").c_str(), (long long)T, (long long)spe, (long long)(tr.epochs_done() + 1),
+              (long long)last);
   std::fflush(stdout);
   Progress progress(a.epochs, spe, tr.epochs_done() + 1);
   const train::Dataset<S> dv = data.view();
@@ -353,17 +354,32 @@ int train_with(const TrainArgs& a, io::LoadedModel<S>& lm, L& layer, const Data<
 template <class S>
 int train_typed(const TrainArgs& a, const io::SafetensorsFile& model_file) {
   io::LoadedModel<S> lm = io::load_layer<S>(model_file, a.layer);
+  if (a.backend == "cuda" && !std::is_same<S, float>::value)
+    detail::fail("option --backend: cuda trains in float32, and the model '", a.model,
+                 "' is F64; use --backend cpu or reference, or a model file of F32, F16 or BF16");
   const Data<S> data = load_data<S>(a.data, lm.dims, a.opt.loss);
   std::unique_ptr<Data<S>> val;
   if (!a.val.empty()) val = std::make_unique<Data<S>>(load_data<S>(a.val, lm.dims, a.opt.loss));
-  if (a.cpu) {
+  const std::vector<std::string> names = trained_names(a, lm.model);
+  if (a.backend == "cuda") {
+#ifdef RADARGATE_WITH_CUDA
+    if constexpr (std::is_same<S, float>::value) {
+      const std::unique_ptr<CudaTrainLayer> layer = make_cuda_train_layer(lm.model, names);
+      return train_with<S>(a, lm, *layer, names, data, val.get(), "cuda, " + layer->device_name() + ", float32");
+    }
+#endif
+    // Unreachable: refused above (a build without CUDA, or an F64 model).
+    detail::fail("option --backend: cuda needs a build with the CUDA toolkit and a float32 model");
+  }
+  if (a.backend == "cpu") {
     CpuOptions co;
     co.threads = a.threads;
     Layer<S, backend::cpu> layer(lm.model.config, lm.model.params(), co);
-    return train_with<S>(a, lm, layer, data, val.get());
+    return train_with<S>(a, lm, layer, names, data, val.get(),
+                         "cpu, " + std::to_string(a.threads) + " thread" + (a.threads == 1 ? "" : "s"));
   }
   Layer<S, backend::reference> layer(lm.model.config, lm.model.params());
-  return train_with<S>(a, lm, layer, data, val.get());
+  return train_with<S>(a, lm, layer, names, data, val.get(), "reference");
 }
 
 }  // namespace
@@ -371,11 +387,11 @@ int train_typed(const TrainArgs& a, const io::SafetensorsFile& model_file) {
 int cmd_train(int argc, char** argv) {
   OptionParser o("train",
                  "Learns the tensors named by --train of the model in --model on the data in --data, and writes the\n"
-                 "trained model to --output (an ordinary model file; same seed, build and --threads give the same\n"
-                 "bytes). Each epoch visits the tokens in a shuffled order fixed by --seed and the epoch number; each\n"
-                 "step runs forward, the loss, backward of the trained tensors only, clipping, and the optimizer.\n"
-                 "Progress is a bar on a terminal and one line per epoch otherwise. On any error nothing is written\n"
-                 "to --output.");
+                 "trained model to --output (an ordinary model file; same seed, build, --backend and --threads give\n"
+                 "the same bytes, on the same device for cuda). Each epoch visits the tokens in a shuffled order\n"
+                 "fixed by --seed and the epoch number; each step runs forward, the loss, backward of the trained\n"
+                 "tensors only, clipping, and the optimizer. Progress is a bar on a terminal and one line per epoch\n"
+                 "otherwise. On any error nothing is written to --output.");
   o.required("--model", "FILE", "model file to start from (see 'radargate init')");
   o.optional("--layer", "NAME",
              "the layer to train, in a file of many layers (required there; 'radargate info'\n"
@@ -399,7 +415,9 @@ int cmd_train(int argc, char** argv) {
              "comma-separated tensor names to learn (default: every tensor of the model except\n"
              "lora.A, lora.B, lora.scale and base.*: the experts and the base stay frozen)");
   o.optional("--seed", "S", "shuffle seed (default 0)");
-  o.optional("--backend", "NAME", "reference | cpu (default cpu)");
+  o.optional("--backend", "NAME",
+             "reference | cpu | cuda (default cpu); cuda: the CUDA backend in float32 (a model\n"
+             "file of F32, F16 or BF16), in a build with the CUDA toolkit");
   o.optional("--threads", "N", "with --backend cpu: threads (default 1)");
   o.optional("--log", "FILE",
              "write one JSON object per epoch (epoch, steps, train_loss, val_loss, val_accuracy,\n"
@@ -461,11 +479,14 @@ int cmd_train(int argc, char** argv) {
   a.opt.loss = train::parse_loss(loss);
   if (o.has("--train")) a.train = o.list("--train");
   a.opt.seed = std::uint64_t(o.integer("--seed", 0, (1LL << 62), 0));
-  const std::string backend = o.str("--backend", "cpu");
-  if (backend != "reference" && backend != "cpu")
-    o.fail("option --backend: expected reference | cpu, found '" + backend + "'");
-  a.cpu = backend == "cpu";
-  if (o.has("--threads") && !a.cpu) o.fail("option --threads needs --backend cpu");
+  a.backend = o.str("--backend", "cpu");
+  if (a.backend != "reference" && a.backend != "cpu" && a.backend != "cuda")
+    o.fail("option --backend: expected reference | cpu | cuda, found '" + a.backend + "'");
+#ifndef RADARGATE_WITH_CUDA
+  if (a.backend == "cuda")
+    o.fail("option --backend: cuda needs a build with the CUDA toolkit (cmake -DRADARGATE_ENABLE_CUDA=ON)");
+#endif
+  if (o.has("--threads") && a.backend != "cpu") o.fail("option --threads needs --backend cpu");
   a.threads = int(o.integer("--threads", 1, 1024, 1));
   const std::string& out = a.output;
   for (const std::string* in : {&a.model, &a.data, &a.val, &a.resume})

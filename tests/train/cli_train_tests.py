@@ -6,7 +6,8 @@
 CASEs: usage (bad options), data (every kind of bad data file), model (bad --train, bad state,
 divergence), end_to_end (a small run whose loss must fall below a fixed number; same bytes for
 the same seed; stopped-and-resumed = uninterrupted; --log; the output runs), tty (the progress bar
-on a pseudo-terminal, plain lines otherwise).
+on a pseudo-terminal, plain lines otherwise), cuda (--backend cuda: refused without CUDA (--cuda
+OFF); with CUDA, against the cpu backend where there is a device).
 
 Every error must be ONE line on stderr (exit code 1, or 2 with the usage line for bad usage),
 naming what was wrong, and leave no output file and no temporary file behind.
@@ -383,17 +384,72 @@ def case_layers(c):
          "--output", "y.safetensors")
 
 
-CASES = {"layers": case_layers, "usage": case_usage, "bench": case_bench, "data": case_data, "model": case_model, "end_to_end": case_end_to_end, "tty": case_tty}
+def case_cuda(c):
+    """--backend cuda: refused in a build without CUDA (usage error, nothing written); in a CUDA build
+    without a device, one error line and nothing written; with a device, the run agrees with the
+    cpu backend (float32 tolerance), repeats its bytes, and refuses an F64 model."""
+    m = make_model(c)
+    d = make_data(c, "d.safetensors", T=200, seed=1)
+    u = "radargate train: error: "
+    args = train_args(m, d, "out.safetensors", "--backend", "cuda", "--state", "st.safetensors", "--log", "log.jsonl",
+                      epochs=4)
+    c.expect_error(["train", "--model", m, "--data", d, "--output", "out.safetensors", "--backend", "gpu"],
+                   u + "option --backend: expected reference | cpu | cuda, found 'gpu'", code=2)
+    if not c.cuda_build:
+        c.expect_error(args, u + "option --backend: cuda needs a build with the CUDA toolkit (cmake -DRADARGATE_ENABLE_CUDA=ON)",
+                       code=2)
+        return
+    c.expect_error(["train", "--model", m, "--data", d, "--output", "out.safetensors", "--backend", "cuda",
+                    "--threads", "2"], u + "option --threads needs --backend cpu", code=2)
+    m64 = make_model(c, "m64.safetensors", extra=("--dtype", "F64"))
+    c.train_error(["--model", m64, "--data", d, "--output", "out.safetensors", "--backend", "cuda"],
+                  "option --backend: cuda trains in float32, and the model '%s' is F64; use --backend cpu or reference, "
+                  "or a model file of F32, F16 or BF16" % m64)
+    before = sorted(os.listdir(c.dir))
+    p = c.rg(*args)
+    if p.returncode != 0:
+        # A CUDA build on a machine without a usable device: one line, nothing written.
+        check(sorted(os.listdir(c.dir)) == before, "a failed --backend cuda run left files: %s" % sorted(os.listdir(c.dir)))
+        c.expect_error(args, u + "--backend cuda: expected a CUDA device, found none", exact=False)
+        return
+    check(p.stdout.splitlines()[0].find("backend cuda, ") > 0, "first line names the backend: %r" % p.stdout)
+    for f in ("out.safetensors", "st.safetensors", "log.jsonl"):
+        check(os.path.exists(c.path(f)), "--backend cuda wrote no %s" % f)
+    c.ok(*train_args(m, d, "again.safetensors", "--backend", "cuda", epochs=4))
+    check(open(c.path("out.safetensors"), "rb").read() == open(c.path("again.safetensors"), "rb").read(),
+          "--backend cuda: two runs with the same seed differ")
+    # Against the cpu backend with SGD (AdamW divides by the gradients' own size, which would blow up
+    # float32 rounding in entries whose gradient is nearly zero).
+    sgd = ["train", "--model", m, "--data", d, "--loss", "cross_entropy", "--epochs", 4, "--optimizer", "sgd", "--lr", 0.01,
+           "--seed", 7]
+    c.ok(*sgd, "--output", "sgd_cuda.safetensors", "--backend", "cuda")
+    c.ok(*sgd, "--output", "sgd_cpu.safetensors", "--backend", "cpu")
+    init = st.load(c.path(m))[0]
+    gpu, cpu = st.load(c.path("sgd_cuda.safetensors"))[0], st.load(c.path("sgd_cpu.safetensors"))[0]
+    for name in cpu:
+        a, b, s0 = gpu[name].astype(np.float64), cpu[name].astype(np.float64), init[name].astype(np.float64)
+        moved = np.linalg.norm(b - s0)
+        if moved == 0:
+            check(np.array_equal(a, b), "%s: frozen on cpu, changed on cuda" % name)
+            continue
+        e = np.linalg.norm(a - b) / moved
+        check(e <= 5e-2, "%s: |cuda - cpu| / |cpu update| = %.3g" % (name, e))
+    c.checks += 4
+
+
+CASES = {"cuda": case_cuda, "layers": case_layers, "usage": case_usage, "bench": case_bench, "data": case_data, "model": case_model, "end_to_end": case_end_to_end, "tty": case_tty}
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--radargate", required=True)
     ap.add_argument("--workdir", required=True)
+    ap.add_argument("--cuda", default="OFF", help="ON when the tool was built with CUDA (case cuda)")
     ap.add_argument("case", choices=sorted(CASES))
     a = ap.parse_args()
     os.makedirs(a.workdir, exist_ok=True)
     c = Case(os.path.abspath(a.radargate), a.workdir, a.case)
+    c.cuda_build = a.cuda.upper() in ("ON", "1", "TRUE", "YES")
     try:
         CASES[a.case](c)
     except Failure as e:

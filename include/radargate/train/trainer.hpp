@@ -10,7 +10,8 @@
 //
 // One step: gather the batch's rows (in the epoch's shuffled order) -> forward -> loss and dL/dy
 // -> backward for the trained tensors only -> clip by global norm -> optimizer update in place in
-// the model's memory -> weights_changed() on backends that cache weights (cpu). A step after the
+// the model's memory -> weights_changed() on backends that cache weights (cpu; train::CudaLayer of
+// <radargate/train.cuh>, which keeps a device copy of the model). A step after the
 // first allocates nothing: every buffer (batch rows, outputs, dL/dy, gradients, optimizer state,
 // the permutation) is sized once, and on a backend with a workspace API (cpu, reference) the
 // trainer keeps one Context, refilled in place, and one workspace for forward and backward.
