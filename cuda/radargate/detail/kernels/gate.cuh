@@ -24,7 +24,7 @@ struct GateArgs {
 
 /// Logits (forward) or dg (backward) per (t, i): the sum of the dot pass's parts in a fixed order,
 /// plus bg_i and (Wg x_t)_i in the forward. One thread per (t, i).
-__global__ void gate_sum(GateArgs a, bool with_base, float* out) {
+static __global__ void gate_sum(GateArgs a, bool with_base, float* out) {
   RG_GRID_STRIDE(idx, a.Tpad * a.N) {
     const index_t i = idx % a.N, t = idx / a.N;
     float l = 0.f;
@@ -41,7 +41,7 @@ __global__ void gate_sum(GateArgs a, bool with_base, float* out) {
 
 /// The same with one warp per (t, i), for many parts (decoding): lane p adds parts p, p + 32, ...,
 /// then a fixed butterfly over the lanes.
-__global__ void gate_sum_warp(GateArgs a, bool with_base, float* out) {
+static __global__ void gate_sum_warp(GateArgs a, bool with_base, float* out) {
   const index_t lane = threadIdx.x & 31;
   const index_t warps = (index_t(gridDim.x) * blockDim.x) >> 5;
   for (index_t idx = (index_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; idx < a.Tpad * a.N; idx += warps) {
@@ -62,7 +62,7 @@ __global__ void gate_sum_warp(GateArgs a, bool with_base, float* out) {
 
 /// g_t = gate(l_t) per token (normalize_forward on the logits gate_sum left in g); zero rows for
 /// padding tokens. Up to 64 experts the row is normalised in a per-thread copy (local memory).
-__global__ void gate_forward(GateArgs a) {
+static __global__ void gate_forward(GateArgs a) {
   RG_GRID_STRIDE(t, a.Tpad) {
     float* g = a.g + t * a.N;
     if (t >= a.T) {
@@ -91,7 +91,7 @@ __global__ void gate_forward(GateArgs a) {
 
 /// dl_t = J_normalize^T dg_t, in place on the dg that gate_sum left in dl (in a per-thread copy up to
 /// 64 experts).
-__global__ void gate_backward(GateArgs a, float* dl) {
+static __global__ void gate_backward(GateArgs a, float* dl) {
   RG_GRID_STRIDE(t, a.T) {
     float* row = dl + t * a.N;
     const float* g = a.g + t * a.N;

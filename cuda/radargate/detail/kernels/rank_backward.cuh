@@ -26,7 +26,7 @@ struct RankBackArgs {
 };
 
 /// Sums the token pass's parts into dz and bdu, one thread per (t, i, column).
-__global__ void rank_backward_sum(RankBackArgs a) {
+static __global__ void rank_backward_sum(RankBackArgs a) {
   const RankArgs& f = a.f;
   const index_t C = f.k + f.r;
   RG_GRID_STRIDE(idx, f.T * f.N * C) {
@@ -43,7 +43,7 @@ __global__ void rank_backward_sum(RankBackArgs a) {
 }
 
 /// dzc_ti = sum_j m_ji dz_tj, one thread per (t, i, kq).
-__global__ void rank_backward_dzc(RankBackArgs a) {
+static __global__ void rank_backward_dzc(RankBackArgs a) {
   const RankArgs& f = a.f;
   RG_GRID_STRIDE(idx, f.T * f.N * f.k) {
     const index_t kq = idx % f.k, i = (idx / f.k) % f.N, t = idx / (f.k * f.N);
@@ -73,7 +73,7 @@ __global__ void rank_backward_dh(RankBackArgs a, S* dF) {
 }
 
 /// dscale_t,i = bdv_ti . h_ti, one thread per (t, i).
-__global__ void rank_backward_dscale(RankBackArgs a) {
+static __global__ void rank_backward_dscale(RankBackArgs a) {
   const RankArgs& f = a.f;
   RG_GRID_STRIDE(ti, f.T * f.N) {
     const index_t i = ti % f.N, t = ti / f.N;
@@ -85,7 +85,7 @@ __global__ void rank_backward_dscale(RankBackArgs a) {
 }
 
 /// dm_t,ij = dz_ti . w_tj (j != i), one thread per (t, i, j).
-__global__ void rank_backward_dm(RankBackArgs a) {
+static __global__ void rank_backward_dm(RankBackArgs a) {
   const RankArgs& f = a.f;
   RG_GRID_STRIDE(idx, f.T * f.N * f.N) {
     const index_t j = idx % f.N, i = (idx / f.N) % f.N, t = idx / (f.N * f.N);
@@ -99,7 +99,7 @@ __global__ void rank_backward_dm(RankBackArgs a) {
 /// rank_backward_dzc and rank_backward_dm with dz_t and w_t = (Wc B_j) hs_tj in shared memory (rows
 /// padded to k + 1 floats against bank conflicts): one block per token, dynamic shared memory
 /// 2 N (k + 1) floats.
-__global__ void rank_backward_block(RankBackArgs a, bool do_dzc, bool do_dm) {
+static __global__ void rank_backward_block(RankBackArgs a, bool do_dzc, bool do_dm) {
   extern __shared__ float sdz[];
   const RankArgs& f = a.f;
   const index_t k1 = f.k + 1;
@@ -137,8 +137,8 @@ __global__ void rank_backward_block(RankBackArgs a, bool do_dzc, bool do_dm) {
 
 /// part[ts][i][kq][q] = sum over the tokens of chunk ts of d[t][i][kq] h[t][i][q] (h = F's first N r
 /// columns); grid (N, chunks). rank_outer_sum adds the chunks in order: G[i][kq][q].
-__global__ void rank_outer_part(const float* d, const float* F, index_t T, index_t N, index_t k, index_t r, index_t nF,
-                                index_t chunk, float* part) {
+static __global__ void rank_outer_part(const float* d, const float* F, index_t T, index_t N, index_t k, index_t r,
+                                       index_t nF, index_t chunk, float* part) {
   const index_t i = blockIdx.x, ts = blockIdx.y;
   const index_t t0 = ts * chunk, t1 = (t0 + chunk < T) ? t0 + chunk : T;
   for (index_t o = threadIdx.x; o < k * r; o += blockDim.x) {
@@ -148,7 +148,7 @@ __global__ void rank_outer_part(const float* d, const float* F, index_t T, index
     part[(ts * N + i) * k * r + o] = acc;
   }
 }
-__global__ void rank_outer_sum(const float* part, index_t chunks, index_t n, float* G) {
+static __global__ void rank_outer_sum(const float* part, index_t chunks, index_t n, float* G) {
   RG_GRID_STRIDE(idx, n) {
     float s = 0.f;
     for (index_t c = 0; c < chunks; ++c) s += part[c * n + idx];

@@ -33,7 +33,7 @@ __global__ void rank_forward_h(RankArgs a, S* hs, S* hsT) {
 }
 
 /// w_ti = (Wc B_i) hs_ti for every (t < T, i, kq < k).
-__global__ void rank_forward_w(RankArgs a) {
+static __global__ void rank_forward_w(RankArgs a) {
   RG_GRID_STRIDE(idx, a.T * a.N * a.k) {
     const index_t kq = idx % a.k, i = (idx / a.k) % a.N, t = idx / (a.k * a.N);
     const float s = a.scale ? a.scale[i] : 1.f;

@@ -42,7 +42,7 @@ struct DyRows {
   __device__ float operator()(index_t t, index_t j) const { return to_float(dy[t * ld + j]); }
 };
 /// dM row i = map_weights_backward(m_i, sum_t dm_t,i) (in place on dMs).
-__global__ void map_backward(const float* m, float* dMs, index_t N) {
+static __global__ void map_backward(const float* m, float* dMs, index_t N) {
   RG_GRID_STRIDE(i, N) map_weights_backward(m + i * N, dMs + i * N, i, N);
 }
 
@@ -89,8 +89,8 @@ __global__ void assemble_dB(const float* dBrot, const int* slot_of, index_t Spad
 }
 
 /// dU[m][kq] = sum_grp dUTp[grp][kq][m];  dbias[i][m] = dbiasp[i][m]  (m < P)
-__global__ void assemble_dU(const float* dUTp, int groups, index_t kpad, index_t Spad, index_t P, index_t k,
-                            float* dU) {
+static __global__ void assemble_dU(const float* dUTp, int groups, index_t kpad, index_t Spad, index_t P, index_t k,
+                                   float* dU) {
   RG_GRID_STRIDE(idx, P * k) {
     const index_t kq = idx % k, m = idx / k;
     float s = 0.f;
@@ -98,11 +98,12 @@ __global__ void assemble_dU(const float* dUTp, int groups, index_t kpad, index_t
     dU[idx] = s;
   }
 }
-__global__ void assemble_dbias(const float* dbiasp, index_t N, index_t Spad, index_t P, float* dbias) {
+static __global__ void assemble_dbias(const float* dbiasp, index_t N, index_t Spad, index_t P, float* dbias) {
   RG_GRID_STRIDE(idx, N * P) dbias[idx] = dbiasp[(idx / P) * Spad + idx % P];
 }
 /// dws[o] = sum_grp dwsp[grp][slot(o)]
-__global__ void assemble_dws(const float* dwsp, int groups, const int* slot_of, index_t Spad, index_t d, float* dws) {
+static __global__ void assemble_dws(const float* dwsp, int groups, const int* slot_of, index_t Spad, index_t d,
+                                    float* dws) {
   RG_GRID_STRIDE(o, d) {
     float s = 0.f;
     for (int grp = 0; grp < groups; ++grp) s += dwsp[index_t(grp) * 2 * Spad + slot_of[o]];

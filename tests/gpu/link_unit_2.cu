@@ -1,0 +1,3 @@
+// The second of two units that include the CUDA backend (link_unit.cuh).
+#define RG_LINK_UNIT 2
+#include "link_unit.cuh"
