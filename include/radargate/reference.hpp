@@ -203,8 +203,8 @@ class Layer<S, backend::reference> {
     }
   }
 
-  // Expert i's rotation (mw: the map weights [N, N]): its context c_i, angle input z_i, pre-activations and rotated
-  // u_i.
+  // Expert i's rotation (mw: the map weights [N, N]): its context c_i, angle input z_i,
+  // pre-activations and rotated output u_i.
   void rotate_expert(const S* mw, index_t i, const View<const S, 1>& x, const S* v, S* c, S* z, S* pre, S* u) const {
     const index_t N = D_.N, d = D_.d, k = D_.k, P = D_.P, din = D_.d_in;
     // c_i = sum_{j != i} m_ij v_j
