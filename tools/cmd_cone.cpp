@@ -25,12 +25,10 @@
 
 namespace radargate {
 namespace cli {
-int cmd_cone(int argc, char** argv) {
-  OptionParser o("cone",
-                 "For each problem b of a batch, decides whether y[b] lies in the cone {V[b] lambda : lambda >= 0}\n"
-                 "(or, with --hull, in the convex hull: also sum lambda = 1), and writes the nearest combination,\n"
-                 "the distance and a certificate that proves the answer. Every answer is re-checked from its\n"
-                 "certificate before it is written; 'undetermined' (2) means no certificate verified.");
+namespace {
+// The steps of cmd_cone.
+
+void declare_options(OptionParser& o) {
   o.required("--input", "FILE", "V [B, d, N] and y [B, d] (F64, F32, F16 or BF16; nothing else)");
   o.required("--output", "FILE",
              "lambda [B, N], residual [B], inside [B] (U8), certificate [B, d]\n"
@@ -45,24 +43,35 @@ int cmd_cone(int argc, char** argv) {
       "scale is ||y|| for the cone and max(||y||, max_j ||v_j||) for the hull.\n\n"
       "example:\n"
       "  radargate cone --input problems.safetensors --output answers.safetensors --hull");
-  if (!o.parse(argc, argv)) return 0;
-  const std::string input = o.str("--input"), output = o.str("--output");
-  const bool hull = o.has("--hull");
+}
+
+geometry::MembershipOptions membership_options(OptionParser& o) {
   geometry::MembershipOptions mo;
   mo.tol = o.number("--tol", mo.tol);
   mo.dual_tol = o.number("--dual-tol", mo.dual_tol);
   if (!(mo.tol > 0)) o.fail("option --tol: expected a number > 0, found '" + o.str("--tol") + "'");
   if (!(mo.dual_tol >= 0)) o.fail("option --dual-tol: expected a number >= 0, found '" + o.str("--dual-tol") + "'");
   mo.threads = int(o.integer("--threads", 1, 1024, std::max(1u, std::thread::hardware_concurrency())));
+  return mo;
+}
 
-  o.refuse_same_file("--output", {"--input"});
+/// The batch of the input file: V [B, d, N] and y [B, d], checked finite.
+struct Problems {
+  Tensor<double> V, Y;
+  index_t B = 0, d = 0, N = 0;
+};
+
+Problems read_problems(const std::string& input) {
   const io::SafetensorsFile f = io::SafetensorsFile::read(input);
   for (const io::TensorInfo& t : f.tensors())
     if (t.name != "V" && t.name != "y") f.fail_tensor(t.name, "unknown input name; expected V [B, d, N] and y [B, d]");
   if (!f.has("V")) f.fail_tensor("V", "missing from the file (expected shape [B, d, N])");
   if (!f.has("y")) f.fail_tensor("y", "missing from the file (expected shape [B, d])");
-  const Tensor<double> V = f.get<double>("V");
-  const Tensor<double> Y = f.get<double>("y");
+  Problems p;
+  p.V = f.get<double>("V");
+  p.Y = f.get<double>("y");
+  const Tensor<double>& V = p.V;
+  const Tensor<double>& Y = p.Y;
   if (V.shape.size() != 3) f.fail_tensor("V", "expected shape [B, d, N], found ", io::detail::shape_str(V.shape));
   const index_t B = V.shape[0], d = V.shape[1], N = V.shape[2];
   if (B < 1 || d < 1 || N < 1)
@@ -74,10 +83,16 @@ int cmd_cone(int argc, char** argv) {
     io::require_finite("V", V);
     io::require_finite("y", Y);
   });
+  p.B = B;
+  p.d = d;
+  p.N = N;
+  return p;
+}
 
-  const geometry::Set set = hull ? geometry::Set::hull : geometry::Set::cone;
-  const std::vector<geometry::Membership> ms = geometry::membership_batch(set, V.view<3>(), Y.view<2>(), mo, "V", "y");
-
+/// Writes the answers to `output` and prints the summary line.
+void write_answers(const std::string& output, const Problems& p, bool hull, const geometry::MembershipOptions& mo,
+                   const std::vector<geometry::Membership>& ms) {
+  const index_t B = p.B, d = p.d, N = p.N;
   const std::size_t nB = std::size_t(B);
   std::vector<double> lambda(nB * std::size_t(N)), residual(nB), cert(nB * std::size_t(d), 0.0), offset(nB, 0.0);
   std::vector<unsigned char> inside(nB);
@@ -106,6 +121,27 @@ int cmd_cone(int argc, char** argv) {
   std::printf("wrote %s: %lld problems (%s, d = %lld, N = %lld): %lld inside, %lld outside, %lld undetermined\n",
               one_line(output).c_str(), (long long)B, hull ? "hull" : "cone", (long long)d, (long long)N,
               (long long)counts[0], (long long)counts[1], (long long)counts[2]);
+}
+}  // namespace
+
+int cmd_cone(int argc, char** argv) {
+  OptionParser o("cone",
+                 "For each problem b of a batch, decides whether y[b] lies in the cone {V[b] lambda : lambda >= 0}\n"
+                 "(or, with --hull, in the convex hull: also sum lambda = 1), and writes the nearest combination,\n"
+                 "the distance and a certificate that proves the answer. Every answer is re-checked from its\n"
+                 "certificate before it is written; 'undetermined' (2) means no certificate verified.");
+  declare_options(o);
+  if (!o.parse(argc, argv)) return 0;
+  const std::string input = o.str("--input"), output = o.str("--output");
+  const bool hull = o.has("--hull");
+  const geometry::MembershipOptions mo = membership_options(o);
+
+  o.refuse_same_file("--output", {"--input"});
+  const Problems p = read_problems(input);
+  const geometry::Set set = hull ? geometry::Set::hull : geometry::Set::cone;
+  const std::vector<geometry::Membership> ms =
+      geometry::membership_batch(set, p.V.view<3>(), p.Y.view<2>(), mo, "V", "y");
+  write_answers(output, p, hull, mo, ms);
   return 0;
 }
 

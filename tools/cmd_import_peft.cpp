@@ -11,16 +11,10 @@
 namespace radargate {
 namespace cli {
 
-int cmd_import_peft(int argc, char** argv) {
-  OptionParser o("import-peft",
-                 "Builds a model file from LoRA adapters saved by Hugging Face PEFT (save_pretrained): one layer per\n"
-                 "adapted module, named as the base model names it, with one expert per adapter (lora.A, lora.B,\n"
-                 "lora.scale = PEFT's scaling; smaller ranks zero-padded to the largest). With --base each layer\n"
-                 "also gets the module's base weight and bias, so 'run' gives the adapted module's whole output;\n"
-                 "with variant sum that is PEFT's output with every adapter's delta added. Gate and angle\n"
-                 "parameters are initialised as 'init' does, layer j from seed + j. What PEFT can express and a\n"
-                 "layer cannot represent exactly (DoRA, modules_to_save, embeddings, convolutions, trained\n"
-                 "biases) is refused, and nothing is written.");
+namespace {
+// The steps of cmd_import_peft.
+
+void declare_options(OptionParser& o) {
   o.required("--adapter", "DIR",
              "a PEFT adapter directory (adapter_config.json, adapter_model.safetensors);\n"
              "repeat it for more adapters: one expert each, in this order");
@@ -41,9 +35,11 @@ int cmd_import_peft(int argc, char** argv) {
       "  radargate import-peft --adapter math_lora --adapter code_lora --variant radargate --base llama-dir \\\n"
       "                        --modules 'q_proj|v_proj' --output experts.safetensors\n"
       "  radargate info --model experts.safetensors");
-  // --adapter may repeat, which OptionParser refuses: the parser sees the first one only.
-  std::vector<std::string> dirs;
-  std::vector<char*> rest;
+}
+
+// --adapter may repeat, which OptionParser refuses: the parser sees the first one only. Collects
+// every --adapter's directory into dirs, and the arguments for the parser into rest.
+void split_adapters(int argc, char** argv, std::vector<std::string>& dirs, std::vector<char*>& rest) {
   for (int i = 0; i < argc; ++i) {
     const std::string arg = argv[i];
     const bool split = i > 0 && arg == "--adapter" && i + 1 < argc;
@@ -58,9 +54,9 @@ int cmd_import_peft(int argc, char** argv) {
       rest.push_back(argv[i]);
     }
   }
-  if (!o.parse(int(rest.size()), rest.data())) return 0;
-  for (const std::string& d : dirs)
-    if (d.empty()) o.fail("option --adapter: expected a directory, found ''");
+}
+
+io::peft::ImportOptions import_options(OptionParser& o) {
   io::peft::ImportOptions opt;
   try {
     opt.config = LayerConfig::make(parse_variant(o.str("--variant")));
@@ -73,9 +69,10 @@ int cmd_import_peft(int argc, char** argv) {
   if (o.has("--angle-rank") && !opt.config.rotation)
     o.fail("option --angle-rank: variant '" + std::string(to_string(opt.config.variant)) + "' does not rotate");
   opt.angle_rank = index_t(o.integer("--angle-rank", 1, 1 << 16, 4));
-  const bool quiet = o.has("--quiet");
-  const std::string output = o.str("--output");
+  return opt;
+}
 
+std::vector<io::peft::Adapter> read_adapters(const std::vector<std::string>& dirs, bool quiet) {
   std::vector<io::peft::Adapter> adapters;
   for (const std::string& d : dirs) {
     adapters.push_back(io::peft::read_adapter(d));
@@ -85,14 +82,12 @@ int cmd_import_peft(int argc, char** argv) {
                   (long long)a.r, a.lora_alpha, a.use_rslora ? ", rsLoRA" : "",
                   a.fan_in_fan_out ? ", fan_in_fan_out" : "", io::to_string(a.modules.front().dtype));
   }
-  std::unique_ptr<io::peft::BaseModel> base;
-  if (o.has("--base")) base = std::make_unique<io::peft::BaseModel>(io::peft::BaseModel::open(o.str("--base")));
-  io::peft::ImportResult res = io::peft::import_adapters(adapters, base.get(), opt, [&](const std::string& line) {
-    if (!quiet) {
-      std::printf("%s\n", line.c_str());
-      std::fflush(stdout);
-    }
-  });
+  return adapters;
+}
+
+/// The "radargate.import" metadata: the rules, the adapters, the base and the seed.
+std::string provenance(const std::vector<io::peft::Adapter>& adapters, const io::peft::BaseModel* base,
+                       const io::peft::ImportOptions& opt) {
   nlohmann::ordered_json prov;
   prov["peft_rules"] = io::peft::rules_version;
   prov["adapters"] = nlohmann::ordered_json::array();
@@ -101,7 +96,41 @@ int cmd_import_peft(int argc, char** argv) {
         {{"dir", a.dir}, {"r", a.r}, {"lora_alpha", a.lora_alpha}, {"use_rslora", a.use_rslora}});
   if (base) prov["base"] = base->path();
   prov["seed"] = opt.seed;
-  res.writer.set_metadata("radargate.import", prov.dump());
+  return prov.dump();
+}
+}  // namespace
+
+int cmd_import_peft(int argc, char** argv) {
+  OptionParser o("import-peft",
+                 "Builds a model file from LoRA adapters saved by Hugging Face PEFT (save_pretrained): one layer per\n"
+                 "adapted module, named as the base model names it, with one expert per adapter (lora.A, lora.B,\n"
+                 "lora.scale = PEFT's scaling; smaller ranks zero-padded to the largest). With --base each layer\n"
+                 "also gets the module's base weight and bias, so 'run' gives the adapted module's whole output;\n"
+                 "with variant sum that is PEFT's output with every adapter's delta added. Gate and angle\n"
+                 "parameters are initialised as 'init' does, layer j from seed + j. What PEFT can express and a\n"
+                 "layer cannot represent exactly (DoRA, modules_to_save, embeddings, convolutions, trained\n"
+                 "biases) is refused, and nothing is written.");
+  declare_options(o);
+  std::vector<std::string> dirs;
+  std::vector<char*> rest;
+  split_adapters(argc, argv, dirs, rest);
+  if (!o.parse(int(rest.size()), rest.data())) return 0;
+  for (const std::string& d : dirs)
+    if (d.empty()) o.fail("option --adapter: expected a directory, found ''");
+  const io::peft::ImportOptions opt = import_options(o);
+  const bool quiet = o.has("--quiet");
+  const std::string output = o.str("--output");
+
+  const std::vector<io::peft::Adapter> adapters = read_adapters(dirs, quiet);
+  std::unique_ptr<io::peft::BaseModel> base;
+  if (o.has("--base")) base = std::make_unique<io::peft::BaseModel>(io::peft::BaseModel::open(o.str("--base")));
+  io::peft::ImportResult res = io::peft::import_adapters(adapters, base.get(), opt, [&](const std::string& line) {
+    if (!quiet) {
+      std::printf("%s\n", line.c_str());
+      std::fflush(stdout);
+    }
+  });
+  res.writer.set_metadata("radargate.import", provenance(adapters, base.get(), opt));
   res.writer.write_atomic(output);
   std::printf("wrote %s: %zu layers, variant %s, %zu experts, %s\n", output.c_str(), res.layers.size(),
               to_string(opt.config.variant), adapters.size(), io::to_string(opt.dtype));

@@ -119,6 +119,75 @@ void print_table(const VerifyArgs& a, const geometry::ExpansionReport& r, io::DT
   }
 }
 
+/// Token t of the report as JSON: its gate weights, v_i, u_i, the two points and their verdicts.
+template <class S>
+nlohmann::json token_json(const geometry::ExpansionReport& r, const Layer<S, backend::reference>& layer,
+                          const typename Layer<S, backend::reference>::Context& ctx, index_t t) {
+  const index_t N = r.N, d = r.d;
+  const geometry::TokenExpansion& e = r.per_token[size_t(t)];
+  const std::vector<double> v = geometry::expert_outputs(layer, ctx, t);
+  const std::size_t nN = std::size_t(N), nd = std::size_t(d);
+  std::vector<std::vector<double>> vv(nN), uu(nN);
+  std::vector<double> g(nN), p(nd, 0.0), pw(nd, 0.0);
+  for (index_t i = 0; i < N; ++i) {
+    g[size_t(i)] = double(ctx.g[size_t(t * N + i)]);
+    const bool computed = ctx.sel.empty() || ctx.sel[size_t(t * N + i)];
+    for (index_t o = 0; o < d; ++o) {
+      const double vi = v[size_t(i * d + o)];
+      const double ui = computed ? double(ctx.u[size_t((t * N + i) * d + o)]) : vi;
+      vv[size_t(i)].push_back(vi);
+      uu[size_t(i)].push_back(ui);
+      if (computed) p[size_t(o)] += g[size_t(i)] * ui;
+      pw[size_t(o)] += g[size_t(i)] * vi;
+    }
+  }
+  return {{"token", t},
+          {"g", g},
+          {"gate_sum", e.gate_sum},
+          {"gate_nonnegative", e.gate_nonnegative},
+          {"gate_normalized", e.gate_normalized},
+          {"v", vv},
+          {"u", uu},
+          {"lora_point", p},
+          {"weighted_sum_point", pw},
+          {"lora_cone", point_json(e.lora_cone)},
+          {"lora_hull", point_json(e.lora_hull)},
+          {"weighted_sum_cone", point_json(e.ws_cone)},
+          {"weighted_sum_hull", point_json(e.ws_hull)}};
+}
+
+/// The report as JSON (--json), with every token under --per-token.
+template <class S>
+nlohmann::json report_json(const VerifyArgs& a, const geometry::ExpansionReport& r, io::DType dtype,
+                           const Layer<S, backend::reference>& layer,
+                           const typename Layer<S, backend::reference>::Context& ctx) {
+  nlohmann::json j;
+  j["model"] = a.model;
+  if (!a.layer.empty()) j["layer"] = a.layer;
+  j["input"] = a.input;
+  j["variant"] = r.variant;
+  j["rotation"] = r.rotation;
+  j["dtype"] = io::to_string(dtype);
+  j["tokens"] = r.tokens;
+  j["experts"] = r.N;
+  j["d"] = r.d;
+  j["tol"] = r.tol;
+  j["quantiles"] = r.quantiles;
+  j["sets"] = {{"lora_cone", summary_json(r.lora_cone)},
+               {"lora_hull", summary_json(r.lora_hull)},
+               {"weighted_sum_cone", summary_json(r.ws_cone)},
+               {"weighted_sum_hull", summary_json(r.ws_hull)}};
+  j["checks"] = {{"weighted_sum_in_cone", check_json(r.ws_cone_check)},
+                 {"weighted_sum_in_hull", check_json(r.ws_hull_check)}};
+  j["passed"] = r.passed();
+  if (a.per_token) {
+    nlohmann::json toks = nlohmann::json::array();
+    for (index_t t = 0; t < r.tokens; ++t) toks.push_back(token_json(r, layer, ctx, t));
+    j["per_token"] = toks;
+  }
+  return j;
+}
+
 template <class S>
 int verify_typed(const VerifyArgs& a, const io::SafetensorsFile& model_file, io::DType dtype) {
   const io::LoadedModel<S> lm = io::load_layer<S>(model_file, a.layer);
@@ -131,67 +200,10 @@ int verify_typed(const VerifyArgs& a, const io::SafetensorsFile& model_file, io:
   const auto ctx = layer.forward(in.x.template view<2>(), y.template mutable_view<2>());
   const geometry::ExpansionReport r = geometry::expansion_report(layer, ctx, a.opt);
 
-  if (a.json) {
-    nlohmann::json j;
-    j["model"] = a.model;
-    if (!a.layer.empty()) j["layer"] = a.layer;
-    j["input"] = a.input;
-    j["variant"] = r.variant;
-    j["rotation"] = r.rotation;
-    j["dtype"] = io::to_string(dtype);
-    j["tokens"] = r.tokens;
-    j["experts"] = r.N;
-    j["d"] = r.d;
-    j["tol"] = r.tol;
-    j["quantiles"] = r.quantiles;
-    j["sets"] = {{"lora_cone", summary_json(r.lora_cone)},
-                 {"lora_hull", summary_json(r.lora_hull)},
-                 {"weighted_sum_cone", summary_json(r.ws_cone)},
-                 {"weighted_sum_hull", summary_json(r.ws_hull)}};
-    j["checks"] = {{"weighted_sum_in_cone", check_json(r.ws_cone_check)},
-                   {"weighted_sum_in_hull", check_json(r.ws_hull_check)}};
-    j["passed"] = r.passed();
-    if (a.per_token) {
-      const index_t N = r.N, d = r.d;
-      nlohmann::json toks = nlohmann::json::array();
-      for (index_t t = 0; t < T; ++t) {
-        const geometry::TokenExpansion& e = r.per_token[size_t(t)];
-        const std::vector<double> v = geometry::expert_outputs(layer, ctx, t);
-        const std::size_t nN = std::size_t(N), nd = std::size_t(d);
-        std::vector<std::vector<double>> vv(nN), uu(nN);
-        std::vector<double> g(nN), p(nd, 0.0), pw(nd, 0.0);
-        for (index_t i = 0; i < N; ++i) {
-          g[size_t(i)] = double(ctx.g[size_t(t * N + i)]);
-          const bool computed = ctx.sel.empty() || ctx.sel[size_t(t * N + i)];
-          for (index_t o = 0; o < d; ++o) {
-            const double vi = v[size_t(i * d + o)];
-            const double ui = computed ? double(ctx.u[size_t((t * N + i) * d + o)]) : vi;
-            vv[size_t(i)].push_back(vi);
-            uu[size_t(i)].push_back(ui);
-            if (computed) p[size_t(o)] += g[size_t(i)] * ui;
-            pw[size_t(o)] += g[size_t(i)] * vi;
-          }
-        }
-        toks.push_back({{"token", t},
-                        {"g", g},
-                        {"gate_sum", e.gate_sum},
-                        {"gate_nonnegative", e.gate_nonnegative},
-                        {"gate_normalized", e.gate_normalized},
-                        {"v", vv},
-                        {"u", uu},
-                        {"lora_point", p},
-                        {"weighted_sum_point", pw},
-                        {"lora_cone", point_json(e.lora_cone)},
-                        {"lora_hull", point_json(e.lora_hull)},
-                        {"weighted_sum_cone", point_json(e.ws_cone)},
-                        {"weighted_sum_hull", point_json(e.ws_hull)}});
-      }
-      j["per_token"] = toks;
-    }
-    std::printf("%s\n", j.dump(2).c_str());
-  } else {
+  if (a.json)
+    std::printf("%s\n", report_json(a, r, dtype, layer, ctx).dump(2).c_str());
+  else
     print_table(a, r, dtype, layer);
-  }
   if (!r.passed()) {
     std::fflush(stdout);
     std::fprintf(stderr,

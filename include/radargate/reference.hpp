@@ -154,8 +154,8 @@ class Layer<S, backend::reference> {
   }
 
   void forward_token(Context& ctx, index_t t, const View<const S, 1>& x, const View<S, 1>& y) const {
-    const index_t N = D_.N, r = D_.r, d = D_.d, k = D_.k, P = D_.P, din = D_.d_in;
-    S* h = &ctx.h[t * N * r];
+    const index_t N = D_.N, d = D_.d;
+    S* h = &ctx.h[t * N * D_.r];
     S* v = &ctx.v[t * N * d];
     S* u = &ctx.u[t * N * d];
     S* g = &ctx.g[t * N];
@@ -163,15 +163,31 @@ class Layer<S, backend::reference> {
 
     // A gate that does not read the experts is decided first, so a top-k gate computes only the
     // experts it selects.
-    const bool early_gate = cfg_.has_logits() && !cfg_.gate_reads_experts();
-    if (early_gate) {
-      base_logits(x, g);
-      detail::normalize_forward(cfg_.normalize, index_t(cfg_.topk), S(cfg_.tau), g, N, sel);
-      if (cfg_.rotation)  // the relational map reads every expert
-        for (index_t i = 0; i < N; ++i) sel[i] = 1;
+    if (cfg_.has_logits() && !cfg_.gate_reads_experts()) early_gate(x, g, sel);
+    expert_outputs(x, sel, h, v);
+    if (cfg_.rotation) {
+      S* c = &ctx.c[t * N * d];
+      S* z = &ctx.z[t * N * D_.k];
+      S* pre = &ctx.pre[t * N * D_.P];
+      for (index_t i = 0; i < N; ++i) rotate_expert(ctx.m.data(), i, x, v, c, z, pre, u);
+    } else {
+      for (index_t o = 0; o < N * d; ++o) u[o] = v[o];
     }
+    late_gate(x, u, g, sel);
+    combine(x, g, sel, u, y);
+  }
 
-    // h_i = A_i x ; v_i = s_i B_i h_i
+  // The gate weights of a gate that does not read the experts (decided before them).
+  void early_gate(const View<const S, 1>& x, S* g, unsigned char* sel) const {
+    base_logits(x, g);
+    detail::normalize_forward(cfg_.normalize, index_t(cfg_.topk), S(cfg_.tau), g, D_.N, sel);
+    if (cfg_.rotation)  // the relational map reads every expert
+      for (index_t i = 0; i < D_.N; ++i) sel[i] = 1;
+  }
+
+  // h_i = A_i x ; v_i = s_i B_i h_i
+  void expert_outputs(const View<const S, 1>& x, const unsigned char* sel, S* h, S* v) const {
+    const index_t N = D_.N, r = D_.r, d = D_.d, din = D_.d_in;
     for (index_t i = 0; i < N; ++i) {
       if (!sel[i]) continue;
       for (index_t q = 0; q < r; ++q) {
@@ -185,48 +201,48 @@ class Layer<S, backend::reference> {
         v[i * d + o] = scale(i) * acc;
       }
     }
+  }
 
-    if (cfg_.rotation) {
-      S* c = &ctx.c[t * N * d];
-      S* z = &ctx.z[t * N * k];
-      S* pre = &ctx.pre[t * N * P];
-      for (index_t i = 0; i < N; ++i) {
-        // c_i = sum_{j != i} m_ij v_j
-        for (index_t o = 0; o < d; ++o) {
-          S acc = S(0);
-          for (index_t j = 0; j < N; ++j)
-            if (j != i) acc += ctx.m[i * N + j] * v[j * d + o];
-          c[i * d + o] = acc;
-        }
-        // z_i = Wx x + Wv v_i + Wc c_i
-        for (index_t q = 0; q < k; ++q) {
-          S acc = S(0);
-          if (p_.angle_Wx.present())
-            for (index_t a = 0; a < din; ++a) acc += p_.angle_Wx(q, a) * x(a);
-          if (p_.angle_Wv.present())
-            for (index_t o = 0; o < d; ++o) acc += p_.angle_Wv(q, o) * v[i * d + o];
-          if (p_.angle_Wc.present())
-            for (index_t o = 0; o < d; ++o) acc += p_.angle_Wc(q, o) * c[i * d + o];
-          z[i * k + q] = acc;
-        }
-        // pre_i = U z_i + bias_i ; u_i = R(bound(pre_i)) v_i
-        for (index_t o = 0; o < d; ++o) u[i * d + o] = v[i * d + o];
-        for (index_t m = 0; m < P; ++m) {
-          S acc = p_.angle_bias.present() ? p_.angle_bias(i, m) : S(0);
-          for (index_t q = 0; q < k; ++q) acc += p_.angle_U(m, q) * z[i * k + q];
-          pre[i * P + m] = acc;
-          const S alpha = detail::bound_value(cfg_.bound, acc);
-          index_t a, b;
-          detail::plane_coords(cfg_.pairing, m, d, a, b);
-          using std::cos;
-          using std::sin;
-          detail::rotate_pair(cos(alpha), sin(alpha), u[i * d + a], u[i * d + b]);
-        }
-      }
-    } else {
-      for (index_t o = 0; o < N * d; ++o) u[o] = v[o];
+  // Expert i's rotation (mw: the map weights [N, N]): its context c_i, angle input z_i,
+  // pre-activations and rotated output u_i.
+  void rotate_expert(const S* mw, index_t i, const View<const S, 1>& x, const S* v, S* c, S* z, S* pre, S* u) const {
+    const index_t N = D_.N, d = D_.d, k = D_.k, P = D_.P, din = D_.d_in;
+    // c_i = sum_{j != i} m_ij v_j
+    for (index_t o = 0; o < d; ++o) {
+      S acc = S(0);
+      for (index_t j = 0; j < N; ++j)
+        if (j != i) acc += mw[i * N + j] * v[j * d + o];
+      c[i * d + o] = acc;
     }
+    // z_i = Wx x + Wv v_i + Wc c_i
+    for (index_t q = 0; q < k; ++q) {
+      S acc = S(0);
+      if (p_.angle_Wx.present())
+        for (index_t a = 0; a < din; ++a) acc += p_.angle_Wx(q, a) * x(a);
+      if (p_.angle_Wv.present())
+        for (index_t o = 0; o < d; ++o) acc += p_.angle_Wv(q, o) * v[i * d + o];
+      if (p_.angle_Wc.present())
+        for (index_t o = 0; o < d; ++o) acc += p_.angle_Wc(q, o) * c[i * d + o];
+      z[i * k + q] = acc;
+    }
+    // pre_i = U z_i + bias_i ; u_i = R(bound(pre_i)) v_i
+    for (index_t o = 0; o < d; ++o) u[i * d + o] = v[i * d + o];
+    for (index_t m = 0; m < P; ++m) {
+      S acc = p_.angle_bias.present() ? p_.angle_bias(i, m) : S(0);
+      for (index_t q = 0; q < k; ++q) acc += p_.angle_U(m, q) * z[i * k + q];
+      pre[i * P + m] = acc;
+      const S alpha = detail::bound_value(cfg_.bound, acc);
+      index_t a, b;
+      detail::plane_coords(cfg_.pairing, m, d, a, b);
+      using std::cos;
+      using std::sin;
+      detail::rotate_pair(cos(alpha), sin(alpha), u[i * d + a], u[i * d + b]);
+    }
+  }
 
+  // The gate weights of the gates decided after the experts (none, uniform, stretch).
+  void late_gate(const View<const S, 1>& x, const S* u, S* g, unsigned char* sel) const {
+    const index_t N = D_.N, d = D_.d;
     switch (cfg_.gate) {
       case GateKind::none:
         for (index_t i = 0; i < N; ++i) g[i] = S(1);
@@ -242,11 +258,14 @@ class Layer<S, backend::reference> {
         detail::normalize_forward(cfg_.normalize, index_t(cfg_.topk), S(cfg_.tau), g, N, sel);
         for (index_t i = 0; i < N; ++i) sel[i] = 1;  // every expert was computed
         break;
-      default:  // static, linear: decided above
+      default:  // static, linear: decided before the experts
         break;
     }
+  }
 
-    // y = W0 x + b0 + sum_i g_i u_i
+  // y = W0 x + b0 + sum_i g_i u_i
+  void combine(const View<const S, 1>& x, const S* g, const unsigned char* sel, const S* u, const View<S, 1>& y) const {
+    const index_t N = D_.N, d = D_.d, din = D_.d_in;
     for (index_t o = 0; o < d; ++o) {
       S acc = p_.base_b0.present() ? p_.base_b0(o) : S(0);
       if (p_.base_W0.present())
@@ -257,184 +276,240 @@ class Layer<S, backend::reference> {
     }
   }
 
+  // One token's inputs from the Context and its backward scratch (see scratch_values).
+  struct TokenBack {
+    View<const S, 1> x, dy;
+    View<S, 1> dx;
+    const S *h, *v, *u, *g, *c, *z, *pre;  // c, z, pre: null with rotation off
+    const unsigned char* sel;
+    S *du, *dv, *dc, *dl, *dm, *dz, *dpre, *dh;
+  };
+
   void backward_token(const Context& ctx, index_t t, const View<const S, 1>& dy, const Gradients<S>& G,
                       const GradPlan& need, S* scratch) const {
-    const index_t N = D_.N, r = D_.r, d = D_.d, k = D_.k, P = D_.P, din = D_.d_in;
+    const index_t N = D_.N, r = D_.r, d = D_.d, k = D_.k, P = D_.P;
     std::fill(scratch, scratch + scratch_values(), S(0));
-    S* const du = scratch;
-    S* const dv = du + N * d;
-    S* const dc = dv + N * d;
-    S* const dl = dc + N * d;
-    S* const dm = dl + N;
-    S* const dz = dm + N;
-    S* const dpre = dz + k;
-    S* const dh = dpre + P;
-    const View<const S, 1> x = ctx.x[t];
-    const S* h = &ctx.h[t * N * r];
-    const S* v = &ctx.v[t * N * d];
-    const S* u = &ctx.u[t * N * d];
-    const S* g = &ctx.g[t * N];
-    const unsigned char* sel = &ctx.sel[t * N];
-    const View<S, 1> dx = G.x.present() ? G.x[t] : View<S, 1>{};
+    TokenBack b;
+    b.du = scratch;
+    b.dv = b.du + N * d;
+    b.dc = b.dv + N * d;
+    b.dl = b.dc + N * d;
+    b.dm = b.dl + N;
+    b.dz = b.dm + N;
+    b.dpre = b.dz + k;
+    b.dh = b.dpre + P;
+    b.x = ctx.x[t];
+    b.dy = dy;
+    b.h = &ctx.h[t * N * r];
+    b.v = &ctx.v[t * N * d];
+    b.u = &ctx.u[t * N * d];
+    b.g = &ctx.g[t * N];
+    b.sel = &ctx.sel[t * N];
+    b.dx = G.x.present() ? G.x[t] : View<S, 1>{};
+    b.c = cfg_.rotation ? &ctx.c[t * N * d] : nullptr;
+    b.z = cfg_.rotation ? &ctx.z[t * N * k] : nullptr;
+    b.pre = cfg_.rotation ? &ctx.pre[t * N * P] : nullptr;
 
-    // Base: y += W0 x + b0
-    if (G.base_b0.present())
-      for (index_t o = 0; o < d; ++o) G.base_b0(o) += dy(o);
-    if (G.base_W0.present())
-      for (index_t o = 0; o < d; ++o)
-        for (index_t a = 0; a < din; ++a) G.base_W0(o, a) += dy(o) * x(a);
-    if (dx.present() && p_.base_W0.present())
-      for (index_t a = 0; a < din; ++a) {
-        S acc = S(0);
-        for (index_t o = 0; o < d; ++o) acc += p_.base_W0(o, a) * dy(o);
-        dx(a) += acc;
-      }
-
+    backward_base(b, G);
     // du_i = g_i dy
     for (index_t i = 0; i < N; ++i)
-      if (sel[i])
-        for (index_t o = 0; o < d; ++o) du[i * d + o] = g[i] * dy(o);
-
-    // Gate: dg_i = dy . u_i ; dl = J_normalize^T dg ; then through l = Wg x + bg (+ ws . u_i).
-    if (need.dlogits) {
-      for (index_t i = 0; i < N; ++i) {
-        S acc = S(0);
-        if (sel[i])
-          for (index_t o = 0; o < d; ++o) acc += dy(o) * u[i * d + o];
-        dl[i] = acc;
-      }
-      detail::normalize_backward(cfg_.normalize, S(cfg_.tau), g, dl, N);
-      if (G.stretch_bg.present())
-        for (index_t i = 0; i < N; ++i) G.stretch_bg(i) += dl[i];
-      if (cfg_.gate != GateKind::static_) {
-        if (G.stretch_Wg.present())
-          for (index_t i = 0; i < N; ++i)
-            for (index_t a = 0; a < din; ++a) G.stretch_Wg(i, a) += dl[i] * x(a);
-        if (dx.present() && p_.stretch_Wg.present())
-          for (index_t a = 0; a < din; ++a) {
-            S acc = S(0);
-            for (index_t i = 0; i < N; ++i) acc += p_.stretch_Wg(i, a) * dl[i];
-            dx(a) += acc;
-          }
-      }
-      if (cfg_.gate == GateKind::stretch) {
-        if (G.stretch_ws.present())
-          for (index_t i = 0; i < N; ++i)
-            for (index_t o = 0; o < d; ++o) G.stretch_ws(o) += dl[i] * u[i * d + o];
-        if (p_.stretch_ws.present())
-          for (index_t i = 0; i < N; ++i)
-            for (index_t o = 0; o < d; ++o) du[i * d + o] += dl[i] * p_.stretch_ws(o);
-      }
-    }
+      if (b.sel[i])
+        for (index_t o = 0; o < d; ++o) b.du[i * d + o] = b.g[i] * dy(o);
+    if (need.dlogits) backward_gate(b, G);
 
     if (!need.dv && !need.dz) return;
 
     // Rotation: dv_i = R_i^T du_i ; dalpha ; then back through the angle generator and the map.
     if (cfg_.rotation) {
-      const S* c = &ctx.c[t * N * d];
-      const S* z = &ctx.z[t * N * k];
-      const S* pre = &ctx.pre[t * N * P];
       for (index_t i = 0; i < N; ++i) {
-        for (index_t o = 0; o < d; ++o) dv[i * d + o] = du[i * d + o];
-        for (index_t m = 0; m < P; ++m) {
-          index_t a, b;
-          detail::plane_coords(cfg_.pairing, m, d, a, b);
-          const S alpha = detail::bound_value(cfg_.bound, pre[i * P + m]);
-          using std::cos;
-          using std::sin;
-          detail::rotate_pair_transpose(cos(alpha), sin(alpha), dv[i * d + a], dv[i * d + b]);
-          const S dalpha = detail::rotation_angle_grad(du[i * d + a], du[i * d + b], u[i * d + a], u[i * d + b]);
-          dpre[m] = dalpha * detail::bound_derivative(cfg_.bound, pre[i * P + m]);
-        }
-        // pre_i = U z_i + bias_i
-        if (G.angle_bias.present())
-          for (index_t m = 0; m < P; ++m) G.angle_bias(i, m) += dpre[m];
-        if (G.angle_U.present())
-          for (index_t m = 0; m < P; ++m)
-            for (index_t q = 0; q < k; ++q) G.angle_U(m, q) += dpre[m] * z[i * k + q];
-        for (index_t q = 0; q < k; ++q) {
-          S acc = S(0);
-          for (index_t m = 0; m < P; ++m) acc += p_.angle_U(m, q) * dpre[m];
-          dz[q] = acc;
-        }
-        // z_i = Wx x + Wv v_i + Wc c_i
-        if (G.angle_Wx.present())
-          for (index_t q = 0; q < k; ++q)
-            for (index_t a = 0; a < din; ++a) G.angle_Wx(q, a) += dz[q] * x(a);
-        if (dx.present() && p_.angle_Wx.present())
-          for (index_t a = 0; a < din; ++a) {
-            S acc = S(0);
-            for (index_t q = 0; q < k; ++q) acc += p_.angle_Wx(q, a) * dz[q];
-            dx(a) += acc;
-          }
-        if (G.angle_Wv.present())
-          for (index_t q = 0; q < k; ++q)
-            for (index_t o = 0; o < d; ++o) G.angle_Wv(q, o) += dz[q] * v[i * d + o];
-        if (p_.angle_Wv.present())
-          for (index_t o = 0; o < d; ++o)
-            for (index_t q = 0; q < k; ++q) dv[i * d + o] += p_.angle_Wv(q, o) * dz[q];
-        if (G.angle_Wc.present())
-          for (index_t q = 0; q < k; ++q)
-            for (index_t o = 0; o < d; ++o) G.angle_Wc(q, o) += dz[q] * c[i * d + o];
-        if (p_.angle_Wc.present())
-          for (index_t o = 0; o < d; ++o) {
-            S acc = S(0);
-            for (index_t q = 0; q < k; ++q) acc += p_.angle_Wc(q, o) * dz[q];
-            dc[i * d + o] = acc;
-          }
+        backward_rotate_expert(b, i);
+        backward_angle(b, i, G);
       }
-      // c_i = sum_{j != i} m_ij v_j : dv_j += m_ij dc_i ; dm_ij = dc_i . v_j ; then through softmax.
-      for (index_t i = 0; i < N; ++i) {
-        for (index_t j = 0; j < N; ++j) {
-          if (j == i) continue;
-          S acc = S(0);
-          for (index_t o = 0; o < d; ++o) {
-            dv[j * d + o] += ctx.m[i * N + j] * dc[i * d + o];
-            acc += dc[i * d + o] * v[j * d + o];
-          }
-          dm[j] = acc;
-        }
-        if (G.map_M.present() && cfg_.map == MapMode::learned && N > 1) {
-          detail::map_weights_backward(&ctx.m[i * N], dm, i, N);
-          for (index_t j = 0; j < N; ++j) G.map_M(i, j) += dm[j];
-        }
-      }
+      backward_map(ctx.m.data(), b, G);
     } else {
-      std::copy(du, du + N * d, dv);
+      std::copy(b.du, b.du + N * d, b.dv);
     }
 
     if (!need.dv) return;
-    // v_i = s_i B_i h_i ; h_i = A_i x
+    for (index_t i = 0; i < N; ++i)
+      if (b.sel[i]) backward_lora(b, i, G);
+  }
+
+  // Base: y += W0 x + b0
+  void backward_base(const TokenBack& b, const Gradients<S>& G) const {
+    const index_t d = D_.d, din = D_.d_in;
+    const View<const S, 1>& x = b.x;
+    const View<const S, 1>& dy = b.dy;
+    if (G.base_b0.present())
+      for (index_t o = 0; o < d; ++o) G.base_b0(o) += dy(o);
+    if (G.base_W0.present())
+      for (index_t o = 0; o < d; ++o)
+        for (index_t a = 0; a < din; ++a) G.base_W0(o, a) += dy(o) * x(a);
+    if (b.dx.present() && p_.base_W0.present())
+      for (index_t a = 0; a < din; ++a) {
+        S acc = S(0);
+        for (index_t o = 0; o < d; ++o) acc += p_.base_W0(o, a) * dy(o);
+        b.dx(a) += acc;
+      }
+  }
+
+  // Gate: dg_i = dy . u_i ; dl = J_normalize^T dg ; then through l = Wg x + bg (+ ws . u_i).
+  void backward_gate(const TokenBack& b, const Gradients<S>& G) const {
+    const index_t N = D_.N, d = D_.d, din = D_.d_in;
+    const View<const S, 1>& x = b.x;
+    const S* u = b.u;
+    S* dl = b.dl;
     for (index_t i = 0; i < N; ++i) {
-      if (!sel[i]) continue;
-      const S s = scale(i);
-      if (G.lora_scale.present()) {
-        S acc = S(0);
-        for (index_t o = 0; o < d; ++o) {
-          S bh = S(0);
-          for (index_t q = 0; q < r; ++q) bh += p_.lora_B(i, o, q) * h[i * r + q];
-          acc += dv[i * d + o] * bh;
-        }
-        G.lora_scale(i) += acc;
-      }
-      if (G.lora_B.present())
-        for (index_t o = 0; o < d; ++o)
-          for (index_t q = 0; q < r; ++q) G.lora_B(i, o, q) += s * dv[i * d + o] * h[i * r + q];
-      for (index_t q = 0; q < r; ++q) {
-        S acc = S(0);
-        for (index_t o = 0; o < d; ++o) acc += p_.lora_B(i, o, q) * dv[i * d + o];
-        dh[q] = s * acc;
-      }
-      if (G.lora_A.present())
-        for (index_t q = 0; q < r; ++q)
-          for (index_t a = 0; a < din; ++a) G.lora_A(i, q, a) += dh[q] * x(a);
-      if (dx.present())
+      S acc = S(0);
+      if (b.sel[i])
+        for (index_t o = 0; o < d; ++o) acc += b.dy(o) * u[i * d + o];
+      dl[i] = acc;
+    }
+    detail::normalize_backward(cfg_.normalize, S(cfg_.tau), b.g, dl, N);
+    if (G.stretch_bg.present())
+      for (index_t i = 0; i < N; ++i) G.stretch_bg(i) += dl[i];
+    if (cfg_.gate != GateKind::static_) {
+      if (G.stretch_Wg.present())
+        for (index_t i = 0; i < N; ++i)
+          for (index_t a = 0; a < din; ++a) G.stretch_Wg(i, a) += dl[i] * x(a);
+      if (b.dx.present() && p_.stretch_Wg.present())
         for (index_t a = 0; a < din; ++a) {
           S acc = S(0);
-          for (index_t q = 0; q < r; ++q) acc += p_.lora_A(i, q, a) * dh[q];
-          dx(a) += acc;
+          for (index_t i = 0; i < N; ++i) acc += p_.stretch_Wg(i, a) * dl[i];
+          b.dx(a) += acc;
         }
     }
+    if (cfg_.gate == GateKind::stretch) {
+      if (G.stretch_ws.present())
+        for (index_t i = 0; i < N; ++i)
+          for (index_t o = 0; o < d; ++o) G.stretch_ws(o) += dl[i] * u[i * d + o];
+      if (p_.stretch_ws.present())
+        for (index_t i = 0; i < N; ++i)
+          for (index_t o = 0; o < d; ++o) b.du[i * d + o] += dl[i] * p_.stretch_ws(o);
+    }
+  }
+
+  // dv_i = R_i^T du_i and dpre = dalpha * bound'(pre_i), plane by plane.
+  void backward_rotate_expert(const TokenBack& b, index_t i) const {
+    const index_t d = D_.d, P = D_.P;
+    const S* du = b.du;
+    const S* u = b.u;
+    const S* pre = b.pre;
+    S* dv = b.dv;
+    for (index_t o = 0; o < d; ++o) dv[i * d + o] = du[i * d + o];
+    for (index_t m = 0; m < P; ++m) {
+      index_t a, e;  // the plane's two coordinates
+      detail::plane_coords(cfg_.pairing, m, d, a, e);
+      const S alpha = detail::bound_value(cfg_.bound, pre[i * P + m]);
+      using std::cos;
+      using std::sin;
+      detail::rotate_pair_transpose(cos(alpha), sin(alpha), dv[i * d + a], dv[i * d + e]);
+      const S dalpha = detail::rotation_angle_grad(du[i * d + a], du[i * d + e], u[i * d + a], u[i * d + e]);
+      b.dpre[m] = dalpha * detail::bound_derivative(cfg_.bound, pre[i * P + m]);
+    }
+  }
+
+  // Expert i's angle generator: pre_i = U z_i + bias_i, then z_i = Wx x + Wv v_i + Wc c_i.
+  void backward_angle(const TokenBack& b, index_t i, const Gradients<S>& G) const {
+    const index_t d = D_.d, k = D_.k, P = D_.P, din = D_.d_in;
+    const View<const S, 1>& x = b.x;
+    const S* dpre = b.dpre;
+    S* dz = b.dz;
+    // pre_i = U z_i + bias_i
+    if (G.angle_bias.present())
+      for (index_t m = 0; m < P; ++m) G.angle_bias(i, m) += dpre[m];
+    if (G.angle_U.present())
+      for (index_t m = 0; m < P; ++m)
+        for (index_t q = 0; q < k; ++q) G.angle_U(m, q) += dpre[m] * b.z[i * k + q];
+    for (index_t q = 0; q < k; ++q) {
+      S acc = S(0);
+      for (index_t m = 0; m < P; ++m) acc += p_.angle_U(m, q) * dpre[m];
+      dz[q] = acc;
+    }
+    // z_i = Wx x + Wv v_i + Wc c_i
+    if (G.angle_Wx.present())
+      for (index_t q = 0; q < k; ++q)
+        for (index_t a = 0; a < din; ++a) G.angle_Wx(q, a) += dz[q] * x(a);
+    if (b.dx.present() && p_.angle_Wx.present())
+      for (index_t a = 0; a < din; ++a) {
+        S acc = S(0);
+        for (index_t q = 0; q < k; ++q) acc += p_.angle_Wx(q, a) * dz[q];
+        b.dx(a) += acc;
+      }
+    if (G.angle_Wv.present())
+      for (index_t q = 0; q < k; ++q)
+        for (index_t o = 0; o < d; ++o) G.angle_Wv(q, o) += dz[q] * b.v[i * d + o];
+    if (p_.angle_Wv.present())
+      for (index_t o = 0; o < d; ++o)
+        for (index_t q = 0; q < k; ++q) b.dv[i * d + o] += p_.angle_Wv(q, o) * dz[q];
+    if (G.angle_Wc.present())
+      for (index_t q = 0; q < k; ++q)
+        for (index_t o = 0; o < d; ++o) G.angle_Wc(q, o) += dz[q] * b.c[i * d + o];
+    if (p_.angle_Wc.present())
+      for (index_t o = 0; o < d; ++o) {
+        S acc = S(0);
+        for (index_t q = 0; q < k; ++q) acc += p_.angle_Wc(q, o) * dz[q];
+        b.dc[i * d + o] = acc;
+      }
+  }
+
+  // c_i = sum_{j != i} m_ij v_j : dv_j += m_ij dc_i ; dm_ij = dc_i . v_j ; then through softmax
+  // (mw: the map weights [N, N]).
+  void backward_map(const S* mw, const TokenBack& b, const Gradients<S>& G) const {
+    const index_t N = D_.N, d = D_.d;
+    const S* dc = b.dc;
+    S* dm = b.dm;
+    for (index_t i = 0; i < N; ++i) {
+      for (index_t j = 0; j < N; ++j) {
+        if (j == i) continue;
+        S acc = S(0);
+        for (index_t o = 0; o < d; ++o) {
+          b.dv[j * d + o] += mw[i * N + j] * dc[i * d + o];
+          acc += dc[i * d + o] * b.v[j * d + o];
+        }
+        dm[j] = acc;
+      }
+      if (G.map_M.present() && cfg_.map == MapMode::learned && N > 1) {
+        detail::map_weights_backward(&mw[i * N], dm, i, N);
+        for (index_t j = 0; j < N; ++j) G.map_M(i, j) += dm[j];
+      }
+    }
+  }
+
+  // Expert i's adapter: v_i = s_i B_i h_i ; h_i = A_i x
+  void backward_lora(const TokenBack& b, index_t i, const Gradients<S>& G) const {
+    const index_t r = D_.r, d = D_.d, din = D_.d_in;
+    const View<const S, 1>& x = b.x;
+    const S* h = b.h;
+    const S* dv = b.dv;
+    S* dh = b.dh;
+    const S s = scale(i);
+    if (G.lora_scale.present()) {
+      S acc = S(0);
+      for (index_t o = 0; o < d; ++o) {
+        S bh = S(0);
+        for (index_t q = 0; q < r; ++q) bh += p_.lora_B(i, o, q) * h[i * r + q];
+        acc += dv[i * d + o] * bh;
+      }
+      G.lora_scale(i) += acc;
+    }
+    if (G.lora_B.present())
+      for (index_t o = 0; o < d; ++o)
+        for (index_t q = 0; q < r; ++q) G.lora_B(i, o, q) += s * dv[i * d + o] * h[i * r + q];
+    for (index_t q = 0; q < r; ++q) {
+      S acc = S(0);
+      for (index_t o = 0; o < d; ++o) acc += p_.lora_B(i, o, q) * dv[i * d + o];
+      dh[q] = s * acc;
+    }
+    if (G.lora_A.present())
+      for (index_t q = 0; q < r; ++q)
+        for (index_t a = 0; a < din; ++a) G.lora_A(i, q, a) += dh[q] * x(a);
+    if (b.dx.present())
+      for (index_t a = 0; a < din; ++a) {
+        S acc = S(0);
+        for (index_t q = 0; q < r; ++q) acc += p_.lora_A(i, q, a) * dh[q];
+        b.dx(a) += acc;
+      }
   }
 
   LayerConfig cfg_;

@@ -170,6 +170,70 @@ Matrix unrotated_outputs(const Layer<S, backend::reference>& layer,
   return V;
 }
 
+/// Token t's expansion: its LoRA point (the gated rotated outputs) and weighted-sum point (the
+/// gated unrotated outputs), each located against the cone and hull of the unrotated outputs.
+template <class S>
+void token_expansion(const Layer<S, backend::reference>& layer,
+                     const typename Layer<S, backend::reference>::Context& ctx, index_t t, const MembershipOptions& mo,
+                     TokenExpansion& te) {
+  const index_t N = layer.dims().N, d = layer.dims().d;
+  const double tol = mo.tol;
+  const S* u = &ctx.u[t * N * d];
+  const S* g = &ctx.g[t * N];
+  const unsigned char* sel = ctx.sel.empty() ? nullptr : &ctx.sel[t * N];
+  const detail::Matrix V = detail::unrotated_outputs(layer, ctx, t);
+  detail::LVector pl = detail::LVector::Zero(d), pw = detail::LVector::Zero(d);
+  long double gsum = 0;
+  bool nonneg = true;
+  for (index_t i = 0; i < N; ++i) {
+    const long double gi = static_cast<long double>(g[i]);
+    gsum += gi;
+    nonneg = nonneg && g[i] >= S(0);
+    if (gi == 0) continue;
+    for (index_t o = 0; o < d; ++o) {
+      if (!sel || sel[i]) pl(o) += gi * static_cast<long double>(u[i * d + o]);
+      pw(o) += gi * static_cast<long double>(V(o, i));
+    }
+  }
+  const detail::Vector P = pl.cast<double>(), W = pw.cast<double>();
+  if (!P.allFinite() || !W.allFinite() || !V.allFinite())
+    detail::fail("expansion report: token ", t, " has non-finite expert outputs or gate weights");
+  te.lora_norm = detail::norm(P);
+  te.gate_sum = static_cast<double>(gsum);
+  te.gate_nonnegative = nonneg;
+  te.gate_normalized = nonneg && std::fabs(static_cast<double>(gsum) - 1.0) <= tol;
+  const Membership lc = detail::membership_dense(Set::cone, V, P, mo);
+  const Membership lh = detail::membership_dense(Set::hull, V, P, mo);
+  te.lora_cone = detail::point_geometry(lc);
+  te.lora_hull = detail::point_geometry(lh);
+  if (P == W) {  // no rotation (or all angles zero): the two points coincide bit for bit
+    te.ws_cone = te.lora_cone;
+    te.ws_hull = te.lora_hull;
+  } else {
+    te.ws_cone = detail::point_geometry(detail::membership_dense(Set::cone, V, W, mo));
+    te.ws_hull = detail::point_geometry(detail::membership_dense(Set::hull, V, W, mo));
+  }
+}
+
+/// The report's checks: the weighted-sum point lies in the cone where the gate weights are
+/// nonnegative, and in the hull where they are also normalized.
+inline void count_checks(ExpansionReport& rep) {
+  for (const TokenExpansion& t : rep.per_token) {
+    if (t.gate_nonnegative) {
+      ++rep.ws_cone_check.covered;
+      rep.ws_cone_check.violations += t.ws_cone.verdict != Verdict::inside;
+    } else {
+      ++rep.ws_cone_check.not_covered;
+    }
+    if (t.gate_normalized) {
+      ++rep.ws_hull_check.covered;
+      rep.ws_hull_check.violations += t.ws_hull.verdict != Verdict::inside;
+    } else {
+      ++rep.ws_hull_check.not_covered;
+    }
+  }
+}
+
 }  // namespace detail
 
 /// The unrotated expert outputs of token t of a forward pass, row-major [N, d] (expert i at
@@ -213,44 +277,8 @@ ExpansionReport expansion_report(const Layer<S, backend::reference>& layer,
   mo.tol = tol;
   mo.threads = 1;
 
-  detail::parallel_for(T, opt.membership.threads, [&](index_t t) {
-    const S* u = &ctx.u[t * N * d];
-    const S* g = &ctx.g[t * N];
-    const unsigned char* sel = ctx.sel.empty() ? nullptr : &ctx.sel[t * N];
-    const detail::Matrix V = detail::unrotated_outputs(layer, ctx, t);
-    detail::LVector pl = detail::LVector::Zero(d), pw = detail::LVector::Zero(d);
-    long double gsum = 0;
-    bool nonneg = true;
-    for (index_t i = 0; i < N; ++i) {
-      const long double gi = static_cast<long double>(g[i]);
-      gsum += gi;
-      nonneg = nonneg && g[i] >= S(0);
-      if (gi == 0) continue;
-      for (index_t o = 0; o < d; ++o) {
-        if (!sel || sel[i]) pl(o) += gi * static_cast<long double>(u[i * d + o]);
-        pw(o) += gi * static_cast<long double>(V(o, i));
-      }
-    }
-    const detail::Vector P = pl.cast<double>(), W = pw.cast<double>();
-    if (!P.allFinite() || !W.allFinite() || !V.allFinite())
-      detail::fail("expansion report: token ", t, " has non-finite expert outputs or gate weights");
-    TokenExpansion& te = rep.per_token[t];
-    te.lora_norm = detail::norm(P);
-    te.gate_sum = static_cast<double>(gsum);
-    te.gate_nonnegative = nonneg;
-    te.gate_normalized = nonneg && std::fabs(static_cast<double>(gsum) - 1.0) <= tol;
-    const Membership lc = detail::membership_dense(Set::cone, V, P, mo);
-    const Membership lh = detail::membership_dense(Set::hull, V, P, mo);
-    te.lora_cone = detail::point_geometry(lc);
-    te.lora_hull = detail::point_geometry(lh);
-    if (P == W) {  // no rotation (or all angles zero): the two points coincide bit for bit
-      te.ws_cone = te.lora_cone;
-      te.ws_hull = te.lora_hull;
-    } else {
-      te.ws_cone = detail::point_geometry(detail::membership_dense(Set::cone, V, W, mo));
-      te.ws_hull = detail::point_geometry(detail::membership_dense(Set::hull, V, W, mo));
-    }
-  });
+  detail::parallel_for(T, opt.membership.threads,
+                       [&](index_t t) { detail::token_expansion(layer, ctx, t, mo, rep.per_token[t]); });
 
   auto lcone = [](const TokenExpansion& t) -> const PointGeometry& { return t.lora_cone; };
   auto lhull = [](const TokenExpansion& t) -> const PointGeometry& { return t.lora_hull; };
@@ -260,20 +288,7 @@ ExpansionReport expansion_report(const Layer<S, backend::reference>& layer,
   rep.lora_hull = detail::summarize(rep.per_token, opt.quantiles, lhull);
   rep.ws_cone = detail::summarize(rep.per_token, opt.quantiles, wcone);
   rep.ws_hull = detail::summarize(rep.per_token, opt.quantiles, whull);
-  for (const TokenExpansion& t : rep.per_token) {
-    if (t.gate_nonnegative) {
-      ++rep.ws_cone_check.covered;
-      rep.ws_cone_check.violations += t.ws_cone.verdict != Verdict::inside;
-    } else {
-      ++rep.ws_cone_check.not_covered;
-    }
-    if (t.gate_normalized) {
-      ++rep.ws_hull_check.covered;
-      rep.ws_hull_check.violations += t.ws_hull.verdict != Verdict::inside;
-    } else {
-      ++rep.ws_hull_check.not_covered;
-    }
-  }
+  detail::count_checks(rep);
   return rep;
 }
 

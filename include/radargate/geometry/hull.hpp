@@ -92,27 +92,39 @@ inline Vector affine_minimizer(const Matrix& P, const std::vector<index_t>& S, V
   return mu;
 }
 
-inline WolfeCore wolfe(const Matrix& P, double gap_tol, index_t max_iter) {
-  const index_t d = P.rows(), n = P.cols();
+/// The state of Wolfe's method: the corral S with its weights, the iterate x, and the columns that
+/// rounding kept from entering since the iterate last moved.
+struct WolfeState {
+  const Matrix& P;
+  index_t d, n;
   WolfeCore out;
-  std::vector<char> in_S(n, 0), banned(n, 0);
-  index_t j0 = 0;
-  for (index_t j = 1; j < n; ++j)
-    if (P.col(j).squaredNorm() < P.col(j0).squaredNorm()) j0 = j;
-  out.S = {j0};
-  out.wts = {1.0};
-  in_S[j0] = 1;
-  Vector x = P.col(j0), xa;
-  auto recompute_x = [&] {
+  std::vector<char> in_S, banned;
+  Vector x, xa;
+  index_t it = 0;
+
+  /// Starts from the column of least norm.
+  explicit WolfeState(const Matrix& points)
+      : P(points), d(points.rows()), n(points.cols()), in_S(points.cols(), 0), banned(points.cols(), 0) {
+    index_t j0 = 0;
+    for (index_t j = 1; j < n; ++j)
+      if (P.col(j).squaredNorm() < P.col(j0).squaredNorm()) j0 = j;
+    out.S = {j0};
+    out.wts = {1.0};
+    in_S[j0] = 1;
+    x = P.col(j0);
+  }
+
+  /// x = sum_k wts_k P.col(S[k]), accumulated in long double.
+  void recompute_x() {
     LVector acc = LVector::Zero(d);
     for (size_t k = 0; k < out.S.size(); ++k)
       for (index_t i = 0; i < d; ++i) acc(i) += static_cast<long double>(out.wts[k]) * P(i, out.S[k]);
     x = acc.cast<double>();
-  };
-  index_t it = 0;
-  for (;;) {
-    const double xn = x.norm();
-    double lower = 0;
+  }
+
+  /// The column to enter the corral (-1 when none may), with the lower bound on the distance
+  /// that the scan of every column proves (xn = ||x||).
+  index_t entering(double xn, double gap_tol, double& lower) const {
     index_t j = -1;
     if (xn > 0) {
       double best = std::numeric_limits<double>::infinity();
@@ -129,13 +141,44 @@ inline WolfeCore wolfe(const Matrix& P, double gap_tol, index_t max_iter) {
       // Only a point that improves on the corral by more than the tolerance may enter.
       if (j >= 0 && !(xn - best / xn > gap_tol)) j = -1;
     }
-    out.lower = lower;
-    if (xn - lower <= gap_tol || j < 0) {
-      // j < 0 with the gap still open happens only when rounding blocked every candidate.
-      out.converged = xn - lower <= gap_tol || std::find(banned.begin(), banned.end(), 1) == banned.end();
-      break;
+    return j;
+  }
+
+  /// Moves the weights from wts towards the affine weights mu until one reaches zero, and drops
+  /// the columns whose weight did.
+  void step_to_boundary(const Vector& mu) {
+    double theta = std::numeric_limits<double>::infinity();
+    index_t kmin = -1;
+    for (index_t k = 0; k < mu.size(); ++k)
+      if (!(mu(k) > 0)) {
+        const double a = out.wts[k] / (out.wts[k] - mu(k));
+        if (a < theta) {
+          theta = a;
+          kmin = k;
+        }
+      }
+    for (index_t k = 0; k < mu.size(); ++k) out.wts[k] = theta * mu(k) + (1 - theta) * out.wts[k];
+    out.wts[kmin] = 0;
+    std::vector<index_t> S2;
+    std::vector<double> w2;
+    double s = 0;
+    for (size_t k = 0; k < out.S.size(); ++k) {
+      if (out.wts[k] > 0) {
+        S2.push_back(out.S[k]);
+        w2.push_back(out.wts[k]);
+        s += out.wts[k];
+      } else {
+        in_S[out.S[k]] = 0;
+      }
     }
-    if (it >= max_iter) break;
+    for (double& v : w2) v /= s;
+    out.S = std::move(S2);
+    out.wts = std::move(w2);
+  }
+
+  /// Column j enters the corral; the minor cycles then shrink the corral until its affine
+  /// minimiser lies in its relative interior (or the iterations run out).
+  void minor_cycles(index_t j, index_t max_iter) {
     out.S.push_back(j);
     out.wts.push_back(0.0);
     in_S[j] = 1;
@@ -162,41 +205,32 @@ inline WolfeCore wolfe(const Matrix& P, double gap_tol, index_t max_iter) {
         break;
       }
       first = false;
-      double theta = std::numeric_limits<double>::infinity();
-      index_t kmin = -1;
-      for (index_t k = 0; k < mu.size(); ++k)
-        if (!(mu(k) > 0)) {
-          const double a = out.wts[k] / (out.wts[k] - mu(k));
-          if (a < theta) {
-            theta = a;
-            kmin = k;
-          }
-        }
-      for (index_t k = 0; k < mu.size(); ++k) out.wts[k] = theta * mu(k) + (1 - theta) * out.wts[k];
-      out.wts[kmin] = 0;
-      std::vector<index_t> S2;
-      std::vector<double> w2;
-      double s = 0;
-      for (size_t k = 0; k < out.S.size(); ++k) {
-        if (out.wts[k] > 0) {
-          S2.push_back(out.S[k]);
-          w2.push_back(out.wts[k]);
-          s += out.wts[k];
-        } else {
-          in_S[out.S[k]] = 0;
-        }
-      }
-      for (double& v : w2) v /= s;
-      out.S = std::move(S2);
-      out.wts = std::move(w2);
+      step_to_boundary(mu);
       moved = true;
       if (it >= max_iter) break;
     }
     if (moved) std::fill(banned.begin(), banned.end(), 0);
     if (moved && !at_minimizer) recompute_x();
   }
-  out.iterations = it;
-  return out;
+};
+
+inline WolfeCore wolfe(const Matrix& P, double gap_tol, index_t max_iter) {
+  WolfeState w(P);
+  for (;;) {
+    const double xn = w.x.norm();
+    double lower = 0;
+    const index_t j = w.entering(xn, gap_tol, lower);
+    w.out.lower = lower;
+    if (xn - lower <= gap_tol || j < 0) {
+      // j < 0 with the gap still open happens only when rounding blocked every candidate.
+      w.out.converged = xn - lower <= gap_tol || std::find(w.banned.begin(), w.banned.end(), 1) == w.banned.end();
+      break;
+    }
+    if (w.it >= max_iter) break;
+    w.minor_cycles(j, max_iter);
+  }
+  w.out.iterations = w.it;
+  return w.out;
 }
 
 /// Unit direction from the hull towards y, from the support of lambda: the component of

@@ -135,35 +135,31 @@ struct NnlsCore {
   bool converged = false;
 };
 
-/// Lawson–Hanson on unit columns A and target b.
-///
-/// Dual values w_j = a_j . r use the projection residual r of the current passive set, and a
-/// column j may enter only when
-///     w_j > c_j (kkt_tol ||r|| + 16 eps),      c_j = ||(I - Q1 Q1^T) a_j|| <= 1,
-/// i.e. when the cosine between the residual and the part of a_j that is new to the passive span
-/// exceeds kkt_tol plus its rounding level eps / ||r||. Scaling by c_j keeps columns nearly
-/// parallel to the passive ones (c_j ~ 1e-8) visible: their w_j is small, but so is its error.
-inline NnlsCore nnls_core(const Matrix& A, const Vector& b, double kkt_tol, index_t max_iter) {
-  const index_t d = A.rows(), n = A.cols();
-  const double eps = std::numeric_limits<double>::epsilon();
+/// The state of Lawson–Hanson (nnls_core): the iterate x with its passive set, its residual r,
+/// and the columns that rounding kept from entering since the iterate last moved.
+struct LawsonHanson {
+  const Matrix& A;
+  const Vector& b;
+  index_t d, n;
+  double eps = std::numeric_limits<double>::epsilon();
   NnlsCore out;
-  out.x = Vector::Zero(n);
-  out.passive.assign(n, 0);
   Vector& x = out.x;
   std::vector<char>& passive = out.passive;
-  std::vector<char> banned(n, 0);
-  if (n == 0 || b.squaredNorm() == 0) {
-    out.converged = true;
-    return out;
-  }
-  Vector r = b;          // residual of the current iterate (the projection residual when optimal)
+  std::vector<char> banned;
+  Vector r;              // residual of the current iterate (the projection residual when optimal)
   PassiveLS ls, opt_ls;  // opt_ls: factors of the passive set at which x is the least-squares optimum
   bool have_factors = false;
   bool at_optimum = true;  // x = 0 is optimal for the empty passive set
   std::vector<index_t> P;
   index_t it = 0;
-  for (;;) {
-    if (!at_optimum) break;  // the iteration cap stopped a step half way
+
+  LawsonHanson(const Matrix& A_, const Vector& b_) : A(A_), b(b_), d(A_.rows()), n(A_.cols()), banned(n, 0), r(b_) {
+    out.x = Vector::Zero(n);
+    out.passive.assign(n, 0);
+  }
+
+  /// The column to enter the passive set: the largest dual value above its threshold (-1: none).
+  index_t entering(double kkt_tol) const {
     const double rn = r.norm();
     index_t t = -1;
     double best = 0;
@@ -177,21 +173,61 @@ inline NnlsCore nnls_core(const Matrix& A, const Vector& b, double kkt_tol, inde
         t = j;
       }
     }
-    if (t < 0) {
-      out.converged = true;
-      break;
+    return t;
+  }
+
+  /// Least squares on the passive columns (into ls; P lists them).
+  void solve_passive() {
+    P.clear();
+    for (index_t j = 0; j < n; ++j)
+      if (passive[j]) P.push_back(j);
+    Matrix AP(d, index_t(P.size()));
+    for (size_t k = 0; k < P.size(); ++k) AP.col(index_t(k)) = A.col(P[k]);
+    ls.solve(AP, b);
+  }
+
+  /// Moves from x towards z until the first passive coefficient reaches zero; the columns at zero
+  /// leave the passive set.
+  void step_towards(const Vector& z) {
+    double alpha = std::numeric_limits<double>::infinity();
+    index_t jmin = -1;
+    for (size_t k = 0; k < P.size(); ++k) {
+      const double zk = z(index_t(k)), xk = x(P[k]);
+      if (!(zk > 0)) {
+        const double a = xk / (xk - zk);
+        if (a < alpha) {
+          alpha = a;
+          jmin = P[k];
+        }
+      }
     }
-    if (it >= max_iter) break;
+    for (size_t k = 0; k < P.size(); ++k) x(P[k]) += alpha * (z(index_t(k)) - x(P[k]));
+    x(jmin) = 0;
+    for (index_t j : P)
+      if (!(x(j) > 0)) {
+        x(j) = 0;
+        passive[j] = 0;
+      }
+  }
+
+  /// r = b - A x, accumulated in long double.
+  void plain_residual() {
+    LVector rr(d);
+    for (index_t i = 0; i < d; ++i) rr(i) = b(i);
+    for (index_t j = 0; j < n; ++j)
+      if (x(j) != 0)
+        for (index_t i = 0; i < d; ++i) rr(i) -= static_cast<long double>(A(i, j)) * x(j);
+    r = rr.cast<double>();
+  }
+
+  /// Column t enters the passive set; the inner loop then steps until the least-squares solution
+  /// on the passive set is positive (or the iterations run out).
+  void inner_loop(index_t t, index_t max_iter) {
     passive[t] = 1;
     bool first = true, moved = false;
     for (;;) {
       ++it;
-      P.clear();
-      for (index_t j = 0; j < n; ++j)
-        if (passive[j]) P.push_back(j);
-      Matrix AP(d, index_t(P.size()));
-      for (size_t k = 0; k < P.size(); ++k) AP.col(index_t(k)) = A.col(P[k]);
-      ls.solve(AP, b);
+      solve_passive();
       const Vector& z = ls.z;
       bool all_positive = true;
       for (size_t k = 0; k < P.size(); ++k)
@@ -214,42 +250,44 @@ inline NnlsCore nnls_core(const Matrix& A, const Vector& b, double kkt_tol, inde
         }
       }
       first = false;
-      // Move from x towards z until the first passive coefficient reaches zero.
-      double alpha = std::numeric_limits<double>::infinity();
-      index_t jmin = -1;
-      for (size_t k = 0; k < P.size(); ++k) {
-        const double zk = z(index_t(k)), xk = x(P[k]);
-        if (!(zk > 0)) {
-          const double a = xk / (xk - zk);
-          if (a < alpha) {
-            alpha = a;
-            jmin = P[k];
-          }
-        }
-      }
-      for (size_t k = 0; k < P.size(); ++k) x(P[k]) += alpha * (z(index_t(k)) - x(P[k]));
-      x(jmin) = 0;
-      for (index_t j : P)
-        if (!(x(j) > 0)) {
-          x(j) = 0;
-          passive[j] = 0;
-        }
+      step_towards(z);
       moved = true;
       if (it >= max_iter) {  // stopped between optima: x is feasible, r its plain residual
         at_optimum = false;
-        LVector rr(d);
-        for (index_t i = 0; i < d; ++i) rr(i) = b(i);
-        for (index_t j = 0; j < n; ++j)
-          if (x(j) != 0)
-            for (index_t i = 0; i < d; ++i) rr(i) -= static_cast<long double>(A(i, j)) * x(j);
-        r = rr.cast<double>();
+        plain_residual();
         break;
       }
     }
     if (moved) std::fill(banned.begin(), banned.end(), 0);
   }
-  out.iterations = it;
-  return out;
+};
+
+/// Lawson–Hanson on unit columns A and target b.
+///
+/// Dual values w_j = a_j . r use the projection residual r of the current passive set, and a
+/// column j may enter only when
+///     w_j > c_j (kkt_tol ||r|| + 16 eps),      c_j = ||(I - Q1 Q1^T) a_j|| <= 1,
+/// i.e. when the cosine between the residual and the part of a_j that is new to the passive span
+/// exceeds kkt_tol plus its rounding level eps / ||r||. Scaling by c_j keeps columns nearly
+/// parallel to the passive ones (c_j ~ 1e-8) visible: their w_j is small, but so is its error.
+inline NnlsCore nnls_core(const Matrix& A, const Vector& b, double kkt_tol, index_t max_iter) {
+  LawsonHanson lh(A, b);
+  if (lh.n == 0 || b.squaredNorm() == 0) {
+    lh.out.converged = true;
+    return lh.out;
+  }
+  for (;;) {
+    if (!lh.at_optimum) break;  // the iteration cap stopped a step half way
+    const index_t t = lh.entering(kkt_tol);
+    if (t < 0) {
+      lh.out.converged = true;
+      break;
+    }
+    if (lh.it >= max_iter) break;
+    lh.inner_loop(t, max_iter);
+  }
+  lh.out.iterations = lh.it;
+  return lh.out;
 }
 
 /// NNLS on dense double data; also hands back the unit problem and the solver state, which the

@@ -61,11 +61,11 @@ inline nlohmann::json config_to_json(const LayerConfig& c) {
   return j;
 }
 
-/// Parses a configuration object. Unknown fields, wrong types, unknown names, and a field the
-/// variant does not read (map, bound or pairing without rotation; normalize or tau for a gate
-/// without logits; topk unless normalize is topk_softmax) are errors
-/// ("config field 'tau': expected a number, found string (\"1\")").
-inline LayerConfig config_from_json(const nlohmann::json& j) {
+namespace detail {
+// The steps of config_from_json.
+
+/// Throws unless j is an object whose every key is a configuration field.
+inline void config_check_fields(const nlohmann::json& j) {
   if (!j.is_object())
     detail::fail("config: expected a JSON object, found ", j.type_name(), " (", detail::excerpt(j), ")");
   static const char* const fields[] = {"variant", "map", "bound", "pairing", "normalize", "tau", "topk"};
@@ -76,62 +76,87 @@ inline LayerConfig config_from_json(const nlohmann::json& j) {
       detail::fail("config field '", detail::printable(it.key()),
                    "': unknown; expected one of variant, map, bound, pairing, normalize, tau, topk");
   }
-  auto text = [&](const char* field) -> const nlohmann::json* {
-    auto it = j.find(field);
-    if (it == j.end()) return nullptr;
-    if (!it->is_string())
-      detail::fail("config field '", field, "': expected a string, found ", it->type_name(), " (", detail::excerpt(*it),
-                   ")");
-    return &*it;
-  };
-  // Enumerated values are checked by the parsers of layer_config.hpp; the value is made printable
-  // first so that a message quoting it stays on one line.
-  auto value = [](const nlohmann::json* v) { return detail::printable(v->get<std::string>()); };
-  const nlohmann::json* v = text("variant");
-  if (!v) detail::fail("config field 'variant': required, but it is missing");
-  LayerConfig c = LayerConfig::make(parse_variant(value(v)));
-  const std::string variant = to_string(c.variant);
+}
+
+/// The string field `field` of j, or null when absent.
+inline const nlohmann::json* config_text(const nlohmann::json& j, const char* field) {
+  auto it = j.find(field);
+  if (it == j.end()) return nullptr;
+  if (!it->is_string())
+    detail::fail("config field '", field, "': expected a string, found ", it->type_name(), " (", detail::excerpt(*it),
+                 ")");
+  return &*it;
+}
+
+// Enumerated values are checked by the parsers of layer_config.hpp; the value is made printable
+// first so that a message quoting it stays on one line.
+inline std::string config_value(const nlohmann::json* v) { return detail::printable(v->get<std::string>()); }
+
+/// Reads map, bound, pairing and normalize into c, each only where c's variant reads it.
+inline void config_read_names(const nlohmann::json& j, const std::string& variant, LayerConfig& c) {
   for (const char* f : {"map", "bound", "pairing"})
     if (!c.rotation && j.contains(f))
       detail::fail("config field '", f, "': variant '", variant,
                    "' does not rotate (only rotation_only and radargate do), so it is not read; found ",
                    detail::excerpt(j.at(f)));
-  if (const nlohmann::json* m = text("map")) c.map = parse_map_mode(value(m));
-  if (const nlohmann::json* b = text("bound")) c.bound = parse_bound(value(b));
-  if (const nlohmann::json* p = text("pairing")) c.pairing = parse_pairing(value(p));
-  if (const nlohmann::json* n = text("normalize")) {
+  if (const nlohmann::json* m = config_text(j, "map")) c.map = parse_map_mode(config_value(m));
+  if (const nlohmann::json* b = config_text(j, "bound")) c.bound = parse_bound(config_value(b));
+  if (const nlohmann::json* p = config_text(j, "pairing")) c.pairing = parse_pairing(config_value(p));
+  if (const nlohmann::json* n = config_text(j, "normalize")) {
     if (!c.has_logits())
       detail::fail("config field 'normalize': variant '", variant, "' has a gate without logits (", to_string(c.gate),
-                   "), so nothing to normalize; found \"", value(n), "\"");
-    c.normalize = parse_normalize(value(n));
+                   "), so nothing to normalize; found \"", config_value(n), "\"");
+    c.normalize = parse_normalize(config_value(n));
   }
+}
+
+/// Reads tau into c where present.
+inline void config_read_tau(const nlohmann::json& j, const std::string& variant, LayerConfig& c) {
   auto t = j.find("tau");
-  if (t != j.end()) {
-    if (!c.has_logits())
-      detail::fail("config field 'tau': variant '", variant, "' has a gate without logits (", to_string(c.gate),
-                   "), so no temperature is read; found ", detail::excerpt(*t));
-    if (!t->is_number())
-      detail::fail("config field 'tau': expected a number, found ", t->type_name(), " (", detail::excerpt(*t), ")");
-    c.tau = t->get<double>();
-    // A subnormal temperature turns every finite logit into an infinite one.
-    if (!std::isnormal(c.tau) || c.tau < 0 || c.tau > 1e300)
-      detail::fail("config field 'tau': expected a normal number in [", std::numeric_limits<double>::min(),
-                   ", 1e300], found ", detail::excerpt(*t));
-  }
+  if (t == j.end()) return;
+  if (!c.has_logits())
+    detail::fail("config field 'tau': variant '", variant, "' has a gate without logits (", to_string(c.gate),
+                 "), so no temperature is read; found ", detail::excerpt(*t));
+  if (!t->is_number())
+    detail::fail("config field 'tau': expected a number, found ", t->type_name(), " (", detail::excerpt(*t), ")");
+  c.tau = t->get<double>();
+  // A subnormal temperature turns every finite logit into an infinite one.
+  if (!std::isnormal(c.tau) || c.tau < 0 || c.tau > 1e300)
+    detail::fail("config field 'tau': expected a normal number in [", std::numeric_limits<double>::min(),
+                 ", 1e300], found ", detail::excerpt(*t));
+}
+
+/// Reads topk into c where present.
+inline void config_read_topk(const nlohmann::json& j, const std::string& variant, LayerConfig& c) {
   auto k = j.find("topk");
-  if (k != j.end()) {
-    if (!k->is_number_integer())
-      detail::fail("config field 'topk': expected an integer, found ", k->type_name(), " (", detail::excerpt(*k), ")");
-    if (!c.has_logits() || c.normalize != Normalize::topk_softmax)
-      detail::fail("config field 'topk': only read by normalize topk_softmax, but variant '", variant,
-                   "' normalizes with ", c.has_logits() ? to_string(c.normalize) : "nothing (a gate without logits)",
-                   "; found ", detail::excerpt(*k));
-    // Judged on the JSON text, so that 18446744073709551615 is not reported as -1.
-    const bool in_range =
-        k->is_number_unsigned() ? k->get<std::uint64_t>() >= 1 && k->get<std::uint64_t>() <= 1000000000 : false;
-    if (!in_range) detail::fail("config field 'topk': expected a value in 1..N, found ", detail::excerpt(*k));
-    c.topk = int(k->get<std::uint64_t>());
-  }
+  if (k == j.end()) return;
+  if (!k->is_number_integer())
+    detail::fail("config field 'topk': expected an integer, found ", k->type_name(), " (", detail::excerpt(*k), ")");
+  if (!c.has_logits() || c.normalize != Normalize::topk_softmax)
+    detail::fail("config field 'topk': only read by normalize topk_softmax, but variant '", variant,
+                 "' normalizes with ", c.has_logits() ? to_string(c.normalize) : "nothing (a gate without logits)",
+                 "; found ", detail::excerpt(*k));
+  // Judged on the JSON text, so that 18446744073709551615 is not reported as -1.
+  const bool in_range =
+      k->is_number_unsigned() ? k->get<std::uint64_t>() >= 1 && k->get<std::uint64_t>() <= 1000000000 : false;
+  if (!in_range) detail::fail("config field 'topk': expected a value in 1..N, found ", detail::excerpt(*k));
+  c.topk = int(k->get<std::uint64_t>());
+}
+}  // namespace detail
+
+/// Parses a configuration object. Unknown fields, wrong types, unknown names, and a field the
+/// variant does not read (map, bound or pairing without rotation; normalize or tau for a gate
+/// without logits; topk unless normalize is topk_softmax) are errors
+/// ("config field 'tau': expected a number, found string (\"1\")").
+inline LayerConfig config_from_json(const nlohmann::json& j) {
+  detail::config_check_fields(j);
+  const nlohmann::json* v = detail::config_text(j, "variant");
+  if (!v) detail::fail("config field 'variant': required, but it is missing");
+  LayerConfig c = LayerConfig::make(parse_variant(detail::config_value(v)));
+  const std::string variant = to_string(c.variant);
+  detail::config_read_names(j, variant, c);
+  detail::config_read_tau(j, variant, c);
+  detail::config_read_topk(j, variant, c);
   c.validate();
   return c;
 }

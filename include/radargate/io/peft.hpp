@@ -179,95 +179,119 @@ inline bool json_truthy(const nlohmann::ordered_json& j) {
 }  // namespace detail
 
 namespace detail {
-/// read_adapter's work once the files are found: `config_text` is adapter_config.json and
-/// open_tensors() reads adapter_model.safetensors (after the configuration's first checks, so that
-/// those errors come first).
-inline Adapter adapter_from(const std::string& dir, const std::string& config_text,
-                            const std::function<SafetensorsFile()>& open_tensors) {
-  using radargate::io::detail::printable;
-  const std::string who = "adapter '" + printable(dir) + "'";
-  const nlohmann::ordered_json c =
-      radargate::io::detail::parse_json_checked<nlohmann::ordered_json>(config_text, who + ": adapter_config.json");
-  if (!c.is_object()) fail(who, ": adapter_config.json: expected a JSON object, found ", c.type_name());
-  auto field = [&](const char* k) -> const nlohmann::ordered_json* {
+// The steps of adapter_from.
+
+/// adapter_config.json, parsed and checked to be an object naming a LoRA adapter.
+struct AdapterConfig {
+  std::string who;  // "adapter '<dir>'", the start of every message
+  nlohmann::ordered_json c;
+
+  AdapterConfig(const std::string& dir, const std::string& config_text)
+      : who("adapter '" + radargate::io::detail::printable(dir) + "'"),
+        c(radargate::io::detail::parse_json_checked<nlohmann::ordered_json>(config_text,
+                                                                            who + ": adapter_config.json")) {
+    if (!c.is_object()) fail(who, ": adapter_config.json: expected a JSON object, found ", c.type_name());
+    if (const auto* t = field("peft_type"))
+      if (!t->is_string() || t->get<std::string>() != "LORA")
+        fail(who, ": adapter_config.json: peft_type: expected \"LORA\", found ", shown(t),
+             " (only LoRA adapters import)");
+  }
+  /// The field, or null when absent or null.
+  const nlohmann::ordered_json* field(const char* k) const {
     auto it = c.find(k);
     return it == c.end() || it->is_null() ? nullptr : &*it;
-  };
-  if (const auto* t = field("peft_type"))
-    if (!t->is_string() || t->get<std::string>() != "LORA")
-      fail(who, ": adapter_config.json: peft_type: expected \"LORA\", found ", shown(t),
-           " (only LoRA adapters import)");
-
-  Adapter a;
-  a.dir = dir;
-  const auto* r = field("r");
-  if (!r || !r->is_number_integer() || r->get<long long>() < 1)
-    fail(who, ": adapter_config.json: 'r': expected an integer >= 1, found ", shown(r));
-  a.r = index_t(r->get<long long>());
-  const auto* al = field("lora_alpha");
-  if (!al || !al->is_number()) fail(who, ": adapter_config.json: 'lora_alpha': expected a number, found ", shown(al));
-  a.lora_alpha = al->get<double>();
-  auto flag = [&](const char* k) {
+  }
+  /// A boolean field; absent reads false.
+  bool flag(const char* k) const {
     const auto* f = field(k);
     if (f && !f->is_boolean()) fail(who, ": adapter_config.json: '", k, "': expected true or false, found ", shown(f));
     return f && f->get<bool>();
-  };
-  a.use_rslora = flag("use_rslora");
-  a.fan_in_fan_out = flag("fan_in_fan_out");
+  }
+};
 
-  // Open the tensors first, so configuration refusals can name a module.
-  const SafetensorsFile f = open_tensors();
+/// The adapter-wide fields: r, lora_alpha, use_rslora, fan_in_fan_out.
+inline void read_adapter_fields(const AdapterConfig& cfg, Adapter& a) {
+  const std::string& who = cfg.who;
+  const auto* r = cfg.field("r");
+  if (!r || !r->is_number_integer() || r->get<long long>() < 1)
+    fail(who, ": adapter_config.json: 'r': expected an integer >= 1, found ", shown(r));
+  a.r = index_t(r->get<long long>());
+  const auto* al = cfg.field("lora_alpha");
+  if (!al || !al->is_number()) fail(who, ": adapter_config.json: 'lora_alpha': expected a number, found ", shown(al));
+  a.lora_alpha = al->get<double>();
+  a.use_rslora = cfg.flag("use_rslora");
+  a.fan_in_fan_out = cfg.flag("fan_in_fan_out");
+}
+
+/// The tensors of adapter_model.safetensors grouped by module.
+struct TensorParts {
   std::vector<std::string> order;                                   // modules in file order
   std::map<std::string, std::map<std::string, std::string>> parts;  // module -> part -> tensor
   std::string first_module;
+};
+
+/// A tensor name split into module and part ("lora_A.weight", ...; "?" when no suffix is known).
+inline void split_tensor_name(const std::string& rest, std::string& module, std::string& part) {
+  static const char* const suffixes[] = {".lora_A.weight",
+                                         ".lora_B.weight",
+                                         ".lora_embedding_A",
+                                         ".lora_embedding_B",
+                                         ".lora_magnitude_vector",
+                                         ".lora_magnitude_vector.weight",
+                                         ".lora_A.bias",
+                                         ".lora_B.bias",
+                                         ".bias",
+                                         ".weight"};
+  for (const char* s : suffixes) {
+    const std::string suf = s;
+    if (rest.size() > suf.size() && rest.compare(rest.size() - suf.size(), suf.size(), suf) == 0) {
+      module = rest.substr(0, rest.size() - suf.size());
+      part = suf.substr(1);
+      break;
+    }
+  }
+  if (module.empty()) module = rest, part = "?";
+}
+
+inline TensorParts tensor_parts(const SafetensorsFile& f, const std::string& who) {
+  TensorParts tp;
   for (const TensorInfo& t : f.tensors()) {
     const std::string& k = t.name;
     if (k.rfind(key_prefix, 0) != 0)
       fail(who, ": tensor '", radargate::io::detail::printable(k), "': expected a name starting with '", key_prefix,
            "' (as save_pretrained writes it)");
     const std::string rest = k.substr(std::string(key_prefix).size());
-    static const char* const suffixes[] = {".lora_A.weight",
-                                           ".lora_B.weight",
-                                           ".lora_embedding_A",
-                                           ".lora_embedding_B",
-                                           ".lora_magnitude_vector",
-                                           ".lora_magnitude_vector.weight",
-                                           ".lora_A.bias",
-                                           ".lora_B.bias",
-                                           ".bias",
-                                           ".weight"};
     std::string module, part;
-    for (const char* s : suffixes) {
-      const std::string suf = s;
-      if (rest.size() > suf.size() && rest.compare(rest.size() - suf.size(), suf.size(), suf) == 0) {
-        module = rest.substr(0, rest.size() - suf.size());
-        part = suf.substr(1);
-        break;
-      }
-    }
-    if (module.empty()) module = rest, part = "?";
-    if (!parts.count(module)) order.push_back(module);
-    parts[module][part] = k;
-    if (first_module.empty() && (part == "lora_A.weight" || part == "lora_embedding_A")) first_module = module;
+    split_tensor_name(rest, module, part);
+    if (!tp.parts.count(module)) tp.order.push_back(module);
+    tp.parts[module][part] = k;
+    if (tp.first_module.empty() && (part == "lora_A.weight" || part == "lora_embedding_A")) tp.first_module = module;
   }
-  if (first_module.empty() && !order.empty()) first_module = order.front();
-  auto refuse = [&](const std::string& module, const std::string& why) {
-    fail(who, ": module '", printable(module), "': ", why);
-  };
+  if (tp.first_module.empty() && !tp.order.empty()) tp.first_module = tp.order.front();
+  return tp;
+}
 
-  // Configuration refusals.
-  if (flag("use_dora")) {
-    std::string m = first_module;
-    for (const std::string& o : order)
-      if (parts[o].count("lora_magnitude_vector") || parts[o].count("lora_magnitude_vector.weight")) {
-        m = o;
-        break;
-      }
-    refuse(m,
+/// Refuses module `module` of the adapter `who`: "<who>: module '<module>': <why>".
+inline void refuse_module(const std::string& who, const std::string& module, const std::string& why) {
+  fail(who, ": module '", radargate::io::detail::printable(module), "': ", why);
+}
+
+/// The first module holding one of `names` (the first module when none does).
+inline std::string module_holding(TensorParts& tp, std::initializer_list<const char*> names) {
+  for (const std::string& o : tp.order)
+    for (const char* n : names)
+      if (tp.parts[o].count(n)) return o;
+  return tp.first_module;
+}
+
+/// Configuration refusals: settings a LoRA layer cannot represent.
+inline void refuse_config(const AdapterConfig& cfg, TensorParts& tp) {
+  auto refuse = [&](const std::string& module, const std::string& why) { refuse_module(cfg.who, module, why); };
+  if (cfg.flag("use_dora"))
+    refuse(module_holding(tp, {"lora_magnitude_vector", "lora_magnitude_vector.weight"}),
            "use_dora is true: DoRA rescales each output column by a learned magnitude over ||W0 + BA||, which is "
            "not a sum of low-rank products; cannot be represented");
-  }
-  if (const auto* mts = field("modules_to_save"))
+  if (const auto* mts = cfg.field("modules_to_save"))
     if (detail::json_truthy(*mts)) {
       const std::string m =
           mts->is_array() && !mts->empty() && (*mts)[0].is_string() ? (*mts)[0].get<std::string>() : shown(mts);
@@ -275,28 +299,31 @@ inline Adapter adapter_from(const std::string& dir, const std::string& config_te
              "listed in modules_to_save: the adapter replaces this module's full weights, which a LoRA layer "
              "cannot represent");
     }
-  if (const auto* b = field("bias"))
-    if (!b->is_string() || b->get<std::string>() != "none") {
-      std::string m = first_module;
-      for (const std::string& o : order)
-        if (parts[o].count("bias") || parts[o].count("lora_B.bias") || parts[o].count("lora_A.bias")) {
-          m = o;
-          break;
-        }
-      refuse(m, "bias is " + shown(b) +
-                    ", expected \"none\": the adapter trains bias vectors, which a LoRA layer "
-                    "does not hold");
-    }
-  if (flag("lora_bias")) refuse(first_module, "lora_bias is true: lora_B has a bias, which a LoRA layer does not hold");
-  if (const auto* lr = field("layer_replication"))
+  if (const auto* b = cfg.field("bias"))
+    if (!b->is_string() || b->get<std::string>() != "none")
+      refuse(module_holding(tp, {"bias", "lora_B.bias", "lora_A.bias"}),
+             "bias is " + shown(b) +
+                 ", expected \"none\": the adapter trains bias vectors, which a LoRA layer "
+                 "does not hold");
+  if (cfg.flag("lora_bias"))
+    refuse(tp.first_module, "lora_bias is true: lora_B has a bias, which a LoRA layer does not hold");
+  if (const auto* lr = cfg.field("layer_replication"))
     if (detail::json_truthy(*lr))
-      refuse(first_module, "layer_replication is set: the adapter changes the base model's layers");
+      refuse(tp.first_module, "layer_replication is set: the adapter changes the base model's layers");
+}
 
+/// rank_pattern and alpha_pattern: their values, and every key in file order.
+struct PatternFields {
   std::vector<std::string> keys;
   std::map<std::string, long long> rank_pattern;
   std::map<std::string, double> alpha_pattern;
+};
+
+inline PatternFields read_patterns(const AdapterConfig& cfg) {
+  const std::string& who = cfg.who;
+  PatternFields pf_out;
   for (const char* pf : {"rank_pattern", "alpha_pattern"}) {
-    const auto* p = field(pf);
+    const auto* p = cfg.field(pf);
     if (!p) continue;
     if (!p->is_object()) fail(who, ": adapter_config.json: '", pf, "': expected an object, found ", shown(p));
     for (auto it = p->begin(); it != p->end(); ++it) {
@@ -304,95 +331,140 @@ inline Adapter adapter_from(const std::string& dir, const std::string& config_te
         if (!it->is_number_integer() || it->get<long long>() < 1)
           fail(who, ": adapter_config.json: rank_pattern '", radargate::io::detail::excerpt(it.key(), 96),
                "': expected an integer >= 1, found ", shown(&*it));
-        rank_pattern[it.key()] = it->get<long long>();
+        pf_out.rank_pattern[it.key()] = it->get<long long>();
       } else {
         if (!it->is_number())
           fail(who, ": adapter_config.json: alpha_pattern '", radargate::io::detail::excerpt(it.key(), 96),
                "': expected a number, found ", shown(&*it));
-        alpha_pattern[it.key()] = it->get<double>();
+        pf_out.alpha_pattern[it.key()] = it->get<double>();
       }
-      keys.push_back(it.key());
+      pf_out.keys.push_back(it.key());
     }
   }
+  return pf_out;
+}
 
-  const detail::PatternKeys patterns(std::move(keys), who);
-
-  // Refusals that explain a module before any other check of the file (an embedding adapter also
-  // saves the embedding's base weights, which would otherwise read as a module saved whole).
-  for (const std::string& m : order) {
-    const auto& p = parts[m];
+/// Refusals that explain a module before any other check of the file (an embedding adapter also
+/// saves the embedding's base weights, which would otherwise read as a module saved whole).
+inline void refuse_layers_first(const SafetensorsFile& f, TensorParts& tp, const std::string& who) {
+  for (const std::string& m : tp.order) {
+    const auto& p = tp.parts[m];
     if (p.count("lora_embedding_A") || p.count("lora_embedding_B"))
-      refuse(m,
-             "LoRA on an embedding (lora_embedding_A/B): a table lookup, not a product with the input; cannot be "
-             "represented");
+      refuse_module(who, m,
+                    "LoRA on an embedding (lora_embedding_A/B): a table lookup, not a product with the input; cannot "
+                    "be represented");
     if (p.count("lora_A.weight") && f.info(p.at("lora_A.weight")).shape.size() != 2)
-      refuse(m, "LoRA on a convolution (lora_A " +
-                    radargate::io::detail::shape_str(f.info(p.at("lora_A.weight")).shape) +
-                    "; a linear layer has lora_A [r, d_in]); cannot be represented");
+      refuse_module(who, m,
+                    "LoRA on a convolution (lora_A " +
+                        radargate::io::detail::shape_str(f.info(p.at("lora_A.weight")).shape) +
+                        "; a linear layer has lora_A [r, d_in]); cannot be represented");
   }
-  for (const std::string& m : order) {
-    const auto& p = parts[m];
-    if (p.count("lora_embedding_A") || p.count("lora_embedding_B"))
-      refuse(m,
-             "LoRA on an embedding (lora_embedding_A/B): a table lookup, not a product with the input; cannot be "
-             "represented");
-    if (p.count("lora_magnitude_vector") || p.count("lora_magnitude_vector.weight"))
-      refuse(m, "holds lora_magnitude_vector (DoRA); cannot be represented");
-    if (p.count("bias") || p.count("lora_A.bias") || p.count("lora_B.bias"))
-      refuse(m, "holds a bias tensor ('" +
-                    radargate::io::detail::printable(p.count("bias") ? p.at("bias") : p.begin()->second) +
-                    "'): the adapter trains biases, which a LoRA layer does not hold");
-    if (!p.count("lora_A.weight") && !p.count("lora_B.weight"))
-      refuse(m, "holds '" + radargate::io::detail::printable(p.begin()->second) +
-                    "', which is no LoRA factor (a module saved whole, as "
-                    "modules_to_save does?); cannot be represented");
-    if (!p.count("lora_A.weight")) refuse(m, "lora_B.weight without lora_A.weight");
-    if (!p.count("lora_B.weight")) refuse(m, "lora_A.weight without lora_B.weight");
-    for (const auto& kv : p)
-      if (kv.first != "lora_A.weight" && kv.first != "lora_B.weight")
-        refuse(m, "unexpected tensor '" + radargate::io::detail::printable(kv.second) + "'");
+}
+
+/// Module m's tensors are exactly lora_A.weight and lora_B.weight, nothing a LoRA layer lacks.
+inline void check_module_parts(const std::string& who, const std::string& m,
+                               const std::map<std::string, std::string>& p) {
+  auto refuse = [&](const std::string& why) { refuse_module(who, m, why); };
+  if (p.count("lora_embedding_A") || p.count("lora_embedding_B"))
+    refuse(
+        "LoRA on an embedding (lora_embedding_A/B): a table lookup, not a product with the input; cannot be "
+        "represented");
+  if (p.count("lora_magnitude_vector") || p.count("lora_magnitude_vector.weight"))
+    refuse("holds lora_magnitude_vector (DoRA); cannot be represented");
+  if (p.count("bias") || p.count("lora_A.bias") || p.count("lora_B.bias"))
+    refuse("holds a bias tensor ('" +
+           radargate::io::detail::printable(p.count("bias") ? p.at("bias") : p.begin()->second) +
+           "'): the adapter trains biases, which a LoRA layer does not hold");
+  if (!p.count("lora_A.weight") && !p.count("lora_B.weight"))
+    refuse("holds '" + radargate::io::detail::printable(p.begin()->second) +
+           "', which is no LoRA factor (a module saved whole, as "
+           "modules_to_save does?); cannot be represented");
+  if (!p.count("lora_A.weight")) refuse("lora_B.weight without lora_A.weight");
+  if (!p.count("lora_B.weight")) refuse("lora_A.weight without lora_B.weight");
+  for (const auto& kv : p)
+    if (kv.first != "lora_A.weight" && kv.first != "lora_B.weight")
+      refuse("unexpected tensor '" + radargate::io::detail::printable(kv.second) + "'");
+}
+
+/// Module m's factors ai, bi: two-dimensional, floating, of one dtype and one rank.
+inline void check_factor_infos(const std::string& who, const std::string& m, const TensorInfo& ai,
+                               const TensorInfo& bi) {
+  auto refuse = [&](const std::string& why) { refuse_module(who, m, why); };
+  if (ai.shape.size() != 2 || bi.shape.size() != 2)
+    refuse("LoRA on a convolution (lora_A " + radargate::io::detail::shape_str(ai.shape) + ", lora_B " +
+           radargate::io::detail::shape_str(bi.shape) +
+           "; a linear layer has [r, d_in] and [d, r]); cannot "
+           "be represented");
+  for (const TensorInfo* t : {&ai, &bi})
+    if (!is_floating(t->dtype))
+      refuse("tensor '" + radargate::io::detail::printable(t->name) + "': expected F32, F16, BF16 or F64, found " +
+             to_string(t->dtype));
+  if (ai.dtype != bi.dtype)
+    refuse(std::string("lora_A is ") + to_string(ai.dtype) + " but lora_B is " + to_string(bi.dtype));
+  if (bi.shape[1] != ai.shape[0])
+    refuse("lora_A " + radargate::io::detail::shape_str(ai.shape) + " and lora_B " +
+           radargate::io::detail::shape_str(bi.shape) + " disagree on the rank");
+}
+
+/// Module m read from its checked factors ai, bi, with its rank and alpha after the patterns.
+inline AdaptedModule adapted_module(const SafetensorsFile& f, const std::string& who, const std::string& m,
+                                    const TensorInfo& ai, const TensorInfo& bi, const Adapter& a,
+                                    const PatternKeys& patterns, const PatternFields& pf) {
+  auto refuse = [&](const std::string& why) { refuse_module(who, m, why); };
+  AdaptedModule am;
+  am.name = m;
+  const std::string key = patterns.key(m);
+  const auto rp = pf.rank_pattern.find(key);
+  const auto ap = pf.alpha_pattern.find(key);
+  am.r = rp != pf.rank_pattern.end() ? index_t(rp->second) : a.r;
+  am.alpha = ap != pf.alpha_pattern.end() ? ap->second : a.lora_alpha;
+  if (ai.shape[0] != am.r)
+    refuse(
+        "lora_A has rank " + std::to_string(ai.shape[0]) +
+        ", but adapter_config.json gives r = " + std::to_string(am.r) +
+        (rp != pf.rank_pattern.end() ? " (rank_pattern '" + radargate::io::detail::excerpt(key, 96) + "')" : " ('r')"));
+  if (ai.shape[0] < 1 || ai.shape[1] < 1 || bi.shape[0] < 1)
+    refuse("empty LoRA factors " + radargate::io::detail::shape_str(ai.shape) + ", " +
+           radargate::io::detail::shape_str(bi.shape));
+  am.scaling = a.use_rslora ? am.alpha / std::sqrt(double(am.r)) : am.alpha / double(am.r);
+  am.A = f.get<double>(ai.name);
+  am.B = f.get<double>(bi.name);
+  am.dtype = ai.dtype;
+  try {
+    require_finite(ai.name, am.A);
+    require_finite(bi.name, am.B);
+  } catch (const radargate::error& e) {
+    refuse(e.what());
+  }
+  return am;
+}
+
+/// read_adapter's work once the files are found: `config_text` is adapter_config.json and
+/// open_tensors() reads adapter_model.safetensors (after the configuration's first checks, so that
+/// those errors come first).
+inline Adapter adapter_from(const std::string& dir, const std::string& config_text,
+                            const std::function<SafetensorsFile()>& open_tensors) {
+  const AdapterConfig cfg(dir, config_text);
+  const std::string& who = cfg.who;
+  Adapter a;
+  a.dir = dir;
+  read_adapter_fields(cfg, a);
+
+  // Open the tensors first, so configuration refusals can name a module.
+  const SafetensorsFile f = open_tensors();
+  TensorParts tp = tensor_parts(f, who);
+  refuse_config(cfg, tp);
+  PatternFields pf = read_patterns(cfg);
+  const detail::PatternKeys patterns(std::move(pf.keys), who);
+
+  refuse_layers_first(f, tp, who);
+  for (const std::string& m : tp.order) {
+    const auto& p = tp.parts[m];
+    check_module_parts(who, m, p);
     const TensorInfo& ai = f.info(p.at("lora_A.weight"));
     const TensorInfo& bi = f.info(p.at("lora_B.weight"));
-    if (ai.shape.size() != 2 || bi.shape.size() != 2)
-      refuse(m, "LoRA on a convolution (lora_A " + radargate::io::detail::shape_str(ai.shape) + ", lora_B " +
-                    radargate::io::detail::shape_str(bi.shape) +
-                    "; a linear layer has [r, d_in] and [d, r]); cannot "
-                    "be represented");
-    for (const TensorInfo* t : {&ai, &bi})
-      if (!is_floating(t->dtype))
-        refuse(m, "tensor '" + radargate::io::detail::printable(t->name) + "': expected F32, F16, BF16 or F64, found " +
-                      to_string(t->dtype));
-    if (ai.dtype != bi.dtype)
-      refuse(m, std::string("lora_A is ") + to_string(ai.dtype) + " but lora_B is " + to_string(bi.dtype));
-    if (bi.shape[1] != ai.shape[0])
-      refuse(m, "lora_A " + radargate::io::detail::shape_str(ai.shape) + " and lora_B " +
-                    radargate::io::detail::shape_str(bi.shape) + " disagree on the rank");
-    AdaptedModule am;
-    am.name = m;
-    const std::string key = patterns.key(m);
-    const auto rp = rank_pattern.find(key);
-    const auto ap = alpha_pattern.find(key);
-    am.r = rp != rank_pattern.end() ? index_t(rp->second) : a.r;
-    am.alpha = ap != alpha_pattern.end() ? ap->second : a.lora_alpha;
-    if (ai.shape[0] != am.r)
-      refuse(m, "lora_A has rank " + std::to_string(ai.shape[0]) +
-                    ", but adapter_config.json gives r = " + std::to_string(am.r) +
-                    (rp != rank_pattern.end() ? " (rank_pattern '" + radargate::io::detail::excerpt(key, 96) + "')"
-                                              : " ('r')"));
-    if (ai.shape[0] < 1 || ai.shape[1] < 1 || bi.shape[0] < 1)
-      refuse(m, "empty LoRA factors " + radargate::io::detail::shape_str(ai.shape) + ", " +
-                    radargate::io::detail::shape_str(bi.shape));
-    am.scaling = a.use_rslora ? am.alpha / std::sqrt(double(am.r)) : am.alpha / double(am.r);
-    am.A = f.get<double>(ai.name);
-    am.B = f.get<double>(bi.name);
-    am.dtype = ai.dtype;
-    try {
-      require_finite(ai.name, am.A);
-      require_finite(bi.name, am.B);
-    } catch (const radargate::error& e) {
-      refuse(m, e.what());
-    }
-    a.modules.push_back(std::move(am));
+    check_factor_infos(who, m, ai, bi);
+    a.modules.push_back(adapted_module(f, who, m, ai, bi, a, patterns, pf));
   }
   if (a.modules.empty()) fail(who, ": adapter_model.safetensors holds no LoRA factors");
   return a;
@@ -527,18 +599,21 @@ struct ImportResult {
   ModelSetWriter writer;            // ready to write
 };
 
-/// Builds the layers of a model file from adapters (and a base model). `progress` (may be empty)
-/// is called with one line per layer. Nothing is written: the caller writes result.writer.
-inline ImportResult import_adapters(const std::vector<Adapter>& adapters, BaseModel* base, const ImportOptions& opt,
-                                    const std::function<void(const std::string&)>& progress = {}) {
-  using detail::fail;
-  if (adapters.empty()) fail("import-peft: expected at least one adapter, found none");
+namespace detail {
+// The steps of import_adapters.
+
+/// Throws unless every adapter stores the base weights the same way (fan_in_fan_out).
+inline void check_fan_in_fan_out(const std::vector<Adapter>& adapters) {
   const Adapter& a0 = adapters.front();
   for (const Adapter& a : adapters)
     if (a.fan_in_fan_out != a0.fan_in_fan_out)
       fail("adapter '", a.dir, "': module '", a.modules.front().name, "': fan_in_fan_out is ",
            a.fan_in_fan_out ? "true" : "false", " but adapter '", a0.dir, "' says ",
            a0.fan_in_fan_out ? "true" : "false", ": they disagree on how the base stores its weights");
+}
+
+/// The modules to import: those matching opt.modules, in the first adapter's order, then any others.
+inline std::vector<std::string> selected_modules(const std::vector<Adapter>& adapters, const ImportOptions& opt) {
   std::regex select;
   if (!opt.modules.empty()) {
     try {
@@ -548,116 +623,158 @@ inline ImportResult import_adapters(const std::vector<Adapter>& adapters, BaseMo
     }
   }
   auto wanted = [&](const std::string& m) { return opt.modules.empty() || std::regex_search(m, select); };
-  // Modules in the first adapter's order, then any others.
   std::vector<std::string> modules;
   std::set<std::string> seen;
   for (const Adapter& a : adapters)
     for (const AdaptedModule& m : a.modules)
       if (wanted(m.name) && seen.insert(m.name).second) modules.push_back(m.name);
   if (modules.empty())
-    fail("option --modules: '", opt.modules, "' matches none of the adapted modules (e.g. '", a0.modules.front().name,
-         "')");
+    fail("option --modules: '", opt.modules, "' matches none of the adapted modules (e.g. '",
+         adapters.front().modules.front().name, "')");
+  return modules;
+}
+
+/// A module as every adapter adapts it: the first adapter's factors and the largest rank.
+struct ModuleShape {
+  const AdaptedModule* first = nullptr;
+  const Adapter* first_owner = nullptr;
+  index_t R = 0;
+};
+
+/// Throws unless every adapter adapts module `name` with the same d_in and d.
+inline ModuleShape module_shape(const std::vector<Adapter>& adapters, const std::string& name) {
+  ModuleShape ms;
+  for (const Adapter& a : adapters) {
+    const AdaptedModule* m = a.find(name);
+    if (!m) {
+      const Adapter& has = ms.first_owner ? *ms.first_owner : *[&] {
+        for (const Adapter& b : adapters)
+          if (b.find(name)) return &b;
+        return &a;
+      }();
+      fail("adapter '", a.dir, "': module '", name, "': not adapted here, but adapter '", has.dir,
+           "' adapts it; every adapter must adapt every imported module (choose modules with --modules)");
+    }
+    if (!ms.first) {
+      ms.first = m;
+      ms.first_owner = &a;
+    } else if (m->A.shape[1] != ms.first->A.shape[1] || m->B.shape[0] != ms.first->B.shape[0]) {
+      fail("adapter '", a.dir, "': module '", name, "': shape d_in ", m->A.shape[1], ", d ", m->B.shape[0],
+           " disagrees with adapter '", ms.first_owner->dir, "' (d_in ", ms.first->A.shape[1], ", d ",
+           ms.first->B.shape[0], ")");
+    }
+    ms.R = std::max(ms.R, m->r);
+  }
+  return ms;
+}
+
+/// The layer's dimensions: one expert per adapter, at the largest rank.
+inline Dims module_dims(const ModuleShape& ms, const std::string& name, std::size_t experts, const ImportOptions& opt) {
+  Dims D;
+  D.N = index_t(experts);
+  D.r = ms.R;
+  D.d_in = ms.first->A.shape[1];
+  D.d = ms.first->B.shape[0];
+  if (opt.config.rotation) {
+    if (D.d < 2)
+      fail("adapter '", ms.first_owner->dir, "': module '", name, "': variant '", to_string(opt.config.variant),
+           "' rotates pairs of outputs, but the module has d = ", D.d);
+    D.k = opt.angle_rank;
+    D.P = D.d / 2;
+  }
+  return D;
+}
+
+/// lora.A, lora.B and lora.scale of m from the adapters' factors (zero-padded to rank R).
+inline void stack_experts(const std::vector<Adapter>& adapters, const std::string& name, const Dims& D, index_t R,
+                          Model<double>& m) {
+  Tensor<double> A = make_tensor<double>({D.N, R, D.d_in}), B = make_tensor<double>({D.N, D.d, R});
+  Tensor<double> s = make_tensor<double>({D.N});
+  for (std::size_t i = 0; i < adapters.size(); ++i) {
+    const AdaptedModule& am = *adapters[i].find(name);
+    for (index_t q = 0; q < am.r; ++q)
+      for (index_t c = 0; c < D.d_in; ++c)
+        A.data[std::size_t((index_t(i) * R + q) * D.d_in + c)] = am.A.data[std::size_t(q * D.d_in + c)];
+    for (index_t o = 0; o < D.d; ++o)
+      for (index_t q = 0; q < am.r; ++q)
+        B.data[std::size_t((index_t(i) * D.d + o) * R + q)] = am.B.data[std::size_t(o * am.r + q)];
+    s.data[i] = am.scaling;
+  }
+  m.tensors["lora.A"] = std::move(A);
+  m.tensors["lora.B"] = std::move(B);
+  m.tensors["lora.scale"] = std::move(s);
+}
+
+/// base.W0 (and base.b0 where the base has a bias) of module `name` from the base model.
+inline void add_base(BaseModel& base, bool fan_in_fan_out, const ModuleShape& ms, const std::string& name,
+                     const Dims& D, Model<double>& m) {
+  const std::string wn = name + ".weight", bn = name + ".bias";
+  if (!base.has(wn))
+    fail("adapter '", ms.first_owner->dir, "': module '", name, "': the base '", base.path(), "' has no tensor '", wn,
+         "'");
+  Tensor<double> W = base.get(wn);
+  const std::vector<index_t> want =
+      fan_in_fan_out ? std::vector<index_t>{D.d_in, D.d} : std::vector<index_t>{D.d, D.d_in};
+  if (W.shape != want)
+    fail("adapter '", ms.first_owner->dir, "': module '", name, "': base weight '", wn, "' has shape ",
+         radargate::io::detail::shape_str(W.shape), ", expected ", radargate::io::detail::shape_str(want),
+         fan_in_fan_out ? " ([d_in, d]: fan_in_fan_out)" : " ([d, d_in] from lora_B and lora_A)");
+  if (fan_in_fan_out) {
+    Tensor<double> T = make_tensor<double>({D.d, D.d_in});
+    for (index_t o = 0; o < D.d; ++o)
+      for (index_t c = 0; c < D.d_in; ++c) T.data[std::size_t(o * D.d_in + c)] = W.data[std::size_t(c * D.d + o)];
+    W = std::move(T);
+  }
+  m.tensors["base.W0"] = std::move(W);
+  if (base.has(bn)) {
+    Tensor<double> b = base.get(bn);
+    if (b.shape != std::vector<index_t>{D.d})
+      fail("adapter '", ms.first_owner->dir, "': module '", name, "': base bias '", bn, "' has shape ",
+           radargate::io::detail::shape_str(b.shape), ", expected [", D.d, "]");
+    m.tensors["base.b0"] = std::move(b);
+  }
+}
+
+/// The progress line of layer j (of `layers`): its dimensions, each adapter's scaling, its base tensors.
+inline std::string layer_line(const std::vector<Adapter>& adapters, const std::string& name, std::size_t j,
+                              std::size_t layers, const Dims& D, const Model<double>& m, bool base) {
+  std::string line = "layer " + std::to_string(j + 1) + "/" + std::to_string(layers) + " " + name + ": d_in " +
+                     std::to_string(D.d_in) + ", d " + std::to_string(D.d) + ", N " + std::to_string(D.N) + ", r " +
+                     std::to_string(D.r) + ", scaling";
+  for (const Adapter& a : adapters) {
+    std::ostringstream os;
+    os.precision(6);
+    os << " " << a.find(name)->scaling;
+    line += os.str();
+  }
+  return line + (base ? (m.has("base.b0") ? ", base W0 b0" : ", base W0") : "");
+}
+}  // namespace detail
+
+/// Builds the layers of a model file from adapters (and a base model). `progress` (may be empty)
+/// is called with one line per layer. Nothing is written: the caller writes result.writer.
+inline ImportResult import_adapters(const std::vector<Adapter>& adapters, BaseModel* base, const ImportOptions& opt,
+                                    const std::function<void(const std::string&)>& progress = {}) {
+  using detail::fail;
+  if (adapters.empty()) fail("import-peft: expected at least one adapter, found none");
+  detail::check_fan_in_fan_out(adapters);
+  const std::vector<std::string> modules = detail::selected_modules(adapters, opt);
 
   ImportResult res;
   for (std::size_t j = 0; j < modules.size(); ++j) {
     const std::string& name = modules[j];
-    const AdaptedModule* first = nullptr;
-    const Adapter* first_owner = nullptr;
-    index_t R = 0;
-    for (const Adapter& a : adapters) {
-      const AdaptedModule* m = a.find(name);
-      if (!m) {
-        const Adapter& has = first_owner ? *first_owner : *[&] {
-          for (const Adapter& b : adapters)
-            if (b.find(name)) return &b;
-          return &a;
-        }();
-        fail("adapter '", a.dir, "': module '", name, "': not adapted here, but adapter '", has.dir,
-             "' adapts it; every adapter must adapt every imported module (choose modules with --modules)");
-      }
-      if (!first) {
-        first = m;
-        first_owner = &a;
-      } else if (m->A.shape[1] != first->A.shape[1] || m->B.shape[0] != first->B.shape[0]) {
-        fail("adapter '", a.dir, "': module '", name, "': shape d_in ", m->A.shape[1], ", d ", m->B.shape[0],
-             " disagrees with adapter '", first_owner->dir, "' (d_in ", first->A.shape[1], ", d ", first->B.shape[0],
-             ")");
-      }
-      R = std::max(R, m->r);
-    }
-    Dims D;
-    D.N = index_t(adapters.size());
-    D.r = R;
-    D.d_in = first->A.shape[1];
-    D.d = first->B.shape[0];
-    if (opt.config.rotation) {
-      if (D.d < 2)
-        fail("adapter '", first_owner->dir, "': module '", name, "': variant '", to_string(opt.config.variant),
-             "' rotates pairs of outputs, but the module has d = ", D.d);
-      D.k = opt.angle_rank;
-      D.P = D.d / 2;
-    }
+    const detail::ModuleShape ms = detail::module_shape(adapters, name);
+    const Dims D = detail::module_dims(ms, name, adapters.size(), opt);
     LayerConfig cfg = opt.config;
     if (cfg.normalize == Normalize::topk_softmax && cfg.topk > D.N) cfg.topk = int(D.N);
     RandomModelOptions ro;
     ro.base = false;
     Model<double> m = random_model<double>(cfg, D, opt.seed + j, ro);
-    Tensor<double> A = make_tensor<double>({D.N, R, D.d_in}), B = make_tensor<double>({D.N, D.d, R});
-    Tensor<double> s = make_tensor<double>({D.N});
-    for (std::size_t i = 0; i < adapters.size(); ++i) {
-      const AdaptedModule& am = *adapters[i].find(name);
-      for (index_t q = 0; q < am.r; ++q)
-        for (index_t c = 0; c < D.d_in; ++c)
-          A.data[std::size_t((index_t(i) * R + q) * D.d_in + c)] = am.A.data[std::size_t(q * D.d_in + c)];
-      for (index_t o = 0; o < D.d; ++o)
-        for (index_t q = 0; q < am.r; ++q)
-          B.data[std::size_t((index_t(i) * D.d + o) * R + q)] = am.B.data[std::size_t(o * am.r + q)];
-      s.data[i] = am.scaling;
-    }
-    m.tensors["lora.A"] = std::move(A);
-    m.tensors["lora.B"] = std::move(B);
-    m.tensors["lora.scale"] = std::move(s);
-    if (base) {
-      const std::string wn = name + ".weight", bn = name + ".bias";
-      if (!base->has(wn))
-        fail("adapter '", first_owner->dir, "': module '", name, "': the base '", base->path(), "' has no tensor '", wn,
-             "'");
-      Tensor<double> W = base->get(wn);
-      const std::vector<index_t> want =
-          a0.fan_in_fan_out ? std::vector<index_t>{D.d_in, D.d} : std::vector<index_t>{D.d, D.d_in};
-      if (W.shape != want)
-        fail("adapter '", first_owner->dir, "': module '", name, "': base weight '", wn, "' has shape ",
-             radargate::io::detail::shape_str(W.shape), ", expected ", radargate::io::detail::shape_str(want),
-             a0.fan_in_fan_out ? " ([d_in, d]: fan_in_fan_out)" : " ([d, d_in] from lora_B and lora_A)");
-      if (a0.fan_in_fan_out) {
-        Tensor<double> T = make_tensor<double>({D.d, D.d_in});
-        for (index_t o = 0; o < D.d; ++o)
-          for (index_t c = 0; c < D.d_in; ++c) T.data[std::size_t(o * D.d_in + c)] = W.data[std::size_t(c * D.d + o)];
-        W = std::move(T);
-      }
-      m.tensors["base.W0"] = std::move(W);
-      if (base->has(bn)) {
-        Tensor<double> b = base->get(bn);
-        if (b.shape != std::vector<index_t>{D.d})
-          fail("adapter '", first_owner->dir, "': module '", name, "': base bias '", bn, "' has shape ",
-               radargate::io::detail::shape_str(b.shape), ", expected [", D.d, "]");
-        m.tensors["base.b0"] = std::move(b);
-      }
-    }
+    detail::stack_experts(adapters, name, D, ms.R, m);
+    if (base) detail::add_base(*base, adapters.front().fan_in_fan_out, ms, name, D, m);
     res.writer.add(name, m, opt.dtype);
     res.layers.push_back(name);
-    if (progress) {
-      std::string line = "layer " + std::to_string(j + 1) + "/" + std::to_string(modules.size()) + " " + name +
-                         ": d_in " + std::to_string(D.d_in) + ", d " + std::to_string(D.d) + ", N " +
-                         std::to_string(D.N) + ", r " + std::to_string(R) + ", scaling";
-      for (const Adapter& a : adapters) {
-        std::ostringstream os;
-        os.precision(6);
-        os << " " << a.find(name)->scaling;
-        line += os.str();
-      }
-      progress(line + (base ? (m.has("base.b0") ? ", base W0 b0" : ", base W0") : ""));
-    }
+    if (progress) progress(detail::layer_line(adapters, name, j, modules.size(), D, m, base != nullptr));
   }
   return res;
 }
