@@ -110,31 +110,36 @@ int bench_bandwidth(double mib, int repeat, int warmup, bool json) {
   return 0;
 }
 
-template <class S, class L>
-int bench_layer(const BenchArgs& a, const Model<S>& m, L& layer) {
-  using clock = std::chrono::steady_clock;
-  const index_t T = a.T, din = a.D.d_in, d = a.D.d;
-  std::mt19937_64 rng(a.seed + 1);
+// Fills `first`, then `second`, with standard normal values drawn from seed + 1.
+template <class S>
+void fill_normal(std::uint64_t seed, std::vector<S>& first, std::vector<S>& second) {
+  std::mt19937_64 rng(seed + 1);
   std::normal_distribution<double> normal(0.0, 1.0);
-  std::vector<S> x(std::size_t(T * din)), y(std::size_t(T * d)), dy(std::size_t(T * d)), dx(std::size_t(T * din));
-  for (S& e : x) e = S(normal(rng));
-  for (S& e : dy) e = S(normal(rng));
-  // gradient buffers: x and every parameter of the model
-  Model<S> gm = m;
-  Gradients<S> G;
-  if (a.backward) {
-    G.x = make_view(dx.data(), T, din);
-    for_each_param(G, [&](const char* name, auto& v) {
-      using V = std::decay_t<decltype(v)>;
-      if (gm.has(name)) v = gm.tensors[name].template mutable_view<V::rank>();
-    });
-  }
-  const auto xv = make_view(static_cast<const S*>(x.data()), T, din);
-  const auto yv = make_view(y.data(), T, d);
-  const auto dyv = make_view(static_cast<const S*>(dy.data()), T, d);
-  const double base_rss = current_rss_mb();
+  for (S& e : first) e = S(normal(rng));
+  for (S& e : second) e = S(normal(rng));
+}
 
+// Points the gradients of x (dx, [T, d_in]) and of every parameter of `gm` into their buffers.
+template <class S>
+void bind_gradients(Gradients<S>& G, Model<S>& gm, S* dx, index_t T, index_t din) {
+  G.x = make_view(dx, T, din);
+  for_each_param(G, [&](const char* name, auto& v) {
+    using V = std::decay_t<decltype(v)>;
+    if (gm.has(name)) v = gm.tensors[name].template mutable_view<V::rank>();
+  });
+}
+
+// The timed calls of bench_layer and what they leave: the times (after the warm-up), the memory
+// and the checksum of the last output.
+struct LayerRun {
   std::vector<double> total, fwd, bwd;
+  double base_rss = 0, peak = 0, checksum = 0;
+};
+
+template <class S, class L>
+void time_layer_calls(const BenchArgs& a, L& layer, View<const S, 2> xv, View<S, 2> yv, View<const S, 2> dyv,
+                      Gradients<S>& G, LayerRun& r) {
+  using clock = std::chrono::steady_clock;
   for (int it = 0; it < a.warmup + a.repeat; ++it) {
     const auto t0 = clock::now();
     auto ctx = layer.forward(xv, yv);
@@ -142,58 +147,73 @@ int bench_layer(const BenchArgs& a, const Model<S>& m, L& layer) {
     if (a.backward) layer.backward(ctx, dyv, G, GradMode::overwrite);
     const auto t2 = clock::now();
     if (it < a.warmup) continue;
-    fwd.push_back(std::chrono::duration<double>(t1 - t0).count());
-    bwd.push_back(std::chrono::duration<double>(t2 - t1).count());
-    total.push_back(std::chrono::duration<double>(t2 - t0).count());
+    r.fwd.push_back(std::chrono::duration<double>(t1 - t0).count());
+    r.bwd.push_back(std::chrono::duration<double>(t2 - t1).count());
+    r.total.push_back(std::chrono::duration<double>(t2 - t0).count());
   }
-  double checksum = 0;
-  for (S e : y) checksum += double(e);
+}
 
+template <class S>
+void print_layer_json(const BenchArgs& a, const Model<S>& m, const WorkCount& w, const LayerRun& r) {
+  const double med = median(r.total);
+  std::printf(
+      "{\"variant\": \"%s\", \"backend\": \"%s\", \"gemm\": \"%s\", \"kernels\": \"%s\", \"dtype\": \"%s\", "
+      "\"tokens\": %lld, \"experts\": %lld, "
+      "\"d_in\": %lld, \"d\": %lld, \"rank\": %lld, \"angle_rank\": %lld, \"planes\": %lld, \"base\": %s, "
+      "\"backward\": %s, \"threads\": %d, \"repeat\": %d, \"median_s\": %.9g, \"min_s\": %.9g, "
+      "\"median_forward_s\": %.9g, \"median_backward_s\": %.9g, \"flops\": %.9g, \"gflops\": %.6g, "
+      "\"bytes\": %.9g, \"weight_bytes\": %.9g, \"peak_rss_mb\": %.3f, \"base_rss_mb\": %.3f, \"checksum\": %.9g}\n",
+      to_string(a.cfg.variant), a.reference ? "reference" : "cpu", a.reference ? "none" : cpu_gemm_route(),
+      a.reference ? "none" : cpu_kernel_set(), dtype_name(a), (long long)a.T, (long long)a.D.N, (long long)a.D.d_in,
+      (long long)a.D.d, (long long)a.D.r, (long long)a.D.k, (long long)a.D.P, a.base ? "true" : "false",
+      a.backward ? "true" : "false", a.threads, a.repeat, med, *std::min_element(r.total.begin(), r.total.end()),
+      median(r.fwd), a.backward ? median(r.bwd) : 0.0, w.flops, w.flops / med * 1e-9, w.elements * double(sizeof(S)),
+      weight_bytes(m, a.reference ? WeightStorage::scalar : a.weights), r.peak, r.base_rss, r.checksum);
+}
+
+void print_layer_text(const BenchArgs& a, const WorkCount& w, const LayerRun& r) {
+  const double med = median(r.total);
+  std::printf(
+      "radargate bench: variant %s, backend %s (GEMM: %s, kernels: %s), %s, T=%lld N=%lld d_in=%lld d=%lld r=%lld "
+      "k=%lld P=%lld%s, "
+      "%d thread%s\n",
+      to_string(a.cfg.variant), a.reference ? "reference" : "cpu", a.reference ? "none" : cpu_gemm_route(),
+      a.reference ? "none" : cpu_kernel_set(), dtype_name(a), (long long)a.T, (long long)a.D.N, (long long)a.D.d_in,
+      (long long)a.D.d, (long long)a.D.r, (long long)a.D.k, (long long)a.D.P, a.base ? ", base" : "", a.threads,
+      a.threads == 1 ? "" : "s");
+  std::printf("  %s: median %.6f s over %d runs (min %.6f s)", a.backward ? "forward + backward" : "forward", med,
+              a.repeat, *std::min_element(r.total.begin(), r.total.end()));
+  if (a.backward) std::printf("  [forward %.6f s, backward %.6f s]", median(r.fwd), median(r.bwd));
+  std::printf("\n  essential work: %.4g GFLOP -> %.2f GFLOP/s\n", w.flops * 1e-9, w.flops / med * 1e-9);
+  std::printf("  memory: peak RSS %.1f MB (%.1f MB before the first call)\n", r.peak, r.base_rss);
+}
+
+template <class S, class L>
+int bench_layer(const BenchArgs& a, const Model<S>& m, L& layer) {
+  const index_t T = a.T, din = a.D.d_in, d = a.D.d;
+  std::vector<S> x(std::size_t(T * din)), y(std::size_t(T * d)), dy(std::size_t(T * d)), dx(std::size_t(T * din));
+  fill_normal(a.seed, x, dy);
+  // gradient buffers: x and every parameter of the model
+  Model<S> gm = m;
+  Gradients<S> G;
+  if (a.backward) bind_gradients(G, gm, dx.data(), T, din);
+  LayerRun r;
+  r.base_rss = current_rss_mb();
+  time_layer_calls<S>(a, layer, make_view(static_cast<const S*>(x.data()), T, din), make_view(y.data(), T, d),
+                      make_view(static_cast<const S*>(dy.data()), T, d), G, r);
+  for (S e : y) r.checksum += double(e);
   const WorkCount w = essential_work(a.cfg, a.D, T, a.backward, a.base);
-  const double med = median(total), gflops = w.flops / med * 1e-9;
-  const double peak = peak_rss_mb();
-  const char* backend = a.reference ? "reference" : "cpu";
-  const char* dtype = dtype_name(a);
-  const char* gemm = a.reference ? "none" : cpu_gemm_route();
-  const char* kernels = a.reference ? "none" : cpu_kernel_set();  // the SIMD kernel set (runtime dispatch)
-  if (a.json) {
-    std::printf(
-        "{\"variant\": \"%s\", \"backend\": \"%s\", \"gemm\": \"%s\", \"kernels\": \"%s\", \"dtype\": \"%s\", "
-        "\"tokens\": %lld, \"experts\": %lld, "
-        "\"d_in\": %lld, \"d\": %lld, \"rank\": %lld, \"angle_rank\": %lld, \"planes\": %lld, \"base\": %s, "
-        "\"backward\": %s, \"threads\": %d, \"repeat\": %d, \"median_s\": %.9g, \"min_s\": %.9g, "
-        "\"median_forward_s\": %.9g, \"median_backward_s\": %.9g, \"flops\": %.9g, \"gflops\": %.6g, "
-        "\"bytes\": %.9g, \"weight_bytes\": %.9g, \"peak_rss_mb\": %.3f, \"base_rss_mb\": %.3f, \"checksum\": %.9g}\n",
-        to_string(a.cfg.variant), backend, gemm, kernels, dtype, (long long)T, (long long)a.D.N, (long long)din,
-        (long long)d, (long long)a.D.r, (long long)a.D.k, (long long)a.D.P, a.base ? "true" : "false",
-        a.backward ? "true" : "false", a.threads, a.repeat, med, *std::min_element(total.begin(), total.end()),
-        median(fwd), a.backward ? median(bwd) : 0.0, w.flops, gflops, w.elements * double(sizeof(S)),
-        weight_bytes(m, a.reference ? WeightStorage::scalar : a.weights), peak, base_rss, checksum);
-  } else {
-    std::printf(
-        "radargate bench: variant %s, backend %s (GEMM: %s, kernels: %s), %s, T=%lld N=%lld d_in=%lld d=%lld r=%lld "
-        "k=%lld P=%lld%s, "
-        "%d thread%s\n",
-        to_string(a.cfg.variant), backend, gemm, kernels, dtype, (long long)T, (long long)a.D.N, (long long)din,
-        (long long)d, (long long)a.D.r, (long long)a.D.k, (long long)a.D.P, a.base ? ", base" : "", a.threads,
-        a.threads == 1 ? "" : "s");
-    std::printf("  %s: median %.6f s over %d runs (min %.6f s)", a.backward ? "forward + backward" : "forward", med,
-                a.repeat, *std::min_element(total.begin(), total.end()));
-    if (a.backward) std::printf("  [forward %.6f s, backward %.6f s]", median(fwd), median(bwd));
-    std::printf("\n  essential work: %.4g GFLOP -> %.2f GFLOP/s\n", w.flops * 1e-9, gflops);
-    std::printf("  memory: peak RSS %.1f MB (%.1f MB before the first call)\n", peak, base_rss);
-  }
+  r.peak = peak_rss_mb();
+  if (a.json)
+    print_layer_json(a, m, w, r);
+  else
+    print_layer_text(a, w, r);
   return 0;
 }
 
-// One timed call = one training step of radargate::train::Trainer on a batch of all T tokens:
-// forward, the mse loss against random targets and dL/dy, backward of the trained tensors only,
-// and the AdamW update (lr 1e-4, weight decay 0.01) in place, with weights_changed() on the cpu
-// backend.
-template <class S, class L>
-int bench_train_step(const BenchArgs& a, Model<S>& m, L& layer) {
-  using clock = std::chrono::steady_clock;
-  const index_t T = a.T, din = a.D.d_in, d = a.D.d;
+// The tensors a --train-step learns: --train, or every gate and angle tensor of the model.
+template <class S>
+std::vector<std::string> train_step_names(const BenchArgs& a, const Model<S>& m) {
   std::vector<std::string> names = a.train;
   if (names.empty())
     for (const std::string& n : param_names())
@@ -210,55 +230,81 @@ int bench_train_step(const BenchArgs& a, Model<S>& m, L& layer) {
       detail::fail("option --train: '", n, "' is not a tensor of a '", to_string(a.cfg.variant),
                    "' model; expected some of ", have);
     }
-  std::mt19937_64 rng(a.seed + 1);
-  std::normal_distribution<double> normal(0.0, 1.0);
+  return names;
+}
+
+// The timed training steps of bench_train_step: the times (after the warm-up), the memory and the
+// loss of the last step.
+struct StepRun {
+  std::vector<double> total;
+  double base_rss = 0, peak = 0, loss = 0;
+};
+
+template <class S, class L>
+void time_train_steps(const BenchArgs& a, train::Trainer<S, L>& tr, View<const S, 2> xv, View<const S, 2> tv,
+                      StepRun& r) {
+  using clock = std::chrono::steady_clock;
+  for (int it = 0; it < a.warmup + a.repeat; ++it) {
+    const auto t0 = clock::now();
+    r.loss = tr.step(xv, tv, nullptr).loss;
+    const auto t1 = clock::now();
+    if (it >= a.warmup) r.total.push_back(std::chrono::duration<double>(t1 - t0).count());
+  }
+}
+
+void print_step_json(const BenchArgs& a, const WorkCount& w, const std::string& list, const StepRun& r) {
+  const double med = median(r.total);
+  std::printf(
+      "{\"variant\": \"%s\", \"backend\": \"%s\", \"gemm\": \"%s\", \"dtype\": \"%s\", \"tokens\": %lld, "
+      "\"experts\": %lld, \"d_in\": %lld, \"d\": %lld, \"rank\": %lld, \"angle_rank\": %lld, \"planes\": %lld, "
+      "\"base\": %s, \"train_step\": true, \"optimizer\": \"adamw\", \"loss\": \"mse\", \"trained\": \"%s\", "
+      "\"threads\": %d, \"repeat\": %d, \"median_s\": %.9g, \"min_s\": %.9g, \"flops\": %.9g, \"gflops\": %.6g, "
+      "\"peak_rss_mb\": %.3f, \"base_rss_mb\": %.3f, \"last_loss\": %.9g}\n",
+      to_string(a.cfg.variant), a.reference ? "reference" : "cpu", a.reference ? "none" : cpu_gemm_route(),
+      a.f64 ? "f64" : "f32", (long long)a.T, (long long)a.D.N, (long long)a.D.d_in, (long long)a.D.d, (long long)a.D.r,
+      (long long)a.D.k, (long long)a.D.P, a.base ? "true" : "false", list.c_str(), a.threads, a.repeat, med,
+      *std::min_element(r.total.begin(), r.total.end()), w.flops, w.flops / med * 1e-9, r.peak, r.base_rss, r.loss);
+}
+
+void print_step_text(const BenchArgs& a, const std::string& list, const StepRun& r) {
+  std::printf(
+      "radargate bench: training step (forward, mse, backward, AdamW) of variant %s, backend %s (GEMM: %s), %s, "
+      "T=%lld N=%lld d_in=%lld d=%lld r=%lld k=%lld P=%lld%s, %d thread%s\n  trained: %s\n",
+      to_string(a.cfg.variant), a.reference ? "reference" : "cpu", a.reference ? "none" : cpu_gemm_route(),
+      a.f64 ? "f64" : "f32", (long long)a.T, (long long)a.D.N, (long long)a.D.d_in, (long long)a.D.d, (long long)a.D.r,
+      (long long)a.D.k, (long long)a.D.P, a.base ? ", base" : "", a.threads, a.threads == 1 ? "" : "s", list.c_str());
+  std::printf("  step: median %.6f s over %d runs (min %.6f s), last loss %.6g\n", median(r.total), a.repeat,
+              *std::min_element(r.total.begin(), r.total.end()), r.loss);
+  std::printf("  memory: peak RSS %.1f MB (%.1f MB before the first step)\n", r.peak, r.base_rss);
+}
+
+// One timed call = one training step of radargate::train::Trainer on a batch of all T tokens:
+// forward, the mse loss against random targets and dL/dy, backward of the trained tensors only,
+// and the AdamW update (lr 1e-4, weight decay 0.01) in place, with weights_changed() on the cpu
+// backend.
+template <class S, class L>
+int bench_train_step(const BenchArgs& a, Model<S>& m, L& layer) {
+  const index_t T = a.T, din = a.D.d_in, d = a.D.d;
+  const std::vector<std::string> names = train_step_names(a, m);
   std::vector<S> x(std::size_t(T * din)), target(std::size_t(T * d));
-  for (S& e : x) e = S(normal(rng));
-  for (S& e : target) e = S(normal(rng));
+  fill_normal(a.seed, x, target);
   train::TrainerOptions o;
   o.loss = train::LossKind::mse;
   o.batch = std::max<index_t>(1, T);
   o.schedule = {train::ScheduleKind::constant, 1e-4, 0, 1};
   train::Trainer<S, L> tr(m, layer, names, o);
-  const auto xv = make_view(static_cast<const S*>(x.data()), T, din);
-  const auto tv = make_view(static_cast<const S*>(target.data()), T, d);
-  const double base_rss = current_rss_mb();
-  std::vector<double> total;
-  double loss = 0;
-  for (int it = 0; it < a.warmup + a.repeat; ++it) {
-    const auto t0 = clock::now();
-    loss = tr.step(xv, tv, nullptr).loss;
-    const auto t1 = clock::now();
-    if (it >= a.warmup) total.push_back(std::chrono::duration<double>(t1 - t0).count());
-  }
+  StepRun r;
+  r.base_rss = current_rss_mb();
+  time_train_steps<S>(a, tr, make_view(static_cast<const S*>(x.data()), T, din),
+                      make_view(static_cast<const S*>(target.data()), T, d), r);
   const WorkCount w = essential_work(a.cfg, a.D, T, true, a.base);
-  const double med = median(total), peak = peak_rss_mb();
-  const char* backend = a.reference ? "reference" : "cpu";
-  const char* gemm = a.reference ? "none" : cpu_gemm_route();
+  r.peak = peak_rss_mb();
   std::string list;
   for (const std::string& n : names) list += (list.empty() ? "" : ",") + n;
-  if (a.json) {
-    std::printf(
-        "{\"variant\": \"%s\", \"backend\": \"%s\", \"gemm\": \"%s\", \"dtype\": \"%s\", \"tokens\": %lld, "
-        "\"experts\": %lld, \"d_in\": %lld, \"d\": %lld, \"rank\": %lld, \"angle_rank\": %lld, \"planes\": %lld, "
-        "\"base\": %s, \"train_step\": true, \"optimizer\": \"adamw\", \"loss\": \"mse\", \"trained\": \"%s\", "
-        "\"threads\": %d, \"repeat\": %d, \"median_s\": %.9g, \"min_s\": %.9g, \"flops\": %.9g, \"gflops\": %.6g, "
-        "\"peak_rss_mb\": %.3f, \"base_rss_mb\": %.3f, \"last_loss\": %.9g}\n",
-        to_string(a.cfg.variant), backend, gemm, a.f64 ? "f64" : "f32", (long long)T, (long long)a.D.N, (long long)din,
-        (long long)d, (long long)a.D.r, (long long)a.D.k, (long long)a.D.P, a.base ? "true" : "false", list.c_str(),
-        a.threads, a.repeat, med, *std::min_element(total.begin(), total.end()), w.flops, w.flops / med * 1e-9, peak,
-        base_rss, loss);
-  } else {
-    std::printf(
-        "radargate bench: training step (forward, mse, backward, AdamW) of variant %s, backend %s (GEMM: %s), %s, "
-        "T=%lld N=%lld d_in=%lld d=%lld r=%lld k=%lld P=%lld%s, %d thread%s\n  trained: %s\n",
-        to_string(a.cfg.variant), backend, gemm, a.f64 ? "f64" : "f32", (long long)T, (long long)a.D.N, (long long)din,
-        (long long)d, (long long)a.D.r, (long long)a.D.k, (long long)a.D.P, a.base ? ", base" : "", a.threads,
-        a.threads == 1 ? "" : "s", list.c_str());
-    std::printf("  step: median %.6f s over %d runs (min %.6f s), last loss %.6g\n", med, a.repeat,
-                *std::min_element(total.begin(), total.end()), loss);
-    std::printf("  memory: peak RSS %.1f MB (%.1f MB before the first step)\n", peak, base_rss);
-  }
+  if (a.json)
+    print_step_json(a, w, list, r);
+  else
+    print_step_text(a, list, r);
   return 0;
 }
 
@@ -279,16 +325,7 @@ int bench_typed(const BenchArgs& a) {
   return a.train_step ? bench_train_step<S>(a, m, layer) : bench_layer<S>(a, m, layer);
 }
 
-}  // namespace
-
-int cmd_bench(int argc, char** argv) {
-  OptionParser o("bench",
-                 "Times one call of a layer (forward, or forward + backward of every gradient) on a random model and\n"
-                 "random inputs, with no file I/O, and prints the median time, the essential GFLOP/s (FLOP count in\n"
-                 "docs/PERFORMANCE.md) and the peak resident memory of the process. For the cpu backend it\n"
-                 "also names how its matrix products run: 'eigen', or 'blas' in a build with\n"
-                 "-DRADARGATE_USE_BLAS=ON (--json: \"gemm\"), and the SIMD kernel set it runs (--json: \"kernels\":\n"
-                 "avx512bw, fma3<avx2>, sse2, neon64, scalar, ...; see docs/CPU_BACKEND.md).");
+void declare_options(OptionParser& o) {
   o.optional("--variant", "NAME", "sum | uniform | static | softmax | topk | stretch_only | rotation_only | radargate");
   o.optional("--tokens", "T", "tokens per call (required but with --bandwidth)");
   o.optional("--experts", "N", "number of LoRA experts");
@@ -326,41 +363,55 @@ int cmd_bench(int argc, char** argv) {
       "example:\n"
       "  radargate bench --variant radargate --tokens 256 --experts 40 --d-in 4096 --d 4096 --rank 8 \\\n"
       "                  --angle-rank 8 --planes 2048 --backward --threads 2 --json");
-  if (!o.parse(argc, argv)) return 0;
-  BenchArgs a;
-  const long long big = 1LL << 24;
-  if (o.has("--bandwidth")) {
-    const double mib = o.number("--bandwidth");
-    if (!(mib >= 1 && mib <= 65536))
-      o.fail("option --bandwidth: expected 1 to 65536 MiB, found '" + o.str("--bandwidth") + "'");
-    return bench_bandwidth(mib, int(o.integer("--repeat", 1, 1000000, 5)), int(o.integer("--warmup", 0, 1000000, 1)),
-                           o.has("--json"));
-  }
+}
+
+const long long big = 1LL << 24;
+
+// --bandwidth MIB: checks MIB and times the read bandwidth (bench_bandwidth).
+int run_bandwidth(const OptionParser& o) {
+  const double mib = o.number("--bandwidth");
+  if (!(mib >= 1 && mib <= 65536))
+    o.fail("option --bandwidth: expected 1 to 65536 MiB, found '" + o.str("--bandwidth") + "'");
+  return bench_bandwidth(mib, int(o.integer("--repeat", 1, 1000000, 5)), int(o.integer("--warmup", 0, 1000000, 1)),
+                         o.has("--json"));
+}
+
+// --model [--layer]: the variant, shape and base come from the file.
+void read_model_file(const OptionParser& o, BenchArgs& a) {
+  for (const char* opt :
+       {"--variant", "--experts", "--d-in", "--d", "--rank", "--angle-rank", "--planes", "--topk", "--base"})
+    if (o.has(opt)) o.fail(std::string("option ") + opt + ": comes from the --model file; leave it out");
+  a.model = o.str("--model");
+  a.layer = o.str("--layer", "");
+  const io::LoadedModel<double> lm = io::load_layer<double>(io::SafetensorsFile::read(a.model), a.layer);
+  a.cfg = lm.model.config;
+  a.D = lm.dims;
+  a.base = lm.model.has("base.W0");
+}
+
+// A random model: the variant, shape and base from the options.
+void read_random_shape(const OptionParser& o, BenchArgs& a) {
+  a.cfg = LayerConfig::make(parse_variant(o.str("--variant")));
+  a.D.N = index_t(o.integer("--experts", 1, 1 << 16));
+  a.D.d_in = index_t(o.integer("--d-in", 1, big));
+  a.D.d = index_t(o.integer("--d", 1, big));
+  a.D.r = index_t(o.integer("--rank", 1, 1 << 16));
+  a.D.k = index_t(o.integer("--angle-rank", 1, 1 << 16));
+  if (a.cfg.rotation && a.D.d < 2) o.fail("option --d: a rotating variant needs d >= 2");
+  a.D.P = index_t(o.integer("--planes", 1, std::max<long long>(1, a.D.d / 2), std::max<long long>(1, a.D.d / 2)));
+  a.cfg.topk = int(o.integer("--topk", 1, a.D.N, std::min<long long>(2, a.D.N)));
+  a.base = o.has("--base");
+}
+
+// What is timed: --tokens, the layer, --backward, --json, --train-step [--train].
+void read_what(const OptionParser& o, BenchArgs& a) {
   if (!o.has("--tokens")) o.fail("option --tokens is required");
   a.T = index_t(o.integer("--tokens", 0, big));
   if (o.has("--layer") && !o.has("--model")) o.fail("option --layer needs --model");
-  if (o.has("--model")) {
-    for (const char* opt :
-         {"--variant", "--experts", "--d-in", "--d", "--rank", "--angle-rank", "--planes", "--topk", "--base"})
-      if (o.has(opt)) o.fail(std::string("option ") + opt + ": comes from the --model file; leave it out");
-    a.model = o.str("--model");
-    a.layer = o.str("--layer", "");
-    const io::LoadedModel<double> lm = io::load_layer<double>(io::SafetensorsFile::read(a.model), a.layer);
-    a.cfg = lm.model.config;
-    a.D = lm.dims;
-    a.base = lm.model.has("base.W0");
-  } else {
-    a.cfg = LayerConfig::make(parse_variant(o.str("--variant")));
-    a.D.N = index_t(o.integer("--experts", 1, 1 << 16));
-    a.D.d_in = index_t(o.integer("--d-in", 1, big));
-    a.D.d = index_t(o.integer("--d", 1, big));
-    a.D.r = index_t(o.integer("--rank", 1, 1 << 16));
-    a.D.k = index_t(o.integer("--angle-rank", 1, 1 << 16));
-    if (a.cfg.rotation && a.D.d < 2) o.fail("option --d: a rotating variant needs d >= 2");
-    a.D.P = index_t(o.integer("--planes", 1, std::max<long long>(1, a.D.d / 2), std::max<long long>(1, a.D.d / 2)));
-    a.cfg.topk = int(o.integer("--topk", 1, a.D.N, std::min<long long>(2, a.D.N)));
-    a.base = o.has("--base");
-  }
+  if (o.has("--model"))
+    read_model_file(o, a);
+  else
+    read_random_shape(o, a);
   a.backward = o.has("--backward");
   a.json = o.has("--json");
   a.train_step = o.has("--train-step");
@@ -369,35 +420,36 @@ int cmd_bench(int argc, char** argv) {
     a.train = o.list("--train");
   }
   if (a.train_step && a.backward) o.fail("option --backward: a --train-step already runs backward");
-  const std::string backend = o.str("--backend", "cpu");
-  if (backend == "cuda") {
-    if (o.has("--model")) o.fail("option --model: --backend cuda times a random model; use cpu or reference");
-    if (o.has("--threads")) o.fail("option --threads: only for --backend cpu");
-    if (a.train_step) o.fail("option --train-step: for --backend cpu or reference");
-    CudaBenchRequest q;
-    q.cfg = a.cfg;
-    q.D = a.D;
-    q.T = a.T;
-    q.backward = a.backward;
-    q.base = a.base;
-    q.json = a.json;
-    q.dtype = o.str("--dtype", "bf16");
-    if (q.dtype != "bf16" && q.dtype != "f16" && q.dtype != "f32")
-      o.fail("option --dtype: expected bf16 | f16 | f32 with --backend cuda, found '" + q.dtype + "'");
-    q.repeat = int(o.integer("--repeat", 1, 1000000, 5));
-    q.warmup = int(o.integer("--warmup", 0, 1000000, 1));
-    q.seed = std::uint64_t(o.integer("--seed", 0, (1LL << 62), 1));
+}
+
+// --backend cuda: checks its options and times it (bench_cuda), in a build with CUDA.
+int run_cuda(const OptionParser& o, const BenchArgs& a) {
+  if (o.has("--model")) o.fail("option --model: --backend cuda times a random model; use cpu or reference");
+  if (o.has("--threads")) o.fail("option --threads: only for --backend cpu");
+  if (a.train_step) o.fail("option --train-step: for --backend cpu or reference");
+  CudaBenchRequest q;
+  q.cfg = a.cfg;
+  q.D = a.D;
+  q.T = a.T;
+  q.backward = a.backward;
+  q.base = a.base;
+  q.json = a.json;
+  q.dtype = o.str("--dtype", "bf16");
+  if (q.dtype != "bf16" && q.dtype != "f16" && q.dtype != "f32")
+    o.fail("option --dtype: expected bf16 | f16 | f32 with --backend cuda, found '" + q.dtype + "'");
+  q.repeat = int(o.integer("--repeat", 1, 1000000, 5));
+  q.warmup = int(o.integer("--warmup", 0, 1000000, 1));
+  q.seed = std::uint64_t(o.integer("--seed", 0, (1LL << 62), 1));
 #ifdef RADARGATE_WITH_CUDA
-    return bench_cuda(q);
+  return bench_cuda(q);
 #else
-    o.fail("option --backend: cuda needs a build with the CUDA toolkit (cmake -DRADARGATE_ENABLE_CUDA=ON)");
+  o.fail("option --backend: cuda needs a build with the CUDA toolkit (cmake -DRADARGATE_ENABLE_CUDA=ON)");
 #endif
-  }
-  if (backend != "cpu" && backend != "reference")
-    o.fail("option --backend: expected cpu | reference | cuda, found '" + backend + "'");
-  a.reference = backend == "reference";
-  a.threads = int(o.integer("--threads", 1, 1024, 1));
-  if (a.reference && o.has("--threads")) o.fail("option --threads: only for --backend cpu");
+}
+
+// --dtype of the cpu and reference backends (default: f32, or the 16-bit type of a --model file
+// for the cpu backend), into a.f64 and a.weights.
+void read_dtype(const OptionParser& o, BenchArgs& a) {
   std::string dtype = o.str("--dtype", "");
   if (dtype.empty() && !a.model.empty() && !a.reference) {  // a 16-bit file keeps 16-bit experts
     const io::DType ft = io::layer_dtype(io::SafetensorsFile::read(a.model), a.layer);
@@ -411,9 +463,39 @@ int cmd_bench(int argc, char** argv) {
   a.f64 = dtype == "f64";
   if (dtype == "bf16") a.weights = WeightStorage::bf16;
   if (dtype == "f16") a.weights = WeightStorage::f16;
+}
+
+// The cpu or reference backend: --threads, --dtype, --repeat, --warmup, --seed.
+void read_cpu_run(const OptionParser& o, const std::string& backend, BenchArgs& a) {
+  if (backend != "cpu" && backend != "reference")
+    o.fail("option --backend: expected cpu | reference | cuda, found '" + backend + "'");
+  a.reference = backend == "reference";
+  a.threads = int(o.integer("--threads", 1, 1024, 1));
+  if (a.reference && o.has("--threads")) o.fail("option --threads: only for --backend cpu");
+  read_dtype(o, a);
   a.repeat = int(o.integer("--repeat", 1, 1000000, 5));
   a.warmup = int(o.integer("--warmup", 0, 1000000, 1));
   a.seed = std::uint64_t(o.integer("--seed", 0, (1LL << 62), 1));
+}
+
+}  // namespace
+
+int cmd_bench(int argc, char** argv) {
+  OptionParser o("bench",
+                 "Times one call of a layer (forward, or forward + backward of every gradient) on a random model and\n"
+                 "random inputs, with no file I/O, and prints the median time, the essential GFLOP/s (FLOP count in\n"
+                 "docs/PERFORMANCE.md) and the peak resident memory of the process. For the cpu backend it\n"
+                 "also names how its matrix products run: 'eigen', or 'blas' in a build with\n"
+                 "-DRADARGATE_USE_BLAS=ON (--json: \"gemm\"), and the SIMD kernel set it runs (--json: \"kernels\":\n"
+                 "avx512bw, fma3<avx2>, sse2, neon64, scalar, ...; see docs/CPU_BACKEND.md).");
+  declare_options(o);
+  if (!o.parse(argc, argv)) return 0;
+  if (o.has("--bandwidth")) return run_bandwidth(o);
+  BenchArgs a;
+  read_what(o, a);
+  const std::string backend = o.str("--backend", "cpu");
+  if (backend == "cuda") return run_cuda(o, a);
+  read_cpu_run(o, backend, a);
   return a.f64 ? bench_typed<double>(a) : bench_typed<float>(a);
 }
 
