@@ -264,6 +264,109 @@ void write_output(const TrainArgs& a, const io::LoadedModel<S>& lm) {
   w.write_atomic(a.output);
 }
 
+/// --resume: the state of a stopped run into `tr` (and the layer told its weights changed).
+template <class S, class L>
+void resume_run(const TrainArgs& a, train::Trainer<S, L>& tr, L& layer, const Data<S>& data) {
+  train::load_state(io::SafetensorsFile::read(a.resume), tr, data.view());
+  if constexpr (train::impl::has_weights_changed<L>::value) layer.weights_changed();
+  if (tr.epochs_done() >= a.epochs)
+    detail::fail("option --resume: the state '", a.resume, "' has ", tr.epochs_done(), " epochs done, and --epochs ",
+                 a.epochs, " leaves none to run; raise --epochs");
+}
+
+/// The last epoch this run ends after: --epochs, or --stop-after; some must be left to run.
+std::int64_t last_epoch(const TrainArgs& a, std::int64_t epochs_done) {
+  const std::int64_t last = a.stop_after > 0 ? std::min(a.stop_after, a.epochs) : a.epochs;
+  if (last <= epochs_done)
+    detail::fail("option --stop-after: ", a.stop_after, " epochs are already done (from --resume '", a.resume, "')");
+  return last;
+}
+
+using LogFile = std::unique_ptr<std::FILE, int (*)(std::FILE*)>;
+
+/// --log, appended to when the run continues one (--resume), else written new; none without --log.
+LogFile open_log(const TrainArgs& a, std::int64_t epochs_done) {
+  LogFile log(nullptr, &std::fclose);
+  if (!a.log.empty()) {
+    log.reset(std::fopen(a.log.c_str(), epochs_done > 0 ? "a" : "w"));
+    if (!log) detail::fail("option --log: cannot open '", a.log, "' for writing: ", io::detail::errno_text(errno));
+  }
+  return log;
+}
+
+/// The epochs of a run, each reported on stdout (Progress), in --log and saved to --state.
+template <class S, class L>
+struct EpochLoop {
+  const TrainArgs& a;
+  const train::TrainerOptions& o;
+  train::Trainer<S, L>& tr;
+  Progress& progress;
+  std::FILE* log;
+  train::Dataset<S> dv, vv;
+  bool has_val;
+
+  void run(std::int64_t last) {
+    try {
+      while (tr.epochs_done() < last) epoch();
+    } catch (...) {
+      progress.clear();
+      throw;
+    }
+  }
+
+  void epoch() {
+    const double t0 = progress.elapsed(), tok0 = progress.tokens();
+    const train::EpochResult r = tr.run_epoch(dv, [&](const train::StepInfo& s) { progress.step(s); });
+    const double secs = progress.elapsed() - t0, tps = (progress.tokens() - tok0) / std::max(secs, 1e-9);
+    nlohmann::json j;
+    j["epoch"] = tr.epochs_done();
+    j["steps"] = tr.optimizer().steps();
+    j["train_loss"] = r.loss;
+    j["lr"] = o.schedule.at(tr.optimizer().steps() - 1);
+    char line[512];
+    int n = std::snprintf(line, sizeof line, "epoch %lld/%lld: train loss %.6g", (long long)tr.epochs_done(),
+                          (long long)a.epochs, r.loss);
+    if (has_val) n += validate(j, line + n, sizeof line - std::size_t(n));
+    j["tokens_per_s"] = tps;
+    j["seconds"] = secs;
+    std::snprintf(line + n, sizeof line - std::size_t(n), ", %.0f tokens/s, %.2f s", tps, secs);
+    progress.epoch_line(line);
+    if (log) {
+      std::fprintf(log, "%s\n", j.dump().c_str());
+      std::fflush(log);
+    }
+    if (!a.state.empty()) train::save_state(a.state, tr, dv);
+  }
+
+  /// The validation loss (and accuracy) into `j`, onto the epoch line at `line` (room for `size`
+  /// bytes; returns the characters written) and onto the progress bar.
+  int validate(nlohmann::json& j, char* line, std::size_t size) {
+    const train::Evaluation ev = tr.evaluate(vv);
+    j["val_loss"] = ev.loss;
+    int n = std::snprintf(line, size, ", val loss %.6g", ev.loss);
+    char v[64];
+    if (o.loss == train::LossKind::cross_entropy) {
+      j["val_accuracy"] = ev.accuracy;
+      n += std::snprintf(line + n, size - std::size_t(n), " accuracy %.4f", ev.accuracy);
+      std::snprintf(v, sizeof v, " val acc %.4f", ev.accuracy);
+    } else {
+      std::snprintf(v, sizeof v, " val loss %.4g", ev.loss);
+    }
+    progress.set_val(v);
+    return n;
+  }
+};
+
+/// An update can make a tensor non-finite without a later loss to show it.
+template <class S>
+void check_finite(const std::vector<std::string>& names, const Model<S>& m, std::int64_t epochs_done) {
+  for (const std::string& n : names)
+    for (const S& e : m.tensors.at(n).data)
+      if (!std::isfinite(e))
+        detail::fail("training diverged: tensor '", n, "' holds ", e, " after epoch ", epochs_done,
+                     "; no output written; try a smaller --lr or --clip");
+}
+
 /// `names`: the tensors to train (trained_names); `backend`: how the first line names the backend.
 template <class S, class L>
 int train_with(const TrainArgs& a, io::LoadedModel<S>& lm, L& layer, const std::vector<std::string>& names,
@@ -272,22 +375,9 @@ int train_with(const TrainArgs& a, io::LoadedModel<S>& lm, L& layer, const std::
   const index_t T = data.x.shape[0];
   o.schedule.total = std::max<std::int64_t>(1, a.epochs * train::steps_per_epoch(T, o.batch));
   train::Trainer<S, L> tr(lm.model, layer, names, o);
-  if (!a.resume.empty()) {
-    train::load_state(io::SafetensorsFile::read(a.resume), tr, data.view());
-    if constexpr (train::impl::has_weights_changed<L>::value) layer.weights_changed();
-    if (tr.epochs_done() >= a.epochs)
-      detail::fail("option --resume: the state '", a.resume, "' has ", tr.epochs_done(), " epochs done, and --epochs ",
-                   a.epochs, " leaves none to run; raise --epochs");
-  }
-  const std::int64_t last = a.stop_after > 0 ? std::min(a.stop_after, a.epochs) : a.epochs;
-  if (last <= tr.epochs_done())
-    detail::fail("option --stop-after: ", a.stop_after, " epochs are already done (from --resume '", a.resume, "')");
-
-  std::unique_ptr<std::FILE, int (*)(std::FILE*)> log(nullptr, &std::fclose);
-  if (!a.log.empty()) {
-    log.reset(std::fopen(a.log.c_str(), tr.epochs_done() > 0 ? "a" : "w"));
-    if (!log) detail::fail("option --log: cannot open '", a.log, "' for writing: ", io::detail::errno_text(errno));
-  }
+  if (!a.resume.empty()) resume_run(a, tr, layer, data);
+  const std::int64_t last = last_epoch(a, tr.epochs_done());
+  const LogFile log = open_log(a, tr.epochs_done());
   const std::int64_t spe = train::steps_per_epoch(T, o.batch);
   std::printf("training %s (variant %s, %s, backend %s): %s on %lld tokens, %lld steps per epoch, epochs %lld..%lld\n",
               a.model.c_str(), to_string(lm.model.config.variant), io::to_string(lm.dtype), backend.c_str(),
@@ -295,56 +385,10 @@ int train_with(const TrainArgs& a, io::LoadedModel<S>& lm, L& layer, const std::
               (long long)last);
   std::fflush(stdout);
   Progress progress(a.epochs, spe, tr.epochs_done() + 1);
-  const train::Dataset<S> dv = data.view();
-  train::Dataset<S> vv;
-  if (val) vv = val->view();
-  try {
-    while (tr.epochs_done() < last) {
-      const double t0 = progress.elapsed(), tok0 = progress.tokens();
-      const train::EpochResult r = tr.run_epoch(dv, [&](const train::StepInfo& s) { progress.step(s); });
-      const double secs = progress.elapsed() - t0, tps = (progress.tokens() - tok0) / std::max(secs, 1e-9);
-      nlohmann::json j;
-      j["epoch"] = tr.epochs_done();
-      j["steps"] = tr.optimizer().steps();
-      j["train_loss"] = r.loss;
-      j["lr"] = o.schedule.at(tr.optimizer().steps() - 1);
-      char line[512];
-      int n = std::snprintf(line, sizeof line, "epoch %lld/%lld: train loss %.6g", (long long)tr.epochs_done(),
-                            (long long)a.epochs, r.loss);
-      if (val) {
-        const train::Evaluation ev = tr.evaluate(vv);
-        j["val_loss"] = ev.loss;
-        n += std::snprintf(line + n, sizeof line - std::size_t(n), ", val loss %.6g", ev.loss);
-        char v[64];
-        if (o.loss == train::LossKind::cross_entropy) {
-          j["val_accuracy"] = ev.accuracy;
-          n += std::snprintf(line + n, sizeof line - std::size_t(n), " accuracy %.4f", ev.accuracy);
-          std::snprintf(v, sizeof v, " val acc %.4f", ev.accuracy);
-        } else {
-          std::snprintf(v, sizeof v, " val loss %.4g", ev.loss);
-        }
-        progress.set_val(v);
-      }
-      j["tokens_per_s"] = tps;
-      j["seconds"] = secs;
-      std::snprintf(line + n, sizeof line - std::size_t(n), ", %.0f tokens/s, %.2f s", tps, secs);
-      progress.epoch_line(line);
-      if (log) {
-        std::fprintf(log.get(), "%s\n", j.dump().c_str());
-        std::fflush(log.get());
-      }
-      if (!a.state.empty()) train::save_state(a.state, tr, dv);
-    }
-  } catch (...) {
-    progress.clear();
-    throw;
-  }
-  // An update can make a tensor non-finite without a later loss to show it.
-  for (const std::string& n : names)
-    for (const S& e : lm.model.tensors.at(n).data)
-      if (!std::isfinite(e))
-        detail::fail("training diverged: tensor '", n, "' holds ", e, " after epoch ", tr.epochs_done(),
-                     "; no output written; try a smaller --lr or --clip");
+  EpochLoop<S, L> loop{a, o, tr, progress, log.get(), data.view(), {}, val != nullptr};
+  if (val) loop.vv = val->view();
+  loop.run(last);
+  check_finite(names, lm.model, tr.epochs_done());
   write_output(a, lm);
   std::printf("wrote %s (%s, %lld epochs done%s)\n", a.output.c_str(), io::to_string(lm.dtype),
               (long long)tr.epochs_done(), a.state.empty() ? "" : (", state in " + a.state).c_str());
@@ -382,16 +426,7 @@ int train_typed(const TrainArgs& a, const io::SafetensorsFile& model_file) {
   return train_with<S>(a, lm, layer, names, data, val.get(), "reference");
 }
 
-}  // namespace
-
-int cmd_train(int argc, char** argv) {
-  OptionParser o("train",
-                 "Learns the tensors named by --train of the model in --model on the data in --data, and writes the\n"
-                 "trained model to --output (an ordinary model file; same seed, build, --backend and --threads give\n"
-                 "the same bytes, on the same device for cuda). Each epoch visits the tokens in a shuffled order\n"
-                 "fixed by --seed and the epoch number; each step runs forward, the loss, backward of the trained\n"
-                 "tensors only, clipping, and the optimizer. Progress is a bar on a terminal and one line per epoch\n"
-                 "otherwise. On any error nothing is written to --output.");
+void declare_options(OptionParser& o) {
   o.required("--model", "FILE", "model file to start from (see 'radargate init')");
   o.optional("--layer", "NAME",
              "the layer to train, in a file of many layers (required there; 'radargate info'\n"
@@ -437,8 +472,10 @@ int cmd_train(int argc, char** argv) {
       "                  --output trained.safetensors --loss cross_entropy --epochs 20 --lr 0.01 --schedule cosine\n"
       "  radargate train --model one_expert.safetensors --data task.safetensors --output expert.safetensors \\\n"
       "                  --train lora.A,lora.B --loss cross_entropy");
-  if (!o.parse(argc, argv)) return 0;
-  TrainArgs a;
+}
+
+/// The files of the run and its length: --model .. --resume, --epochs, --stop-after.
+void read_files(const OptionParser& o, TrainArgs& a) {
   a.model = o.str("--model");
   if (o.has("--layer")) a.layer = o.str("--layer");
   a.data = o.str("--data");
@@ -452,33 +489,36 @@ int cmd_train(int argc, char** argv) {
   if (a.stop_after > a.epochs)
     o.fail("option --stop-after: expected at most --epochs (" + std::to_string(a.epochs) + "), found " +
            std::to_string(a.stop_after));
-  a.opt.batch = index_t(o.integer("--batch", 1, 1 << 24, 32));
+}
+
+/// The optimizer and its schedule: --batch, --optimizer, --momentum, --weight-decay, --lr,
+/// --schedule, --warmup, --clip.
+void read_optimizer(const OptionParser& o, train::TrainerOptions& t) {
+  t.batch = index_t(o.integer("--batch", 1, 1 << 24, 32));
   const std::string opt_name = o.str("--optimizer", "adamw");
   if (opt_name != "adamw" && opt_name != "sgd")
     o.fail("option --optimizer: expected adamw | sgd, found '" + opt_name + "'");
-  a.opt.optimizer.kind = train::parse_optimizer(opt_name);
-  const bool sgd = a.opt.optimizer.kind == train::OptimizerKind::sgd;
+  t.optimizer.kind = train::parse_optimizer(opt_name);
+  const bool sgd = t.optimizer.kind == train::OptimizerKind::sgd;
   if (o.has("--momentum") && !sgd) o.fail("option --momentum: only for --optimizer sgd");
-  a.opt.optimizer.momentum = sgd ? o.number("--momentum", 0.9) : 0.0;
-  if (a.opt.optimizer.momentum < 0) o.fail("option --momentum: expected a number >= 0, found " + o.str("--momentum"));
-  a.opt.optimizer.weight_decay = o.number("--weight-decay", sgd ? 0.0 : 0.01);
-  if (a.opt.optimizer.weight_decay < 0)
+  t.optimizer.momentum = sgd ? o.number("--momentum", 0.9) : 0.0;
+  if (t.optimizer.momentum < 0) o.fail("option --momentum: expected a number >= 0, found " + o.str("--momentum"));
+  t.optimizer.weight_decay = o.number("--weight-decay", sgd ? 0.0 : 0.01);
+  if (t.optimizer.weight_decay < 0)
     o.fail("option --weight-decay: expected a number >= 0, found " + o.str("--weight-decay"));
-  a.opt.schedule.lr = o.number("--lr", 1e-3);
-  if (a.opt.schedule.lr <= 0) o.fail("option --lr: expected a number > 0, found " + o.str("--lr"));
+  t.schedule.lr = o.number("--lr", 1e-3);
+  if (t.schedule.lr <= 0) o.fail("option --lr: expected a number > 0, found " + o.str("--lr"));
   const std::string sched = o.str("--schedule", "constant");
   if (sched != "constant" && sched != "cosine")
     o.fail("option --schedule: expected constant | cosine, found '" + sched + "'");
-  a.opt.schedule.kind = train::parse_schedule(sched);
-  a.opt.schedule.warmup = o.integer("--warmup", 0, 1000000000, 0);
-  a.opt.clip = o.number("--clip", 0.0);
-  if (a.opt.clip < 0) o.fail("option --clip: expected a number >= 0 (0: off), found " + o.str("--clip"));
-  const std::string loss = o.str("--loss", "mse");
-  if (loss != "mse" && loss != "cross_entropy")
-    o.fail("option --loss: expected mse | cross_entropy, found '" + loss + "'");
-  a.opt.loss = train::parse_loss(loss);
-  if (o.has("--train")) a.train = o.list("--train");
-  a.opt.seed = std::uint64_t(o.integer("--seed", 0, (1LL << 62), 0));
+  t.schedule.kind = train::parse_schedule(sched);
+  t.schedule.warmup = o.integer("--warmup", 0, 1000000000, 0);
+  t.clip = o.number("--clip", 0.0);
+  if (t.clip < 0) o.fail("option --clip: expected a number >= 0 (0: off), found " + o.str("--clip"));
+}
+
+/// --backend and --threads.
+void read_backend(const OptionParser& o, TrainArgs& a) {
   a.backend = o.str("--backend", "cpu");
   if (a.backend != "reference" && a.backend != "cpu" && a.backend != "cuda")
     o.fail("option --backend: expected reference | cpu | cuda, found '" + a.backend + "'");
@@ -488,6 +528,11 @@ int cmd_train(int argc, char** argv) {
 #endif
   if (o.has("--threads") && a.backend != "cpu") o.fail("option --threads needs --backend cpu");
   a.threads = int(o.integer("--threads", 1, 1024, 1));
+}
+
+/// No file of the run may be another: --output is none of the inputs, --state and --log are none
+/// of the others.
+void check_distinct_files(const OptionParser& o, const TrainArgs& a) {
   const std::string& out = a.output;
   for (const std::string* in : {&a.model, &a.data, &a.val, &a.resume})
     if (!in->empty() && *in == out) o.fail("option --output: '" + out + "' is also an input; choose another file");
@@ -496,6 +541,31 @@ int cmd_train(int argc, char** argv) {
   if (!a.log.empty() &&
       (a.log == out || a.log == a.model || a.log == a.data || a.log == a.val || a.log == a.state || a.log == a.resume))
     o.fail("option --log: '" + a.log + "' is also another file of this run; choose another file");
+}
+
+}  // namespace
+
+int cmd_train(int argc, char** argv) {
+  OptionParser o("train",
+                 "Learns the tensors named by --train of the model in --model on the data in --data, and writes the\n"
+                 "trained model to --output (an ordinary model file; same seed, build, --backend and --threads give\n"
+                 "the same bytes, on the same device for cuda). Each epoch visits the tokens in a shuffled order\n"
+                 "fixed by --seed and the epoch number; each step runs forward, the loss, backward of the trained\n"
+                 "tensors only, clipping, and the optimizer. Progress is a bar on a terminal and one line per epoch\n"
+                 "otherwise. On any error nothing is written to --output.");
+  declare_options(o);
+  if (!o.parse(argc, argv)) return 0;
+  TrainArgs a;
+  read_files(o, a);
+  read_optimizer(o, a.opt);
+  const std::string loss = o.str("--loss", "mse");
+  if (loss != "mse" && loss != "cross_entropy")
+    o.fail("option --loss: expected mse | cross_entropy, found '" + loss + "'");
+  a.opt.loss = train::parse_loss(loss);
+  if (o.has("--train")) a.train = o.list("--train");
+  a.opt.seed = std::uint64_t(o.integer("--seed", 0, (1LL << 62), 0));
+  read_backend(o, a);
+  check_distinct_files(o, a);
   const io::SafetensorsFile model_file = io::SafetensorsFile::read(a.model);
   a.model_file = &model_file;
   const io::DType dtype = io::load_layer<double>(model_file, a.layer).dtype;
