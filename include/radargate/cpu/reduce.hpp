@@ -35,6 +35,18 @@ const S* rank_term_dB(const CpuState<S>& st, const Bwd<S>& b, index_t i0, index_
   return Rt.data();
 }
 
+// Column o of dB_i (dst, rows q stride[2] apart): the threads' partials at packed offset
+// `packed` + q W, plus the rank-space term rcol[q d] when there is one.
+template <class S>
+RG_INLINE void add_dB_column(const Bwd<S>& b, index_t packed, const S* rcol, index_t d, index_t r, S* dst) {
+  constexpr index_t Wd = simd::width<S>();
+  for (index_t q = 0; q < r; ++q) {
+    S v = rcol ? rcol[q * d] : S(0);
+    for (const Partial<S>& p : b.part) v += p.dBP[std::size_t(packed + q * Wd)];
+    dst[q * b.G.lora_B.stride[2]] += v;
+  }
+}
+
 // dB for experts [i0, i1) of the tile strategies: the thread partials (slot space) summed in
 // thread order, plus (rotation) the rank-space term, added straight into the caller's view.
 template <class S>
@@ -52,13 +64,7 @@ void reduce_dB(const CpuState<S>& st, const Bwd<S>& b, index_t i0, index_t i1, A
       for (index_t l = 0; l < Wd; ++l) {
         const index_t o = st.W.coord[std::size_t(s + l)];
         if (o < 0) continue;
-        S* dst = out + o * dB.stride[1];
-        const S* rcol = Rtp ? Rtp + (i - i0) * r * d + o : nullptr;
-        for (index_t q = 0; q < r; ++q) {
-          S v = rcol ? rcol[q * d] : S(0);
-          for (const Partial<S>& p : b.part) v += p.dBP[std::size_t(off + q * Wd + l)];
-          dst[q * dB.stride[2]] += v;
-        }
+        add_dB_column(b, off + l, Rtp ? Rtp + (i - i0) * r * d + o : nullptr, d, r, out + o * dB.stride[1]);
       }
     }
   }

@@ -93,6 +93,12 @@ void gather_dy(const CpuState<S>& st, const MatRef<S>& DY, index_t t, const Tile
     }
 }
 
+// l[who[c]] += the block's dot products.
+template <class S>
+RG_INLINE void add_dots(const kernels::Block<S>& b, const index_t* who, S* l) {
+  for (int c = 0; c < b.n; ++c) l[who[c]] += b.dot[c];
+}
+
 // One pass over the tiles for tokens [t0, t1), in blocks of up to max_block tokens.
 // Out: y += sum_i g_i u_i. Dot: l_i += ws . u_i.
 template <kernels::Put Out, bool Dot, class S>
@@ -124,8 +130,7 @@ void tiles_forward(const CpuState<S>& st, const CpuContext<S>& ctx, index_t t0, 
         });
         if (b.n == 0) continue;
         tile_forward_kernel<S, Out, Dot>(st, K, tl, i, b, ts.sc);
-        if (Dot)
-          for (int c = 0; c < b.n; ++c) l[who[c]] += b.dot[c];
+        if (Dot) add_dots(b, who, l);
       }
       if (Out == kernels::Put::add)
         for (int u = 0; u < nb; ++u) scatter_tile(st, tl, ya.data() + u * L, yb.data() + u * L, Y.row(t0 + tb + u));
@@ -193,7 +198,7 @@ void tiles_dot(const CpuState<S>& st, const CpuContext<S>& ctx, const MatRef<S>&
           else
             kernels::pass_forward<S, Cn, Put::none, true>(K, tl, part.BP + i * stride, b);
         });
-        for (int c = 0; c < b.n; ++c) dg[who[c]] += b.dot[c];
+        add_dots(b, who, dg);
       });
 }
 
