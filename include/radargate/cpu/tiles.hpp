@@ -66,7 +66,7 @@ RG_INLINE void tile_forward_kernel(const CpuState<S>& st, const kernels::Args<S>
 
 // y += the tile's accumulators of one token (slot space back to output coordinates).
 template <class S>
-void scatter_tile(const CpuState<S>& st, const Tile& tl, const S* pa, const S* pb, S* yrow) {
+RG_INLINE void scatter_tile(const CpuState<S>& st, const Tile& tl, const S* pa, const S* pb, S* yrow) {
   for (index_t j = 0; j < tl.len; ++j) {
     const index_t c = st.W.coord[std::size_t(tl.a0 + j)];
     if (c >= 0) yrow[c] += pa[j];
@@ -80,7 +80,7 @@ void scatter_tile(const CpuState<S>& st, const Tile& tl, const S* pa, const S* p
 
 // Gathers dy of token row `t` on the slots of a tile.
 template <class S>
-void gather_dy(const CpuState<S>& st, const MatRef<S>& DY, index_t t, const Tile& tl, S* dya, S* dyb) {
+RG_INLINE void gather_dy(const CpuState<S>& st, const MatRef<S>& DY, index_t t, const Tile& tl, S* dya, S* dyb) {
   const S* row = DY.row(t);
   for (index_t j = 0; j < tl.len; ++j) {
     const index_t c = st.W.coord[std::size_t(tl.a0 + j)];
@@ -159,6 +159,7 @@ void tile_backward_sweep(const CpuState<S>& st, const CpuContext<S>& ctx, const 
   const Buf<S> dya = ar.zeros<S>(TB * L), dyb = ar.zeros<S>(TB * L);
   const TileScratch<S> ts(st.W, ar);
   const TileRows<S> in(st, ctx, hs, t0);
+  const TileGrads<S> out = gr;  // a local copy: its pointers stay in registers across the stores below
   for (const Tile& tl : n < TB ? st.W.long_tiles : st.W.tiles)
     for (index_t tb = 0; tb < n; tb += TB) {
       const int nb = int(std::min<index_t>(TB, n - tb));
@@ -167,12 +168,12 @@ void tile_backward_sweep(const CpuState<S>& st, const CpuContext<S>& ctx, const 
         kernels::Block<S> b;
         index_t who[TB];
         bind_selected(in, tb, nb, i, b, who, [&](int c, int u, index_t ti) {
-          b.dl[c] = gr.dl ? gr.dl[ti] : S(0);
+          b.dl[c] = out.dl ? out.dl[ti] : S(0);
           b.wa[c] = b.dya[c] = dya.data() + u * L;
           b.wb[c] = b.dyb[c] = dyb.data() + u * L;
-          b.e[c] = gr.e ? gr.e + ti * r : nullptr;
-          b.dz[c] = gr.dz ? gr.dz + ti * k : nullptr;
-          b.dg[c] = gr.dg ? gr.dg + ti : nullptr;
+          b.e[c] = out.e ? out.e + ti * r : nullptr;
+          b.dz[c] = out.dz ? out.dz + ti * k : nullptr;
+          b.dg[c] = out.dg ? out.dg + ti : nullptr;
         });
         if (b.n > 0) per_expert(tl, i, b, who, ts.sc);
       }
