@@ -5,6 +5,11 @@
 // the coordinates in no plane follow from slot 2 Ppad, in increasing order. Ppad = P rounded up
 // to the SIMD width W; the pass-through block is padded to a multiple of W too. Padding slots
 // hold zero weights, so they produce zeros and need no masking.
+// The planes are the ones every backend uses, (a(m), b(m)) = plane_coords(pairing, m, d) of
+// detail/math.hpp; only their placement differs. The CUDA kernels keep both sides of a plane
+// together (the pair slots of detail/math.hpp, slot_coord): they are adjacent entries of a warp's
+// tile. Here the a-sides and the b-sides form two blocks, so that one SIMD vector holds the
+// a-sides of W planes and the next their b-sides. Either is a permutation of the same coordinates.
 //
 // Caches (all in slot space where they have an output dimension):
 //   BT[i, q, s]  = B_i[coord(s), q]                    expand weights, [N, r, dpad] (for GEMMs)
